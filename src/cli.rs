@@ -1,0 +1,253 @@
+//! The command line: `serve`, `classify`, `embed`, `validate`. Doc comments here are the
+//! `--help` text.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use semroute::Router;
+use semroute::config::{Config, EncoderConfig};
+use semroute::embed::{Encoder, files};
+use semroute::router::Classification;
+use semroute::serve::{self, ServeOptions};
+use serde::Serialize;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// semroute: a semantic router for LLM applications.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP sidecar (POST /classify, GET /routes, /healthz, /readyz).
+    Serve {
+        /// The routes file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Largest request body accepted, in bytes (larger ones get 413).
+        #[arg(long, default_value_t = semroute::http::DEFAULT_BODY_LIMIT)]
+        max_body_bytes: usize,
+        /// Prompts that may wait for the model before new ones get 429.
+        #[arg(long, default_value_t = serve::DEFAULT_QUEUE)]
+        queue: usize,
+    },
+    /// Classify each TEXT (or each line of stdin) and print the route chosen.
+    Classify {
+        /// The routes file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// One JSON object per input, the same shape as POST /classify.
+        #[arg(long)]
+        json: bool,
+        /// Nearest utterances to retrieve (default: the config's top_k).
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Texts to classify; without any, lines are read from stdin.
+        texts: Vec<String>,
+    },
+    /// Print one JSON line per TEXT (or stdin line): {"text", "tokens", "embedding"}.
+    Embed {
+        /// A routes file whose `encoder` section to use (default: all-MiniLM-L6-v2 on CPU).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Texts to embed; without any, lines are read from stdin.
+        texts: Vec<String>,
+    },
+    /// Check a routes file and report every problem, without loading the model.
+    Validate {
+        /// The routes file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve {
+            config,
+            addr,
+            max_body_bytes,
+            queue,
+        } => {
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(serve::serve(ServeOptions {
+                config_path: config,
+                addr,
+                body_limit: max_body_bytes,
+                queue,
+            }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Classify {
+            config,
+            json,
+            top_k,
+            texts,
+        } => classify(&config, json, top_k, texts),
+        Command::Embed { config, texts } => embed(config.as_deref(), texts),
+        Command::Validate { config } => validate(&config),
+    }
+}
+
+fn validate(path: &Path) -> Result<ExitCode> {
+    let config = Config::load(path)?;
+    let utterances: usize = config.routes.iter().map(|r| r.utterances.len()).sum();
+    println!(
+        "{}: ok ({} routes, {} utterances{})",
+        path.display(),
+        config.routes.len(),
+        utterances,
+        match config.default_route {
+            Some(id) => format!(", default route `{}`", config.route(id).name),
+            None => String::new(),
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_encoder(encoder: &EncoderConfig, config_path: Option<&Path>) -> Result<Encoder> {
+    let files = files::resolve(encoder, &serve::model_roots(config_path))?;
+    Ok(Encoder::load_files(files, encoder)?)
+}
+
+/// The inputs: the arguments, or else stdin's lines.
+fn inputs(texts: Vec<String>) -> Box<dyn Iterator<Item = Result<String>>> {
+    if texts.is_empty() {
+        Box::new(
+            std::io::stdin()
+                .lock()
+                .lines()
+                .map(|line| line.context("cannot read stdin")),
+        )
+    } else {
+        Box::new(texts.into_iter().map(Ok))
+    }
+}
+
+fn classify(path: &Path, json: bool, top_k: Option<usize>, texts: Vec<String>) -> Result<ExitCode> {
+    let config = Config::load(path)?;
+    if let Some(k) = top_k {
+        anyhow::ensure!(
+            (1..=semroute::config::MAX_TOP_K).contains(&k),
+            "--top-k must be between 1 and {}",
+            semroute::config::MAX_TOP_K
+        );
+    }
+    let encoder = load_encoder(&config.encoder, Some(path))?;
+    let router = Router::build(config, &encoder)?;
+    let mut out = std::io::stdout().lock();
+    let mut failed = false;
+    for text in inputs(texts) {
+        let text = text?;
+        if text.trim().is_empty() {
+            failed = true;
+            report_error(&mut out, json, &text, "the text to classify is empty")?;
+            continue;
+        }
+        let started = Instant::now();
+        let embedding = match encoder.embed_one(&text) {
+            Ok(e) => e,
+            Err(err) => {
+                failed = true;
+                report_error(&mut out, json, &text, &err.to_string())?;
+                continue;
+            }
+        };
+        let embed_us = started.elapsed().as_micros() as u64;
+        let mut result = router.classify(&text, &embedding, top_k);
+        result.timing_us.embed = embed_us;
+        result.timing_us.total = started.elapsed().as_micros() as u64;
+        if json {
+            writeln!(out, "{}", serde_json::to_string(&result)?)?;
+        } else {
+            write_human(&mut out, &text, &result)?;
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn report_error(out: &mut impl Write, json: bool, text: &str, message: &str) -> Result<()> {
+    if json {
+        let body = serde_json::json!({"text": text, "error": {"code": "invalid_request", "message": message}});
+        writeln!(out, "{body}")?;
+    } else {
+        writeln!(out, "{text:?}\n  error: {message}")?;
+    }
+    Ok(())
+}
+
+fn write_human(out: &mut impl Write, text: &str, result: &Classification) -> Result<()> {
+    let score = result
+        .score
+        .map_or_else(|| "-".to_string(), |s| format!("{s:.3}"));
+    let route = result.route.as_deref().unwrap_or("(none)");
+    let how = serde_json::to_value(result.matched_by)?;
+    let how = how.as_str().unwrap_or("?");
+    writeln!(out, "{text:?}")?;
+    writeln!(
+        out,
+        "  -> {route}  [{how}, score {score}, threshold {:.2}, {} tokens, {} us]",
+        result.threshold, result.tokens, result.timing_us.total
+    )?;
+    if let Some(hit) = result.overrides.first() {
+        let kind = serde_json::to_value(hit.kind)?;
+        writeln!(
+            out,
+            "     {} {:?} of route {}",
+            kind.as_str().unwrap_or("override"),
+            hit.rule,
+            hit.route
+        )?;
+    }
+    let runners: Vec<String> = result
+        .candidates
+        .iter()
+        .filter(|c| Some(c.route.as_str()) != result.route.as_deref())
+        .take(3)
+        .map(|c| format!("{} {:.3}", c.route, c.score))
+        .collect();
+    if !runners.is_empty() {
+        writeln!(out, "     runners-up: {}", runners.join(", "))?;
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct EmbedLine<'a> {
+    text: &'a str,
+    tokens: usize,
+    embedding: &'a [f32],
+}
+
+fn embed(config_path: Option<&Path>, texts: Vec<String>) -> Result<ExitCode> {
+    let encoder_config = match config_path {
+        Some(path) => Config::load(path)?.encoder,
+        None => EncoderConfig::default(),
+    };
+    let encoder = load_encoder(&encoder_config, config_path)?;
+    let mut out = std::io::stdout().lock();
+    for text in inputs(texts) {
+        let text = text?;
+        let embedding = encoder.embed_one(&text)?;
+        let line = EmbedLine {
+            text: &text,
+            tokens: embedding.tokens,
+            embedding: &embedding.vector,
+        };
+        writeln!(out, "{}", serde_json::to_string(&line)?)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

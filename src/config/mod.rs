@@ -1,0 +1,456 @@
+//! `routes.yaml`: parsed raw (see `raw.rs`), then validated once into types that cannot be
+//! invalid. Every check on the config lives here; the router and the handlers never re-check.
+
+mod error;
+mod raw;
+mod types;
+
+pub use error::{ConfigError, ConfigIssue};
+pub use types::{
+    Aggregation, DeviceChoice, EncoderConfig, Keyword, Pattern, Route, RouteId, RouteName,
+    Threshold,
+};
+
+use raw::{RawAggregation, RawConfig, RawEncoder, RawRoute};
+use serde_saphyr::{Location, Spanned};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The model used when `encoder.model` is not given.
+pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+/// all-MiniLM-L6-v2's sentence-transformers `max_seq_length`.
+pub const DEFAULT_MAX_TOKENS: usize = 256;
+/// Cosine similarity a route's score must reach when neither it nor the file sets one.
+pub const DEFAULT_THRESHOLD: f32 = 0.35;
+/// Nearest utterances fetched from the index per query.
+pub const DEFAULT_TOP_K: usize = 20;
+/// Largest `top_k` accepted: beyond this a search is no longer cheap.
+pub const MAX_TOP_K: usize = 1000;
+
+/// A validated router configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config came from, for messages (`routes.yaml`, `<inline>`).
+    pub source: String,
+    pub encoder: EncoderConfig,
+    pub threshold: Threshold,
+    pub top_k: usize,
+    pub aggregation: Aggregation,
+    pub default_route: Option<RouteId>,
+    pub routes: Vec<Route>,
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative paths inside it (`encoder.path`) are
+    /// resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Unreadable {
+            file: path.display().to_string(),
+            reason: err.to_string(),
+        })?;
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::parse(&text, &path.display().to_string(), &base_dir)
+    }
+
+    /// Validates config text; `source` names it in errors, `base_dir` anchors relative paths.
+    pub fn parse(text: &str, source: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let raw = parse_raw(text, source)?;
+        let mut checker = Checker {
+            source,
+            issues: Vec::new(),
+        };
+        let config = checker.config(raw, base_dir);
+        match config {
+            Some(config) if checker.issues.is_empty() => Ok(config),
+            _ => Err(ConfigError::Invalid {
+                file: source.to_string(),
+                issues: checker.issues,
+            }),
+        }
+    }
+
+    pub fn route(&self, id: RouteId) -> &Route {
+        // RouteIds are only minted by validation, as indexes into `routes`.
+        &self.routes[id.0]
+    }
+
+    pub fn route_id(&self, name: &str) -> Option<RouteId> {
+        self.routes
+            .iter()
+            .position(|route| route.name.as_str() == name)
+            .map(RouteId)
+    }
+
+    /// The threshold a route's score must clear: its own, else the global one.
+    pub fn threshold_for(&self, id: RouteId) -> Threshold {
+        self.route(id).threshold.unwrap_or(self.threshold)
+    }
+}
+
+fn parse_raw(text: &str, source: &str) -> Result<RawConfig, ConfigError> {
+    if text.trim().is_empty() {
+        return Err(ConfigError::Invalid {
+            file: source.to_string(),
+            issues: vec![ConfigIssue {
+                path: String::new(),
+                line: None,
+                message: "the file is empty".into(),
+                hint: Some(
+                    "write at least `routes:` with one route that has a `name` and `utterances`"
+                        .into(),
+                ),
+            }],
+        });
+    }
+    let mut yaml_path = String::new();
+    let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
+        let result = serde_path_to_error::deserialize::<_, RawConfig>(de);
+        result.map_err(|err| {
+            // `Spanned` wraps values in a `value` field that the user never wrote.
+            yaml_path = err.path().to_string().replace(".value", "");
+            err.into_inner()
+        })
+    });
+    parsed.map_err(|err| {
+        let plain = err.without_snippet();
+        let line = plain.location().map(|loc| loc.line()).filter(|&l| l > 0);
+        let message = strip_location_suffix(&plain.to_string());
+        ConfigError::Invalid {
+            file: source.to_string(),
+            issues: vec![ConfigIssue {
+                path: if yaml_path == "." {
+                    String::new()
+                } else {
+                    yaml_path
+                },
+                line,
+                hint: hint_for_parse_error(&message),
+                message,
+            }],
+        }
+    })
+}
+
+/// serde-saphyr appends " at line N column M"; the issue carries the line separately.
+fn strip_location_suffix(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_string(),
+        None => message.to_string(),
+    }
+}
+
+fn hint_for_parse_error(message: &str) -> Option<String> {
+    if message.contains("unknown field") {
+        Some(
+            "remove the key or fix its spelling; the accepted keys are listed in the message"
+                .into(),
+        )
+    } else if message.contains("missing field `routes`") {
+        Some("add `routes:` with at least one route (`name` and `utterances`)".into())
+    } else if message.contains("missing field `name`") {
+        Some("give every route a `name:`".into())
+    } else if message.contains("unknown variant") {
+        Some("use one of the values listed in the message".into())
+    } else {
+        None
+    }
+}
+
+/// Collects every problem in one pass, so a user fixes a file in one round, not ten.
+struct Checker<'a> {
+    source: &'a str,
+    issues: Vec<ConfigIssue>,
+}
+
+impl Checker<'_> {
+    fn issue(&mut self, path: String, at: Location, message: String, hint: &str) {
+        self.issues.push(ConfigIssue {
+            path,
+            line: Some(at.line()).filter(|&l| l > 0),
+            message,
+            hint: (!hint.is_empty()).then(|| hint.to_string()),
+        });
+    }
+
+    fn config(&mut self, raw: RawConfig, base_dir: &Path) -> Option<Config> {
+        let encoder = self.encoder(raw.encoder, base_dir);
+        let threshold = match raw.threshold {
+            Some(t) => self.threshold("threshold", &t),
+            None => Threshold::new(DEFAULT_THRESHOLD),
+        };
+        let top_k = match raw.top_k {
+            Some(k) => self.bounded("top_k", &k, 1, MAX_TOP_K as i64),
+            None => Some(DEFAULT_TOP_K),
+        };
+        let aggregation = match raw.aggregation {
+            Some(agg) => self.aggregation(&agg),
+            None => Some(Aggregation::default()),
+        };
+        let routes = self.routes(raw.routes);
+        let default_route = match (&raw.default_route, &routes) {
+            (Some(name), Some(routes)) => self.default_route(name, routes),
+            _ => Some(None),
+        };
+        if let (Some(routes), Some(Some(default))) = (&routes, default_route) {
+            self.routes_have_examples(routes, default);
+        } else if let Some(routes) = &routes {
+            self.routes_have_examples(routes, RouteId(usize::MAX));
+        }
+        Some(Config {
+            source: self.source.to_string(),
+            encoder: encoder?,
+            threshold: threshold?,
+            top_k: top_k?,
+            aggregation: aggregation?,
+            default_route: default_route?,
+            routes: routes?,
+        })
+    }
+
+    fn encoder(&mut self, raw: Option<RawEncoder>, base_dir: &Path) -> Option<EncoderConfig> {
+        let Some(raw) = raw else {
+            return Some(EncoderConfig::default());
+        };
+        let mut config = EncoderConfig::default();
+        if let Some(model) = raw.model {
+            if model.value.trim().is_empty() || !model.value.contains('/') {
+                self.issue(
+                    "encoder.model".into(),
+                    model.referenced,
+                    format!("`{}` is not a Hugging Face model id", model.value),
+                    "write an id of the form owner/name, e.g. sentence-transformers/all-MiniLM-L6-v2",
+                );
+            }
+            config.model = model.value;
+        }
+        if let Some(revision) = raw.revision {
+            config.revision = revision.value;
+        }
+        if let Some(path) = raw.path {
+            let p = PathBuf::from(&path.value);
+            config.path = Some(if p.is_absolute() { p } else { base_dir.join(p) });
+        }
+        if let Some(device) = raw.device {
+            match DeviceChoice::parse(&device.value) {
+                Some(choice) => config.device = choice,
+                None => self.issue(
+                    "encoder.device".into(),
+                    device.referenced,
+                    format!("unknown device `{}`", device.value),
+                    "write one of: cpu, cuda, cuda:N, metal, auto",
+                ),
+            }
+        }
+        if let Some(max) = raw.max_tokens {
+            config.max_tokens = self.bounded("encoder.max_tokens", &max, 2, 8192)?;
+        }
+        Some(config)
+    }
+
+    fn threshold(&mut self, path: &str, raw: &Spanned<f64>) -> Option<Threshold> {
+        let threshold = Threshold::new(raw.value as f32);
+        if threshold.is_none() {
+            self.issue(
+                path.into(),
+                raw.referenced,
+                format!("threshold {} is outside [-1, 1]", raw.value),
+                "a threshold is a cosine similarity: write a number between -1 and 1, typically 0.3 to 0.7",
+            );
+        }
+        threshold
+    }
+
+    fn bounded(&mut self, path: &str, raw: &Spanned<i64>, min: i64, max: i64) -> Option<usize> {
+        if raw.value < min || raw.value > max {
+            self.issue(
+                path.into(),
+                raw.referenced,
+                format!("{} is outside the accepted range {min}..={max}", raw.value),
+                &format!("write a whole number from {min} to {max}"),
+            );
+            return None;
+        }
+        usize::try_from(raw.value).ok()
+    }
+
+    fn aggregation(&mut self, raw: &Spanned<RawAggregation>) -> Option<Aggregation> {
+        match raw.value {
+            RawAggregation::Max => Some(Aggregation::Max),
+            RawAggregation::Mean => Some(Aggregation::Mean),
+            RawAggregation::TopMean(n) => {
+                let n = self.bounded(
+                    "aggregation.top_mean",
+                    &Spanned::new(n, raw.referenced, raw.defined),
+                    1,
+                    MAX_TOP_K as i64,
+                )?;
+                Some(Aggregation::TopMean(n))
+            }
+        }
+    }
+
+    fn routes(&mut self, raw: Spanned<Vec<RawRoute>>) -> Option<Vec<Route>> {
+        if raw.value.is_empty() {
+            self.issue(
+                "routes".into(),
+                raw.referenced,
+                "there are no routes".into(),
+                "add at least one route with a `name` and `utterances`",
+            );
+            return None;
+        }
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        let mut routes = Vec::with_capacity(raw.value.len());
+        let mut all_valid = true;
+        for (i, raw_route) in raw.value.into_iter().enumerate() {
+            let at = format!("routes[{i}]");
+            let name = &raw_route.name;
+            if let Some(first_line) = seen.get(&name.value) {
+                self.issue(
+                    format!("{at}.name"),
+                    name.referenced,
+                    format!(
+                        "route name `{}` is already used (line {first_line})",
+                        name.value
+                    ),
+                    "give every route a unique name, or merge the two routes' utterances",
+                );
+                all_valid = false;
+            } else {
+                seen.insert(name.value.clone(), name.referenced.line());
+            }
+            match self.route(&at, raw_route) {
+                Some(route) => routes.push(route),
+                None => all_valid = false,
+            }
+        }
+        all_valid.then_some(routes)
+    }
+
+    fn route(&mut self, at: &str, raw: RawRoute) -> Option<Route> {
+        let name = RouteName::new(&raw.name.value);
+        if name.is_none() {
+            self.issue(
+                format!("{at}.name"),
+                raw.name.referenced,
+                "the route name is empty".into(),
+                "write a short name such as `billing` or `code`",
+            );
+        }
+        let mut valid = name.is_some();
+        let mut utterances = Vec::with_capacity(raw.utterances.len());
+        for (j, utterance) in raw.utterances.into_iter().enumerate() {
+            if utterance.value.trim().is_empty() {
+                self.issue(
+                    format!("{at}.utterances[{j}]"),
+                    utterance.referenced,
+                    "the utterance is empty".into(),
+                    "remove it, or write an example prompt this route should receive",
+                );
+                valid = false;
+            }
+            utterances.push(utterance.value);
+        }
+        let mut keywords = Vec::with_capacity(raw.keywords.len());
+        for (j, keyword) in raw.keywords.iter().enumerate() {
+            match Keyword::new(&keyword.value) {
+                Some(k) => keywords.push(k),
+                None => {
+                    self.issue(
+                        format!("{at}.keywords[{j}]"),
+                        keyword.referenced,
+                        "the keyword is empty".into(),
+                        "remove it, or write a word or phrase that should select this route",
+                    );
+                    valid = false;
+                }
+            }
+        }
+        let mut patterns = Vec::with_capacity(raw.patterns.len());
+        for (j, pattern) in raw.patterns.iter().enumerate() {
+            match Pattern::new(&pattern.value) {
+                Ok(p) => patterns.push(p),
+                Err(reason) => {
+                    self.issue(
+                        format!("{at}.patterns[{j}]"),
+                        pattern.referenced,
+                        format!("invalid regular expression: {reason}"),
+                        "fix the regex (Rust `regex` syntax: no look-around or back-references); escape literal characters such as . ( ) [ ] with a backslash",
+                    );
+                    valid = false;
+                }
+            }
+        }
+        let threshold = match &raw.threshold {
+            Some(t) => {
+                let checked = self.threshold(&format!("{at}.threshold"), t);
+                valid &= checked.is_some();
+                checked
+            }
+            None => None,
+        };
+        Some(Route {
+            name: name?,
+            line: raw.name.referenced.line(),
+            utterances,
+            keywords,
+            patterns,
+            threshold,
+            description: raw.description,
+            metadata: raw.metadata,
+        })
+        .filter(|_| valid)
+    }
+
+    fn default_route(
+        &mut self,
+        name: &Spanned<String>,
+        routes: &[Route],
+    ) -> Option<Option<RouteId>> {
+        if let Some(i) = routes.iter().position(|r| r.name.as_str() == name.value) {
+            return Some(Some(RouteId(i)));
+        }
+        let known: Vec<&str> = routes.iter().take(12).map(|r| r.name.as_str()).collect();
+        let more = if routes.len() > known.len() {
+            ", ..."
+        } else {
+            ""
+        };
+        self.issue(
+            "default_route".into(),
+            name.referenced,
+            format!("`{}` names no route", name.value),
+            &format!(
+                "write the name of one of the routes ({}{more}), or remove `default_route`",
+                known.join(", ")
+            ),
+        );
+        None
+    }
+
+    /// Every route but the default needs something to match on.
+    fn routes_have_examples(&mut self, routes: &[Route], default: RouteId) {
+        for (i, route) in routes.iter().enumerate() {
+            let empty = route.utterances.is_empty()
+                && route.keywords.is_empty()
+                && route.patterns.is_empty();
+            if empty && i != default.0 {
+                self.issues.push(ConfigIssue {
+                    path: format!("routes[{i}]"),
+                    line: Some(route.line).filter(|&l| l > 0),
+                    message: format!(
+                        "route `{}` has no utterances, keywords or patterns, so nothing can select it",
+                        route.name
+                    ),
+                    hint: Some(
+                        "add `utterances:` with example prompts (or `keywords:`/`patterns:`), or make it the `default_route`"
+                            .into(),
+                    ),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

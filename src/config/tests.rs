@@ -1,0 +1,251 @@
+//! Config validation: every error names the file, the YAML path and the line, and says
+//! what to write instead.
+
+use super::*;
+
+fn parse(yaml: &str) -> Result<Config, ConfigError> {
+    Config::parse(yaml, "routes.yaml", Path::new("/etc/semroute"))
+}
+
+fn valid(yaml: &str) -> Config {
+    parse(yaml).unwrap_or_else(|err| panic!("expected a valid config, got: {err}"))
+}
+
+/// The single issue of an invalid config.
+fn issue(yaml: &str) -> ConfigIssue {
+    let err = match parse(yaml) {
+        Ok(_) => panic!("expected an invalid config:\n{yaml}"),
+        Err(err) => err,
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains("routes.yaml"),
+        "the message names the file: {text}"
+    );
+    match err.issues() {
+        [one] => one.clone(),
+        many => panic!("expected one issue, got {}: {text}", many.len()),
+    }
+}
+
+#[test]
+fn the_minimal_file_gets_every_default() {
+    let config = valid("routes:\n  - name: a\n    utterances: [hello]\n");
+    assert_eq!(config.threshold.get(), DEFAULT_THRESHOLD);
+    assert_eq!(config.top_k, DEFAULT_TOP_K);
+    assert_eq!(config.aggregation, Aggregation::TopMean(3));
+    assert_eq!(config.default_route, None);
+    assert_eq!(config.encoder, EncoderConfig::default());
+    assert_eq!(config.routes[0].name.as_str(), "a");
+}
+
+#[test]
+fn every_option_is_read() {
+    let config = valid(
+        r#"
+encoder:
+  model: sentence-transformers/all-MiniLM-L12-v2
+  path: models/custom
+  device: auto
+  max_tokens: 128
+threshold: 0.5
+top_k: 7
+aggregation: max
+default_route: chat
+routes:
+  - name: chat
+  - name: billing
+    description: money questions
+    utterances: [refund please]
+    keywords: [invoice]
+    patterns: ['\d{16}']
+    threshold: 0.6
+    metadata: {team: payments, priority: 2}
+"#,
+    );
+    assert_eq!(
+        config.encoder.model,
+        "sentence-transformers/all-MiniLM-L12-v2"
+    );
+    assert_eq!(
+        config.encoder.path,
+        Some(PathBuf::from("/etc/semroute/models/custom"))
+    );
+    assert_eq!(config.encoder.device, DeviceChoice::Auto);
+    assert_eq!(config.encoder.max_tokens, 128);
+    assert_eq!(config.threshold.get(), 0.5);
+    assert_eq!(config.top_k, 7);
+    assert_eq!(config.aggregation, Aggregation::Max);
+    assert_eq!(config.default_route, Some(RouteId(0)));
+    let billing = &config.routes[1];
+    assert_eq!(billing.threshold.map(Threshold::get), Some(0.6));
+    assert_eq!(billing.keywords[0].as_str(), "invoice");
+    assert_eq!(billing.patterns[0].as_str(), r"\d{16}");
+    assert_eq!(billing.description.as_deref(), Some("money questions"));
+    assert_eq!(billing.metadata["team"], serde_json::json!("payments"));
+    assert_eq!(config.threshold_for(RouteId(1)).get(), 0.6);
+    assert_eq!(config.threshold_for(RouteId(0)).get(), 0.5);
+}
+
+#[test]
+fn top_mean_aggregation_takes_its_count() {
+    let config = valid("aggregation: {top_mean: 5}\nroutes:\n  - name: a\n    utterances: [x]\n");
+    assert_eq!(config.aggregation, Aggregation::TopMean(5));
+}
+
+#[test]
+fn routes_named_yes_and_no_stay_strings() {
+    let config = valid(
+        "routes:\n  - name: yes\n    utterances: [sure]\n  - name: no\n    utterances: [nope]\n",
+    );
+    assert_eq!(config.routes[0].name.as_str(), "yes");
+    assert_eq!(config.routes[1].name.as_str(), "no");
+}
+
+#[test]
+fn an_unknown_key_is_named_with_its_line() {
+    let i = issue("routes:\n  - name: a\n    utterances: [x]\n    treshold: 0.5\n");
+    assert!(i.message.contains("treshold"), "{i:?}");
+    assert_eq!(i.line, Some(4));
+    assert_eq!(i.path, "routes[0].treshold");
+    assert!(i.hint.is_some());
+}
+
+#[test]
+fn an_unknown_top_level_key_is_refused() {
+    let i = issue("route:\n  - name: a\n");
+    assert!(i.message.contains("route"), "{i:?}");
+    assert_eq!(i.line, Some(1));
+}
+
+#[test]
+fn a_wrong_type_is_named_with_its_path() {
+    let i = issue("top_k: many\nroutes:\n  - name: a\n    utterances: [x]\n");
+    assert_eq!(i.path, "top_k");
+    assert_eq!(i.line, Some(1));
+}
+
+#[test]
+fn a_duplicate_route_name_points_at_both() {
+    let i = issue("routes:\n  - name: a\n    utterances: [x]\n  - name: a\n    utterances: [y]\n");
+    assert_eq!(i.path, "routes[1].name");
+    assert_eq!(i.line, Some(4));
+    assert!(i.message.contains("line 2"), "{i:?}");
+    assert!(i.hint.as_deref().is_some_and(|h| h.contains("unique")));
+}
+
+#[test]
+fn a_route_with_nothing_to_match_on_is_refused() {
+    let i = issue("routes:\n  - name: a\n    utterances: [x]\n  - name: empty\n");
+    assert_eq!(i.path, "routes[1]");
+    assert_eq!(i.line, Some(4));
+    assert!(i.message.contains("empty"), "{i:?}");
+}
+
+#[test]
+fn the_default_route_alone_may_have_no_utterances() {
+    let config = valid(
+        "default_route: fallback\nroutes:\n  - name: a\n    utterances: [x]\n  - name: fallback\n",
+    );
+    assert_eq!(config.default_route, Some(RouteId(1)));
+}
+
+#[test]
+fn a_route_with_only_keywords_or_patterns_is_fine() {
+    valid("routes:\n  - name: a\n    keywords: [invoice]\n  - name: b\n    patterns: ['x+']\n");
+}
+
+#[test]
+fn an_invalid_regex_is_explained() {
+    let i = issue("routes:\n  - name: a\n    patterns: ['(unclosed']\n");
+    assert_eq!(i.path, "routes[0].patterns[0]");
+    assert_eq!(i.line, Some(3));
+    assert!(i.message.contains("invalid regular expression"), "{i:?}");
+}
+
+#[test]
+fn thresholds_outside_minus_one_to_one_are_refused() {
+    let i = issue("threshold: 1.5\nroutes:\n  - name: a\n    utterances: [x]\n");
+    assert_eq!(i.path, "threshold");
+    assert_eq!(i.line, Some(1));
+    let i = issue("routes:\n  - name: a\n    utterances: [x]\n    threshold: -2\n");
+    assert_eq!(i.path, "routes[0].threshold");
+    assert_eq!(i.line, Some(4));
+    assert!(
+        i.hint
+            .as_deref()
+            .is_some_and(|h| h.contains("between -1 and 1"))
+    );
+}
+
+#[test]
+fn a_default_route_that_names_nothing_lists_the_routes() {
+    let i = issue("default_route: genral\nroutes:\n  - name: general\n    utterances: [x]\n");
+    assert_eq!(i.path, "default_route");
+    assert_eq!(i.line, Some(1));
+    assert!(
+        i.hint.as_deref().is_some_and(|h| h.contains("general")),
+        "{i:?}"
+    );
+}
+
+#[test]
+fn empty_utterances_keywords_and_names_are_refused() {
+    assert_eq!(
+        issue("routes:\n  - name: a\n    utterances: ['  ']\n").path,
+        "routes[0].utterances[0]"
+    );
+    assert_eq!(
+        issue("routes:\n  - name: a\n    keywords: ['']\n").path,
+        "routes[0].keywords[0]"
+    );
+    assert_eq!(
+        issue("routes:\n  - name: ''\n    utterances: [x]\n").path,
+        "routes[0].name"
+    );
+}
+
+#[test]
+fn no_routes_or_an_empty_file_is_refused() {
+    assert!(issue("routes: []\n").message.contains("no routes"));
+    assert!(issue("").message.contains("empty"));
+    let i = issue("threshold: 0.5\n");
+    assert!(i.message.contains("routes"), "{i:?}");
+}
+
+#[test]
+fn bad_top_k_and_device_are_refused() {
+    assert_eq!(
+        issue("top_k: 0\nroutes:\n  - name: a\n    utterances: [x]\n").path,
+        "top_k"
+    );
+    let i = issue("encoder:\n  device: tpu\nroutes:\n  - name: a\n    utterances: [x]\n");
+    assert_eq!(i.path, "encoder.device");
+    assert_eq!(i.line, Some(2));
+}
+
+#[test]
+fn malformed_yaml_reports_a_line() {
+    let i = issue("routes:\n  - name: a\n    utterances: [x\n");
+    assert!(i.line.is_some(), "{i:?}");
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let err = parse("threshold: 3\nroutes:\n  - name: a\n    patterns: ['(']\n  - name: a\n    utterances: [x]\n")
+        .err()
+        .unwrap_or_else(|| panic!("expected errors"));
+    assert_eq!(err.issues().len(), 3, "{err}");
+    let text = err.to_string();
+    assert!(text.contains("routes.yaml:1:"), "{text}");
+    assert!(text.contains("routes.yaml:4:"), "{text}");
+    assert!(text.contains("routes.yaml:5:"), "{text}");
+}
+
+#[test]
+fn an_unreadable_file_says_so() {
+    let err = Config::load(Path::new("/no/such/routes.yaml"))
+        .err()
+        .unwrap_or_else(|| panic!("loaded a missing file"));
+    assert!(err.to_string().contains("/no/such/routes.yaml"));
+}

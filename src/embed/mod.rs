@@ -1,0 +1,202 @@
+//! Sentence embeddings: tokenize, BERT forward (candle), mean pooling over the attention
+//! mask, L2 normalisation. The same recipe as sentence-transformers' all-MiniLM-L6-v2.
+
+mod device;
+pub mod files;
+pub mod worker;
+
+pub use files::{ModelFiles, NotFound};
+pub use worker::{EmbedWorker, WorkerError};
+
+use crate::config::EncoderConfig;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use std::path::PathBuf;
+use tokenizers::{Tokenizer, TruncationParams};
+
+/// Sequences padded into one forward pass are capped at this many tokens (rows x longest).
+const BATCH_TOKEN_BUDGET: usize = 8192;
+const MAX_BATCH: usize = 64;
+
+/// A prompt's embedding: a unit vector, and how many tokens (special tokens included,
+/// after truncation) produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding {
+    pub vector: Vec<f32>,
+    pub tokens: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    NotFound(#[from] NotFound),
+    #[error("{0}")]
+    Device(String),
+    #[error("cannot load {file}: {reason}")]
+    Load { file: PathBuf, reason: String },
+    #[error(
+        "encoder.max_tokens is {max_tokens} but the model accepts at most {limit} tokens; write a value up to {limit}"
+    )]
+    MaxTokens { max_tokens: usize, limit: usize },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("tokenization failed: {0}")]
+    Tokenize(String),
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+impl From<candle_core::Error> for EmbedError {
+    fn from(err: candle_core::Error) -> Self {
+        EmbedError::Inference(err.to_string())
+    }
+}
+
+pub struct Encoder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    dim: usize,
+    files: ModelFiles,
+}
+
+impl Encoder {
+    /// Finds (see `files::resolve`) and loads the model on the configured device.
+    pub fn load(config: &EncoderConfig, local_roots: &[PathBuf]) -> Result<Encoder, ModelError> {
+        let files = files::resolve(config, local_roots)?;
+        Encoder::load_files(files, config)
+    }
+
+    pub fn load_files(files: ModelFiles, config: &EncoderConfig) -> Result<Encoder, ModelError> {
+        let device = device::select(config.device)?;
+        let load_err = |file: &PathBuf| {
+            let file = file.clone();
+            move |reason: String| ModelError::Load { file, reason }
+        };
+        let bert_config: BertConfig = std::fs::read_to_string(&files.config)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str(&text).map_err(|e| e.to_string()))
+            .map_err(load_err(&files.config))?;
+        if config.max_tokens > bert_config.max_position_embeddings {
+            return Err(ModelError::MaxTokens {
+                max_tokens: config.max_tokens,
+                limit: bert_config.max_position_embeddings,
+            });
+        }
+        let mut tokenizer = Tokenizer::from_file(&files.tokenizer)
+            .map_err(|e| load_err(&files.tokenizer)(e.to_string()))?;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: config.max_tokens,
+                ..TruncationParams::default()
+            }))
+            .map_err(|e| load_err(&files.tokenizer)(e.to_string()))?;
+        tokenizer.with_padding(None);
+        // SAFETY: the weights file is memory-mapped read-only; it must not be modified while
+        // the process runs, which holds for a model directory (the fetch script replaces files
+        // by rename, never in place).
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[&files.weights], DType::F32, &device) }
+                .map_err(|e| load_err(&files.weights)(e.to_string()))?;
+        let model = BertModel::load(vb, &bert_config)
+            .map_err(|e| load_err(&files.weights)(e.to_string()))?;
+        Ok(Encoder {
+            model,
+            tokenizer,
+            device,
+            dim: bert_config.hidden_size,
+            files,
+        })
+    }
+
+    /// Embedding dimension (384 for all-MiniLM-L6-v2).
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn files(&self) -> &ModelFiles {
+        &self.files
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Embeds one text.
+    pub fn embed_one(&self, text: &str) -> Result<Embedding, EmbedError> {
+        let mut out = self.embed(&[text])?;
+        out.pop()
+            .ok_or_else(|| EmbedError::Inference("no embedding produced".into()))
+    }
+
+    /// Embeds texts in order. Sequences of similar length are padded into shared forward
+    /// passes, so mixed lengths waste little work.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>, EmbedError> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| EmbedError::Tokenize(e.to_string()))?;
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        order.sort_by_key(|&i| encodings[i].get_ids().len());
+        let mut results: Vec<Option<Embedding>> = vec![None; encodings.len()];
+        let mut start = 0;
+        while start < order.len() {
+            // Sorted by length: the last sequence taken is the longest in the batch.
+            let mut end = start + 1;
+            while end < order.len()
+                && end - start < MAX_BATCH
+                && (end - start + 1) * encodings[order[end]].get_ids().len() <= BATCH_TOKEN_BUDGET
+            {
+                end += 1;
+            }
+            let batch: Vec<&[u32]> = order[start..end]
+                .iter()
+                .map(|&i| encodings[i].get_ids())
+                .collect();
+            let vectors = self.forward(&batch)?;
+            for (&i, vector) in order[start..end].iter().zip(vectors) {
+                results[i] = Some(Embedding {
+                    vector,
+                    tokens: encodings[i].get_ids().len(),
+                });
+            }
+            start = end;
+        }
+        results
+            .into_iter()
+            .map(|e| e.ok_or_else(|| EmbedError::Inference("a text was not embedded".into())))
+            .collect()
+    }
+
+    /// One padded forward pass; returns a unit vector per sequence.
+    fn forward(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let rows = batch.len();
+        let width = batch.iter().map(|ids| ids.len()).max().unwrap_or(0);
+        let mut ids = vec![0u32; rows * width];
+        let mut mask = vec![0u32; rows * width];
+        for (r, seq) in batch.iter().enumerate() {
+            ids[r * width..r * width + seq.len()].copy_from_slice(seq);
+            mask[r * width..r * width + seq.len()].fill(1);
+        }
+        let ids = Tensor::from_vec(ids, (rows, width), &self.device)?;
+        let mask = Tensor::from_vec(mask, (rows, width), &self.device)?;
+        let types = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        // Mean over the real tokens only.
+        let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?;
+        let counts = mask_f.sum(1)?;
+        let mean = summed.broadcast_div(&counts)?;
+        // L2 normalisation, with sentence-transformers' epsilon.
+        let norms = mean
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(1e-12f32, f32::MAX)?;
+        let unit = mean.broadcast_div(&norms)?;
+        Ok(unit.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+    }
+}

@@ -1,0 +1,109 @@
+//! The inference worker: one dedicated OS thread owns the encoder, so model work never runs
+//! on the async runtime's threads. Requests queue on a bounded channel; while a batch runs,
+//! new requests wait, and the next batch takes everything waiting (up to a limit), so
+//! concurrent prompts share forward passes. A full queue is refused at once (overload),
+//! never grown without bound.
+
+use super::{EmbedError, Embedding, Encoder};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most prompts taken into one batch.
+const MAX_BATCH: usize = 32;
+
+struct Job {
+    text: String,
+    reply: oneshot::Sender<Result<Embedding, EmbedError>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("the embedding queue is full ({0} prompts waiting); retry shortly")]
+    Overloaded(usize),
+    #[error("the embedding worker has stopped")]
+    Stopped,
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+}
+
+/// A cheap-to-clone handle to the inference thread.
+#[derive(Clone)]
+pub struct EmbedWorker {
+    jobs: mpsc::Sender<Job>,
+    capacity: usize,
+}
+
+impl EmbedWorker {
+    /// Starts the thread. `queue_capacity` prompts may wait; more are refused.
+    pub fn spawn(encoder: Encoder, queue_capacity: usize) -> std::io::Result<EmbedWorker> {
+        let capacity = queue_capacity.max(1);
+        let (jobs, receiver) = mpsc::channel(capacity);
+        std::thread::Builder::new()
+            .name("semroute-embed".into())
+            .spawn(move || run(encoder, receiver))?;
+        Ok(EmbedWorker { jobs, capacity })
+    }
+
+    pub async fn embed(&self, text: String) -> Result<Embedding, WorkerError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .try_send(Job { text, reply })
+            .map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => WorkerError::Overloaded(self.capacity),
+                mpsc::error::TrySendError::Closed(_) => WorkerError::Stopped,
+            })?;
+        answer
+            .await
+            .map_err(|_| WorkerError::Stopped)?
+            .map_err(WorkerError::from)
+    }
+}
+
+fn run(encoder: Encoder, mut receiver: mpsc::Receiver<Job>) {
+    while let Some(first) = receiver.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // Callers that gave up (client disconnected) need no work.
+        batch.retain(|job| !job.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let texts: Vec<&str> = batch.iter().map(|job| job.text.as_str()).collect();
+        match guarded(&encoder, &texts) {
+            Ok(embeddings) => {
+                for (job, embedding) in batch.into_iter().zip(embeddings) {
+                    let _ = job.reply.send(Ok(embedding));
+                }
+            }
+            // One bad prompt must not fail the others that shared its batch.
+            Err(_) if batch.len() > 1 => {
+                for job in batch {
+                    let result = guarded(&encoder, &[job.text.as_str()]).and_then(|mut v| {
+                        v.pop()
+                            .ok_or_else(|| EmbedError::Inference("empty result".into()))
+                    });
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(err) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(EmbedError::Inference(err.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// Runs the encoder, turning a panic inside it into an error so the worker stays up.
+fn guarded(encoder: &Encoder, texts: &[&str]) -> Result<Vec<Embedding>, EmbedError> {
+    catch_unwind(AssertUnwindSafe(|| encoder.embed(texts))).unwrap_or_else(|_| {
+        Err(EmbedError::Inference(
+            "the model panicked on this input".into(),
+        ))
+    })
+}

@@ -1,0 +1,95 @@
+//! The error an HTTP caller sees: a kind that knows its status code, and a JSON body
+//! `{"error": {"code": ..., "message": ...}}`. Every failure is mapped to one here.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Seconds a client is asked to wait before retrying after a 429 or 503.
+const RETRY_AFTER_SECS: u64 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The body is not valid JSON.
+    InvalidJson,
+    /// Valid JSON, but not a valid request (missing or empty text, bad field types).
+    InvalidRequest,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    NotFound,
+    MethodNotAllowed,
+    /// Too many requests are waiting for the model.
+    Overloaded,
+    /// Still loading the model and index.
+    NotReady,
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::InvalidJson => StatusCode::BAD_REQUEST,
+            ErrorKind::InvalidRequest => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error, Serialize)]
+#[error("{message}")]
+pub struct ApiError {
+    pub code: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorKind, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorKind::InvalidRequest, message)
+    }
+}
+
+impl From<crate::embed::WorkerError> for ApiError {
+    fn from(err: crate::embed::WorkerError) -> Self {
+        use crate::embed::WorkerError;
+        let kind = match err {
+            WorkerError::Overloaded(_) => ErrorKind::Overloaded,
+            WorkerError::Stopped | WorkerError::Embed(_) => ErrorKind::Internal,
+        };
+        ApiError::new(kind, err.to_string())
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a ApiError,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.code == ErrorKind::Internal {
+            tracing::error!(message = %self.message, "request failed");
+        }
+        let status = self.code.status();
+        let mut response = (status, axum::Json(Body { error: &self })).into_response();
+        if matches!(self.code, ErrorKind::Overloaded | ErrorKind::NotReady) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}

@@ -1,0 +1,105 @@
+//! `POST /classify`: which route a prompt goes to, how sure, why, and the runners-up.
+
+use super::AppState;
+use super::json::ApiJson;
+use crate::config::MAX_TOP_K;
+use crate::error::ApiError;
+use crate::router::Classification;
+use axum::Json;
+use axum::extract::State;
+use serde::Deserialize;
+use std::time::Instant;
+
+/// `{"text": "..."}` or `{"messages": [...]}` (the last user message is classified).
+#[derive(Debug, Deserialize)]
+pub struct ClassifyRequest {
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub messages: Option<Vec<Message>>,
+    #[serde(default)]
+    pub top_k: Option<usize>,
+}
+
+/// An OpenAI-style chat message; `content` is a string or a list of parts.
+#[derive(Debug, Deserialize)]
+pub struct Message {
+    pub role: String,
+    #[serde(default)]
+    pub content: serde_json::Value,
+}
+
+impl ClassifyRequest {
+    /// The text to classify, or why there is none.
+    pub fn prompt(&self) -> Result<String, ApiError> {
+        let text = match (&self.text, &self.messages) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "give either `text` or `messages`, not both",
+                ));
+            }
+            (Some(text), None) => text.clone(),
+            (None, Some(messages)) => last_user_text(messages).ok_or_else(|| {
+                ApiError::invalid("`messages` has no user message with text content")
+            })?,
+            (None, None) => {
+                return Err(ApiError::invalid(
+                    "missing `text`: send {\"text\": \"...\"} or {\"messages\": [{\"role\": \"user\", \"content\": \"...\"}]}",
+                ));
+            }
+        };
+        if text.trim().is_empty() {
+            return Err(ApiError::invalid("the text to classify is empty"));
+        }
+        Ok(text)
+    }
+
+    pub fn top_k(&self) -> Result<Option<usize>, ApiError> {
+        match self.top_k {
+            Some(k) if !(1..=MAX_TOP_K).contains(&k) => Err(ApiError::invalid(format!(
+                "top_k must be between 1 and {MAX_TOP_K}"
+            ))),
+            other => Ok(other),
+        }
+    }
+}
+
+fn last_user_text(messages: &[Message]) -> Option<String> {
+    messages
+        .iter()
+        .rev()
+        .filter(|m| m.role == "user")
+        .find_map(|m| content_text(&m.content))
+}
+
+/// Text of a message's content: the string itself, or its text parts joined by newlines.
+fn content_text(content: &serde_json::Value) -> Option<String> {
+    match content {
+        serde_json::Value::String(text) => Some(text.clone()),
+        serde_json::Value::Array(parts) => {
+            let texts: Vec<&str> = parts
+                .iter()
+                .filter(|p| p.get("type").and_then(|t| t.as_str()) == Some("text"))
+                .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
+                .collect();
+            (!texts.is_empty()).then(|| texts.join("\n"))
+        }
+        _ => None,
+    }
+}
+
+pub async fn classify(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<ClassifyRequest>,
+) -> Result<Json<Classification>, ApiError> {
+    let started = Instant::now();
+    let text = request.prompt()?;
+    let top_k = request.top_k()?;
+    let engine = state.engine()?;
+    let embedding = engine.worker.embed(text.clone()).await?;
+    let embed_us = started.elapsed().as_micros() as u64;
+    let mut result = engine.router.classify(&text, &embedding, top_k);
+    result.timing_us.embed = embed_us;
+    result.timing_us.total = started.elapsed().as_micros() as u64;
+    Ok(Json(result))
+}

@@ -1,0 +1,98 @@
+//! The HTTP sidecar: `app(state)` builds the axum router, so tests drive it with `oneshot`
+//! and no socket. The state becomes ready once the model and the index are loaded.
+
+mod classify;
+mod health;
+mod json;
+
+pub use classify::{ClassifyRequest, Message};
+
+use crate::config::Config;
+use crate::embed::EmbedWorker;
+use crate::error::{ApiError, ErrorKind};
+use crate::router::Router as RouteIndex;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use std::sync::{Arc, OnceLock};
+use tower_http::trace::TraceLayer;
+
+/// Request bodies larger than this are refused with 413 unless configured otherwise.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// What a handler needs once the service is ready.
+pub struct Engine {
+    pub router: Arc<RouteIndex>,
+    pub worker: EmbedWorker,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    config: Arc<Config>,
+    engine: Arc<OnceLock<Engine>>,
+    body_limit: usize,
+}
+
+impl AppState {
+    /// A state that answers `/healthz` and `/routes` at once and the rest after `set_ready`.
+    pub fn new(config: Arc<Config>, body_limit: usize) -> AppState {
+        AppState {
+            config,
+            engine: Arc::new(OnceLock::new()),
+            body_limit,
+        }
+    }
+
+    /// A state that is ready from the start.
+    pub fn ready(router: Arc<RouteIndex>, worker: EmbedWorker, body_limit: usize) -> AppState {
+        let state = AppState::new(router.config().clone(), body_limit);
+        state.set_ready(Engine { router, worker });
+        state
+    }
+
+    /// Marks the service ready; a second call is ignored.
+    pub fn set_ready(&self, engine: Engine) {
+        let _ = self.engine.set(engine);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.engine.get().is_some()
+    }
+
+    fn engine(&self) -> Result<&Engine, ApiError> {
+        self.engine.get().ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::NotReady,
+                "the model and route index are still loading; retry shortly",
+            )
+        })
+    }
+}
+
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.body_limit;
+    Router::new()
+        .route("/classify", post(classify::classify))
+        .route("/routes", get(health::routes))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        ErrorKind::NotFound,
+        "no such endpoint; see POST /classify, GET /routes, /healthz, /readyz",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        "method not allowed on this endpoint",
+    )
+}

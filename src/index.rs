@@ -1,0 +1,272 @@
+//! The utterance index: every route utterance's unit embedding in an HNSW graph (hnsw_rs),
+//! searched for a prompt's nearest utterances by cosine similarity.
+//!
+//! Vectors are L2-normalised, so cosine similarity is their dot product and the graph's
+//! distance is `1 - dot`. hnsw_rs's own `DistDot` asserts that value is never negative, which
+//! rounding breaks for near-identical vectors (a panic reachable from input), and its
+//! `DistCosine` re-normalises on every call in a scalar loop; `UnitDot` clamps instead.
+
+use crate::config::RouteId;
+use hnsw_rs::prelude::{Distance, Hnsw};
+
+/// Links per node; 24 keeps recall at 1.0 on tens of thousands of utterances.
+const MAX_CONNECTIONS: usize = 24;
+const EF_CONSTRUCTION: usize = 200;
+/// Search breadth: at least this many candidates are explored per query.
+const MIN_EF_SEARCH: usize = 96;
+const MAX_LAYERS: usize = 16;
+
+/// `1 - a·b` for unit vectors, clamped to [0, 2] and never NaN.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UnitDot;
+
+impl Distance<f32> for UnitDot {
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        let d = 1.0 - dot(a, b);
+        if d.is_nan() { 2.0 } else { d.clamp(0.0, 2.0) }
+    }
+}
+
+/// Dot product written so the compiler vectorises it (eight independent accumulators).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks_a = a.chunks_exact(8);
+    let chunks_b = b.chunks_exact(8);
+    let tail: f32 = chunks_a
+        .remainder()
+        .iter()
+        .zip(chunks_b.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (ca, cb) in chunks_a.zip(chunks_b) {
+        for i in 0..8 {
+            acc[i] += ca[i] * cb[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// One retrieved utterance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Neighbor {
+    /// Position of the utterance in the order it was added.
+    pub utterance: usize,
+    pub route: RouteId,
+    pub similarity: f32,
+}
+
+pub struct UtteranceIndex {
+    graph: Hnsw<'static, f32, UnitDot>,
+    /// Row-major unit vectors, `dim` floats per utterance, for exact scoring.
+    vectors: Vec<f32>,
+    routes: Vec<RouteId>,
+    dim: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("embedding {index} has {got} dimensions, expected {expected}")]
+    Dimension {
+        index: usize,
+        got: usize,
+        expected: usize,
+    },
+    #[error("embedding {index} is not a finite unit vector")]
+    NotUnit { index: usize },
+}
+
+impl UtteranceIndex {
+    /// Builds the graph from unit embeddings, each with the route that owns it.
+    /// Insertion is sequential so the same inputs always build the same graph.
+    pub fn build(
+        embeddings: &[Vec<f32>],
+        routes: &[RouteId],
+    ) -> Result<UtteranceIndex, IndexError> {
+        let dim = embeddings.first().map_or(0, Vec::len);
+        let mut vectors = Vec::with_capacity(embeddings.len() * dim);
+        for (index, e) in embeddings.iter().enumerate() {
+            if e.len() != dim {
+                return Err(IndexError::Dimension {
+                    index,
+                    got: e.len(),
+                    expected: dim,
+                });
+            }
+            let norm = dot(e, e);
+            if !norm.is_finite() || (norm - 1.0).abs() > 1e-3 {
+                return Err(IndexError::NotUnit { index });
+            }
+            vectors.extend_from_slice(e);
+        }
+        let graph = Hnsw::new(
+            MAX_CONNECTIONS,
+            embeddings.len().max(1),
+            MAX_LAYERS,
+            EF_CONSTRUCTION,
+            UnitDot,
+        );
+        for (id, e) in embeddings.iter().enumerate() {
+            graph.insert_slice((e.as_slice(), id));
+        }
+        let mut graph = graph;
+        graph.set_searching_mode(true);
+        Ok(UtteranceIndex {
+            graph,
+            vectors,
+            routes: routes.to_vec(),
+            dim,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The `k` utterances nearest to `query` (a unit vector), best first.
+    pub fn search(&self, query: &[f32], k: usize) -> Vec<Neighbor> {
+        if k == 0 || self.is_empty() || query.len() != self.dim {
+            return Vec::new();
+        }
+        let ef = MIN_EF_SEARCH.max(2 * k);
+        let mut found: Vec<Neighbor> = self
+            .graph
+            .search(query, k, ef)
+            .into_iter()
+            .filter_map(|n| self.neighbor(n.d_id, query))
+            .collect();
+        sort_best_first(&mut found);
+        found.truncate(k);
+        found
+    }
+
+    /// The `k` nearest utterances by scanning all of them: the reference `search` is
+    /// measured against.
+    pub fn search_exhaustive(&self, query: &[f32], k: usize) -> Vec<Neighbor> {
+        if query.len() != self.dim {
+            return Vec::new();
+        }
+        let mut all: Vec<Neighbor> = (0..self.len())
+            .filter_map(|i| self.neighbor(i, query))
+            .collect();
+        sort_best_first(&mut all);
+        all.truncate(k);
+        all
+    }
+
+    /// Exact similarity of `query` to every utterance of `route`, best first.
+    pub fn route_neighbors(&self, route: RouteId, query: &[f32]) -> Vec<Neighbor> {
+        let mut found: Vec<Neighbor> = (0..self.len())
+            .filter(|&i| self.routes.get(i) == Some(&route))
+            .filter_map(|i| self.neighbor(i, query))
+            .collect();
+        sort_best_first(&mut found);
+        found
+    }
+
+    /// The similarity is recomputed exactly rather than taken from the graph's clamped
+    /// distance, so it is the true cosine.
+    fn neighbor(&self, utterance: usize, query: &[f32]) -> Option<Neighbor> {
+        let vector = self
+            .vectors
+            .get(utterance * self.dim..(utterance + 1) * self.dim)?;
+        Some(Neighbor {
+            utterance,
+            route: *self.routes.get(utterance)?,
+            similarity: dot(vector, query),
+        })
+    }
+}
+
+fn sort_best_first(neighbors: &mut [Neighbor]) {
+    neighbors.sort_by(|a, b| {
+        b.similarity
+            .total_cmp(&a.similarity)
+            .then(a.utterance.cmp(&b.utterance))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(v: &[f32]) -> Vec<f32> {
+        let n = dot(v, v).sqrt();
+        v.iter().map(|x| x / n).collect()
+    }
+
+    #[test]
+    fn dot_matches_the_naive_sum_for_any_length() {
+        for len in [0, 1, 7, 8, 9, 384] {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
+            let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot(&a, &b) - naive).abs() < 1e-4, "len {len}");
+        }
+    }
+
+    #[test]
+    fn unit_dot_never_goes_negative_or_nan() {
+        let v = unit(&[0.1, 0.2, 0.3, 0.4]);
+        let d = UnitDot.eval(&v, &v);
+        assert!((0.0..1e-6).contains(&d));
+        assert_eq!(UnitDot.eval(&[f32::NAN], &[1.0]), 2.0);
+        // A vector whose self-dot rounds above 1.
+        let big = vec![1.0000001f32; 4];
+        assert_eq!(UnitDot.eval(&big, &big), 0.0);
+    }
+
+    #[test]
+    fn finds_the_nearest_utterance_and_its_route() {
+        let vectors = vec![
+            unit(&[1.0, 0.0, 0.0]),
+            unit(&[0.0, 1.0, 0.0]),
+            unit(&[0.0, 0.0, 1.0]),
+        ];
+        let routes = [RouteId(0), RouteId(1), RouteId(1)];
+        let index = UtteranceIndex::build(&vectors, &routes).unwrap_or_else(|e| panic!("{e}"));
+        let found = index.search(&unit(&[0.1, 0.9, 0.2]), 2);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[0].utterance, 1);
+        assert_eq!(found[0].route, RouteId(1));
+        assert!(found[0].similarity > found[1].similarity);
+        assert_eq!(found, index.search_exhaustive(&unit(&[0.1, 0.9, 0.2]), 2));
+    }
+
+    #[test]
+    fn asking_for_more_than_exists_returns_all() {
+        let vectors = vec![unit(&[1.0, 0.0]), unit(&[0.0, 1.0])];
+        let index = UtteranceIndex::build(&vectors, &[RouteId(0), RouteId(1)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(index.search(&unit(&[1.0, 1.0]), 50).len(), 2);
+        assert!(
+            index.search(&[1.0], 5).is_empty(),
+            "wrong dimension gives nothing"
+        );
+    }
+
+    #[test]
+    fn refuses_vectors_that_are_not_unit_or_not_the_same_size() {
+        let bad = UtteranceIndex::build(&[vec![3.0, 4.0]], &[RouteId(0)]);
+        assert!(matches!(bad, Err(IndexError::NotUnit { index: 0 })));
+        let ragged =
+            UtteranceIndex::build(&[unit(&[1.0, 0.0]), vec![1.0]], &[RouteId(0), RouteId(0)]);
+        assert!(matches!(
+            ragged,
+            Err(IndexError::Dimension { index: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn an_empty_index_answers_nothing() {
+        let index = UtteranceIndex::build(&[], &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(index.search(&[1.0, 0.0], 3).is_empty());
+    }
+}

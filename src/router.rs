@@ -1,0 +1,222 @@
+//! The router: routes' utterances embedded into the index, plus the override matcher; turns
+//! a prompt's embedding into a `Classification` (the decision and the evidence behind it).
+
+use crate::config::{Config, MAX_TOP_K, RouteId};
+use crate::decide::{MatchedBy, OverrideKind, RouteScore, decide};
+use crate::embed::{EmbedError, Embedding, Encoder};
+use crate::index::{IndexError, UtteranceIndex};
+use crate::overrides::OverrideMatcher;
+use crate::score::{Hit, route_scores};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Neighbours listed per candidate route in a classification.
+const NEIGHBORS_SHOWN: usize = 3;
+
+pub struct Router {
+    config: Arc<Config>,
+    index: UtteranceIndex,
+    overrides: OverrideMatcher,
+    /// For each indexed utterance: (route, position in the route's `utterances`).
+    utterances: Vec<(RouteId, usize)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("embedding the route utterances failed: {0}")]
+    Embed(#[from] EmbedError),
+    #[error("building the utterance index failed: {0}")]
+    Index(#[from] IndexError),
+    #[error("compiling keywords and patterns failed: {0}")]
+    Overrides(#[from] regex::Error),
+    #[error("{got} embeddings for {expected} utterances")]
+    Count { got: usize, expected: usize },
+}
+
+/// The answer to "which route?", with the evidence: the shape of `POST /classify`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Classification {
+    pub route: Option<String>,
+    pub score: Option<f32>,
+    pub matched_by: MatchedBy,
+    pub threshold: f32,
+    /// Every keyword or pattern that matched, in file order (the first decides).
+    pub overrides: Vec<OverrideReport>,
+    /// Routes with retrieved neighbours, best first.
+    pub candidates: Vec<Candidate>,
+    /// Tokens the prompt was embedded as (after truncation).
+    pub tokens: usize,
+    pub timing_us: Timing,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OverrideReport {
+    pub route: String,
+    pub kind: OverrideKind,
+    pub rule: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    pub route: String,
+    pub score: f32,
+    pub threshold: f32,
+    pub neighbors: Vec<NeighborReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NeighborReport {
+    pub utterance: String,
+    pub similarity: f32,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Timing {
+    pub embed: u64,
+    pub search: u64,
+    pub total: u64,
+}
+
+impl Router {
+    /// Embeds every route utterance and builds the index.
+    pub fn build(config: Config, encoder: &Encoder) -> Result<Router, BuildError> {
+        let texts: Vec<&str> = config
+            .routes
+            .iter()
+            .flat_map(|r| r.utterances.iter().map(String::as_str))
+            .collect();
+        let embeddings = encoder.embed(&texts)?;
+        let vectors = embeddings.into_iter().map(|e| e.vector).collect();
+        Router::from_embeddings(config, vectors)
+    }
+
+    /// Builds from precomputed utterance embeddings, in route order then utterance order.
+    pub fn from_embeddings(config: Config, vectors: Vec<Vec<f32>>) -> Result<Router, BuildError> {
+        let utterances: Vec<(RouteId, usize)> = config
+            .routes
+            .iter()
+            .enumerate()
+            .flat_map(|(r, route)| (0..route.utterances.len()).map(move |u| (RouteId(r), u)))
+            .collect();
+        if vectors.len() != utterances.len() {
+            return Err(BuildError::Count {
+                got: vectors.len(),
+                expected: utterances.len(),
+            });
+        }
+        let owners: Vec<RouteId> = utterances.iter().map(|(r, _)| *r).collect();
+        let index = UtteranceIndex::build(&vectors, &owners)?;
+        let overrides = OverrideMatcher::new(&config)?;
+        Ok(Router {
+            config: Arc::new(config),
+            index,
+            overrides,
+            utterances,
+        })
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    pub fn index(&self) -> &UtteranceIndex {
+        &self.index
+    }
+
+    /// Classifies a prompt from its embedding. `top_k` overrides the config's for this query.
+    pub fn classify(&self, text: &str, query: &Embedding, top_k: Option<usize>) -> Classification {
+        let started = Instant::now();
+        let config = &self.config;
+        let k = top_k.unwrap_or(config.top_k).clamp(1, MAX_TOP_K);
+        let neighbors = self.index.search(&query.vector, k);
+        let hits: Vec<Hit> = neighbors
+            .iter()
+            .map(|n| Hit {
+                route: n.route,
+                similarity: n.similarity,
+            })
+            .collect();
+        let mut scores = route_scores(&hits, config.aggregation);
+        let override_hits = self.overrides.hits(text);
+        // A route selected by an override gets its exact score even if none of its
+        // utterances was retrieved, so the answer always carries one.
+        for hit in &override_hits {
+            if !scores.iter().any(|s| s.route == hit.route)
+                && let Some(score) = self.exact_score(hit.route, &query.vector) {
+                    scores.push(score);
+                }
+        }
+        let decision = decide(&scores, &override_hits, config);
+        let candidates = scores
+            .iter()
+            .map(|s| Candidate {
+                route: config.route(s.route).name.to_string(),
+                score: s.score,
+                threshold: config.threshold_for(s.route).get(),
+                neighbors: self.neighbor_reports(s.route, &neighbors, &query.vector),
+            })
+            .collect();
+        let search = started.elapsed().as_micros() as u64;
+        Classification {
+            route: decision.route.map(|r| config.route(r).name.to_string()),
+            score: decision.score,
+            matched_by: decision.matched_by,
+            threshold: decision.threshold.get(),
+            overrides: override_hits
+                .iter()
+                .map(|h| OverrideReport {
+                    route: config.route(h.route).name.to_string(),
+                    kind: h.kind,
+                    rule: h.rule.clone(),
+                })
+                .collect(),
+            candidates,
+            tokens: query.tokens,
+            timing_us: Timing {
+                embed: 0,
+                search,
+                total: search,
+            },
+        }
+    }
+
+    fn exact_score(&self, route: RouteId, query: &[f32]) -> Option<RouteScore> {
+        let hits: Vec<Hit> = self
+            .index
+            .route_neighbors(route, query)
+            .iter()
+            .map(|n| Hit {
+                route,
+                similarity: n.similarity,
+            })
+            .collect();
+        route_scores(&hits, self.config.aggregation).pop()
+    }
+
+    fn neighbor_reports(
+        &self,
+        route: RouteId,
+        retrieved: &[crate::index::Neighbor],
+        query: &[f32],
+    ) -> Vec<NeighborReport> {
+        let mut mine: Vec<_> = retrieved
+            .iter()
+            .filter(|n| n.route == route)
+            .copied()
+            .collect();
+        if mine.is_empty() {
+            mine = self.index.route_neighbors(route, query);
+        }
+        mine.iter()
+            .take(NEIGHBORS_SHOWN)
+            .filter_map(|n| {
+                let (r, u) = self.utterances.get(n.utterance)?;
+                Some(NeighborReport {
+                    utterance: self.config.route(*r).utterances.get(*u)?.clone(),
+                    similarity: n.similarity,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,110 @@
+//! Route scores from retrieved neighbours: each route's score is an aggregate of the cosine
+//! similarities of its utterances among the prompt's nearest neighbours.
+
+use crate::config::{Aggregation, RouteId};
+use crate::decide::RouteScore;
+
+/// One retrieved utterance: which route owns it and how similar it is to the prompt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    pub route: RouteId,
+    pub similarity: f32,
+}
+
+/// Scores every route that has at least one retrieved neighbour, best first (ties: earlier
+/// route first). `hits` must be sorted by similarity, best first, as a search returns them.
+pub fn route_scores(hits: &[Hit], aggregation: Aggregation) -> Vec<RouteScore> {
+    // The weakest similarity retrieved bounds every utterance that was not retrieved.
+    let floor = hits.last().map_or(0.0, |h| h.similarity);
+    let mut routes: Vec<RouteId> = hits.iter().map(|h| h.route).collect();
+    routes.sort_unstable();
+    routes.dedup();
+    let mut scores: Vec<RouteScore> = routes
+        .into_iter()
+        .map(|route| {
+            let sims = hits
+                .iter()
+                .filter(|h| h.route == route)
+                .map(|h| h.similarity);
+            RouteScore {
+                route,
+                score: aggregate(sims, aggregation, floor),
+            }
+        })
+        .collect();
+    scores.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.route.cmp(&b.route)));
+    scores
+}
+
+/// `similarities` are one route's, best first.
+fn aggregate(similarities: impl Iterator<Item = f32>, aggregation: Aggregation, floor: f32) -> f32 {
+    match aggregation {
+        Aggregation::Max => similarities.fold(f32::NEG_INFINITY, f32::max),
+        Aggregation::Mean => {
+            let (sum, n) = similarities.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+            sum / n.max(1) as f32
+        }
+        Aggregation::TopMean(k) => {
+            let (sum, n) = similarities
+                .take(k)
+                .fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+            (sum + floor * (k - n) as f32) / k as f32
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hits(list: &[(usize, f32)]) -> Vec<Hit> {
+        list.iter()
+            .map(|&(route, similarity)| Hit {
+                route: RouteId(route),
+                similarity,
+            })
+            .collect()
+    }
+
+    fn close(a: f32, b: f32) -> bool {
+        (a - b).abs() < 1e-6
+    }
+
+    #[test]
+    fn max_takes_each_routes_best_neighbour() {
+        let scores = route_scores(&hits(&[(1, 0.9), (0, 0.8), (1, 0.5)]), Aggregation::Max);
+        assert_eq!(scores.len(), 2);
+        assert_eq!(scores[0].route, RouteId(1));
+        assert!(close(scores[0].score, 0.9));
+        assert!(close(scores[1].score, 0.8));
+    }
+
+    #[test]
+    fn mean_averages_all_retrieved_neighbours() {
+        let scores = route_scores(&hits(&[(1, 0.9), (0, 0.8), (1, 0.5)]), Aggregation::Mean);
+        assert_eq!(scores[0].route, RouteId(0));
+        assert!(close(scores[0].score, 0.8));
+        assert!(close(scores[1].score, 0.7));
+    }
+
+    #[test]
+    fn top_mean_fills_missing_neighbours_with_the_weakest_retrieved() {
+        // Route 0 has one neighbour; its other two count as 0.4, the weakest retrieved.
+        let list = [(1, 0.9), (0, 0.85), (1, 0.8), (1, 0.7), (1, 0.4)];
+        let scores = route_scores(&hits(&list), Aggregation::TopMean(3));
+        assert_eq!(scores[0].route, RouteId(1));
+        assert!(close(scores[0].score, (0.9 + 0.8 + 0.7) / 3.0));
+        assert!(close(scores[1].score, (0.85 + 0.4 + 0.4) / 3.0));
+    }
+
+    #[test]
+    fn ties_go_to_the_earlier_route() {
+        let scores = route_scores(&hits(&[(2, 0.5), (1, 0.5)]), Aggregation::Max);
+        assert_eq!(scores[0].route, RouteId(1));
+    }
+
+    #[test]
+    fn no_hits_no_scores() {
+        assert!(route_scores(&[], Aggregation::default()).is_empty());
+    }
+}

@@ -1,0 +1,158 @@
+//! Starting the sidecar: config, model files, socket, then the model and index load in the
+//! background while `/healthz` already answers; `/readyz` turns 200 when they are in.
+
+use crate::config::{Config, ConfigError};
+use crate::embed::{EmbedWorker, Encoder, ModelError, files};
+use crate::http::{AppState, Engine, app};
+use crate::router::{BuildError, Router};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// Prompts that may wait for the model before new ones are refused with 429.
+pub const DEFAULT_QUEUE: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub config_path: PathBuf,
+    pub addr: String,
+    pub body_limit: usize,
+    pub queue: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind { addr: String, reason: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Directories searched for a `models/<name>/` folder: the config file's, then the current.
+pub fn model_roots(config_path: Option<&Path>) -> Vec<PathBuf> {
+    let mut roots = Vec::new();
+    if let Some(dir) = config_path.and_then(Path::parent) {
+        roots.push(if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir.to_path_buf()
+        });
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.push(cwd);
+    }
+    roots
+}
+
+/// Loads the encoder and builds the router (blocking: run it off the async runtime).
+pub fn load_router(
+    config: Config,
+    model: files::ModelFiles,
+) -> Result<(Router, Encoder), ServeError> {
+    let started = Instant::now();
+    let encoder = Encoder::load_files(model, &config.encoder)?;
+    tracing::info!(
+        model = %encoder.files().origin,
+        ms = started.elapsed().as_millis() as u64,
+        "model loaded"
+    );
+    let utterances: usize = config.routes.iter().map(|r| r.utterances.len()).sum();
+    let started = Instant::now();
+    let router = Router::build(config, &encoder)?;
+    tracing::info!(
+        utterances,
+        ms = started.elapsed().as_millis() as u64,
+        "route index built"
+    );
+    Ok((router, encoder))
+}
+
+/// Runs the service until SIGTERM or ctrl-c.
+pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
+    let config = Config::load(&options.config_path)?;
+    // Fail before binding if the model cannot be found: the clearest error, at once.
+    let model = files::resolve(&config.encoder, &model_roots(Some(&options.config_path)))
+        .map_err(ModelError::from)?;
+    let listener = TcpListener::bind(&options.addr)
+        .await
+        .map_err(|err| ServeError::Bind {
+            addr: options.addr.clone(),
+            reason: err.to_string(),
+        })?;
+    let local: SocketAddr = listener.local_addr()?;
+    tracing::info!(addr = %local, routes = config.routes.len(), "listening; loading model");
+
+    let state = AppState::new(Arc::new(config.clone()), options.body_limit);
+    let (failed_tx, failed_rx) = oneshot::channel::<ServeError>();
+    let loading_state = state.clone();
+    let queue = options.queue;
+    tokio::task::spawn_blocking(move || {
+        let loaded = load_router(config, model).and_then(|(router, encoder)| {
+            let worker = EmbedWorker::spawn(encoder, queue)?;
+            Ok((router, worker))
+        });
+        match loaded {
+            Ok((router, worker)) => {
+                loading_state.set_ready(Engine {
+                    router: Arc::new(router),
+                    worker,
+                });
+                tracing::info!("ready");
+            }
+            Err(err) => {
+                let _ = failed_tx.send(err);
+            }
+        }
+    });
+
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        let _ = stop_rx.await;
+    });
+    let server = tokio::spawn(async move { server.await });
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        Ok(err) = failed_rx => Err(err),
+    };
+    let _ = stop_tx.send(());
+    match server.await {
+        Ok(result) => result?,
+        Err(join) => tracing::error!(error = %join, "server task failed"),
+    }
+    outcome
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

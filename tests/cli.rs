@@ -1,0 +1,239 @@
+//! The `semroute` binary: classify, embed, validate and serve, as a user runs them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn semroute() -> Command {
+    common::model_dir();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_semroute"));
+    cmd.current_dir(common::repo());
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    semroute().args(args).output().expect("run semroute")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn classify_json_answers_the_code_route_with_score_and_runners_up() {
+    let out = run(&[
+        "classify",
+        "--config",
+        "routes.yaml",
+        "--json",
+        "Write a Python function to parse JSON",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let body: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(body["route"], "code");
+    assert!(body["score"].as_f64().unwrap() > 0.4);
+    assert!(body["candidates"].as_array().unwrap().len() >= 2);
+}
+
+#[test]
+fn classify_reads_stdin_lines_and_prints_a_table() {
+    let mut child = semroute()
+        .args(["classify", "--config", "routes.yaml"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"compose a haiku about autumn leaves\nI was charged twice this month\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("-> creative_writing"), "{text}");
+    assert!(text.contains("-> billing"), "{text}");
+    assert!(text.contains("runners-up"), "{text}");
+}
+
+#[test]
+fn classify_reports_an_empty_input_and_fails_but_answers_the_rest() {
+    let out = run(&[
+        "classify",
+        "--config",
+        "routes.yaml",
+        "--json",
+        "",
+        "hi there",
+    ]);
+    assert!(!out.status.success());
+    let lines: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["error"]["code"], "invalid_request");
+    assert_eq!(lines[1]["route"], "small_talk");
+}
+
+#[test]
+fn embed_prints_text_tokens_and_a_unit_vector() {
+    let out = run(&["embed", "hello world", ""]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["text"], "hello world");
+    assert_eq!(lines[0]["tokens"], 4);
+    assert_eq!(lines[1]["tokens"], 2, "the empty text is [CLS] [SEP]");
+    let v: Vec<f64> = lines[0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(v.len(), 384);
+    let norm: f64 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4);
+}
+
+#[test]
+fn validate_accepts_the_shipped_and_clinc_files() {
+    let out = run(&["validate", "--config", "routes.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("ok"));
+    let clinc = common::shared().join("datasets/clinc150/routes-10shot.yaml");
+    let out = run(&["validate", "--config", clinc.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("150 routes"));
+}
+
+#[test]
+fn validate_names_file_line_and_fix_for_a_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "routes:\n  - name: a\n    utterances: [x]\n    threshold: 2\n  - name: a\n    utterances: [y]\n",
+    )
+    .unwrap();
+    let out = run(&["validate", "--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("bad.yaml:4:"), "{err}");
+    assert!(err.contains("routes[0].threshold"), "{err}");
+    assert!(err.contains("bad.yaml:5:"), "{err}");
+    assert!(err.contains("fix:"), "{err}");
+}
+
+#[test]
+fn bad_arguments_fail_with_a_message() {
+    let out = run(&["classify"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--config"));
+    let out = run(&["frobnicate"]);
+    assert!(!out.status.success());
+    let out = run(&["classify", "--config", "no-such.yaml", "hi"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no-such.yaml"));
+}
+
+#[test]
+fn a_missing_model_names_the_places_tried_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(
+        &path,
+        "encoder:\n  model: example/not-a-real-model\nroutes:\n  - name: a\n    utterances: [x]\n",
+    )
+    .unwrap();
+    let out = semroute()
+        .current_dir(dir.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", dir.path().join("hf"))
+        .args(["classify", "--config", path.to_str().unwrap(), "hi"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("models/not-a-real-model"), "{err}");
+    assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
+    assert!(err.contains("./models/fetch.sh"), "{err}");
+}
+
+/// `semroute serve` end to end: listens, turns ready, classifies, stops cleanly on SIGTERM.
+#[test]
+fn serve_answers_over_http_and_shuts_down_on_sigterm() {
+    let mut child = semroute()
+        .args(["serve", "--config", "routes.yaml", "--addr", "127.0.0.1:0"])
+        .env("RUST_LOG", "semroute=info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("serve logs its address");
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let ready = client
+                .get(format!("http://{addr}/readyz"))
+                .send()
+                .await
+                .unwrap();
+            if ready.status() == 200 {
+                break;
+            }
+            assert_eq!(ready.status(), 503);
+            assert!(Instant::now() < deadline, "not ready in time");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let body: Value = client
+            .post(format!("http://{addr}/classify"))
+            .json(&serde_json::json!({"text": "Write a Python function to parse JSON"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["route"], "code");
+    });
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+}

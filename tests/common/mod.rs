@@ -1,0 +1,90 @@
+//! Shared by the integration tests: the real model (fetched by `models/fetch.sh` on first
+//! use), the shipped routes, and the shared data sets.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use semroute::Router;
+use semroute::config::Config;
+use semroute::embed::{Encoder, files};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The model directory, fetched once if missing (the fetch script is idempotent and locks).
+pub fn model_dir() -> PathBuf {
+    static FETCHED: OnceLock<PathBuf> = OnceLock::new();
+    FETCHED
+        .get_or_init(|| {
+            let dir = repo().join("models/all-MiniLM-L6-v2");
+            if !dir.join("model.safetensors").is_file() {
+                let status = Command::new("bash")
+                    .arg(repo().join("models/fetch.sh"))
+                    .status()
+                    .expect("run models/fetch.sh");
+                assert!(status.success(), "models/fetch.sh failed");
+            }
+            dir
+        })
+        .clone()
+}
+
+pub fn encoder() -> &'static Encoder {
+    static ENCODER: OnceLock<Encoder> = OnceLock::new();
+    ENCODER.get_or_init(|| {
+        model_dir();
+        let config = semroute::config::EncoderConfig::default();
+        let found = files::resolve(&config, &[repo().to_path_buf()]).expect("model files");
+        Encoder::load_files(found, &config).expect("load the model")
+    })
+}
+
+pub fn shipped_config() -> Config {
+    Config::load(&repo().join("routes.yaml")).expect("the shipped routes.yaml is valid")
+}
+
+/// A router over the shipped routes.yaml.
+pub fn shipped_router() -> &'static Router {
+    static ROUTER: OnceLock<Router> = OnceLock::new();
+    ROUTER.get_or_init(|| Router::build(shipped_config(), encoder()).expect("build router"))
+}
+
+pub fn config_from(yaml: &str) -> Config {
+    Config::parse(yaml, "test.yaml", repo()).unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// `../shared`, or `SEMROUTE_SHARED` when set.
+pub fn shared() -> PathBuf {
+    if let Ok(dir) = std::env::var("SEMROUTE_SHARED") {
+        return PathBuf::from(dir);
+    }
+    for candidate in [repo().join("../shared"), PathBuf::from("/work/shared")] {
+        if candidate.is_dir() {
+            return candidate;
+        }
+    }
+    panic!("cannot find the shared data directory; set SEMROUTE_SHARED")
+}
+
+/// (text, route) pairs of a JSONL split such as `datasets/clinc150/val.jsonl`.
+pub fn labelled(relative: &str) -> Vec<(String, Option<String>)> {
+    let text = std::fs::read_to_string(shared().join(relative)).expect("read data set");
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("valid JSONL");
+            (
+                v["text"].as_str().expect("text").to_string(),
+                v["route"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+/// The route a prompt goes to on a router.
+pub fn route_of(router: &Router, text: &str) -> Option<String> {
+    let embedding = encoder().embed_one(text).expect("embed");
+    router.classify(text, &embedding, None).route
+}
