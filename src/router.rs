@@ -143,9 +143,10 @@ impl Router {
         // utterances was retrieved, so the answer always carries one.
         for hit in &override_hits {
             if !scores.iter().any(|s| s.route == hit.route)
-                && let Some(score) = self.exact_score(hit.route, &query.vector) {
-                    scores.push(score);
-                }
+                && let Some(score) = self.exact_score(hit.route, &query.vector)
+            {
+                scores.push(score);
+            }
         }
         let decision = decide(&scores, &override_hits, config);
         let candidates = scores

@@ -293,3 +293,42 @@ async fn futures_join(
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_is_answered_429_with_retry_after_and_the_rest_succeed() {
+    let config = common::shipped_config();
+    let found = files::resolve(&config.encoder, &[common::repo().to_path_buf()]).unwrap();
+    let encoder = Encoder::load_files(found, &config.encoder).unwrap();
+    let router = Arc::new(Router::build(config, &encoder).unwrap());
+    // Room for one waiting prompt: a burst of 40 must overflow it.
+    let state = AppState::ready(
+        router,
+        EmbedWorker::spawn(encoder, 1).unwrap(),
+        DEFAULT_BODY_LIMIT,
+    );
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let body = json!({ "text": format!("please refund order number {i}") }).to_string();
+                let response = app(state)
+                    .oneshot(post_json("/classify", body))
+                    .await
+                    .unwrap();
+                let retry_after = response.headers().get(header::RETRY_AFTER).is_some();
+                (response.status(), retry_after)
+            })
+        })
+        .collect();
+    let (mut ok, mut overloaded) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            (StatusCode::OK, _) => ok += 1,
+            (StatusCode::TOO_MANY_REQUESTS, true) => overloaded += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(ok >= 1, "some requests are served");
+    assert!(overloaded >= 1, "the burst overflowed the queue");
+    assert_eq!(ok + overloaded, 40);
+}

@@ -191,10 +191,8 @@ impl Checker<'_> {
             (Some(name), Some(routes)) => self.default_route(name, routes),
             _ => Some(None),
         };
-        if let (Some(routes), Some(Some(default))) = (&routes, default_route) {
-            self.routes_have_examples(routes, default);
-        } else if let Some(routes) = &routes {
-            self.routes_have_examples(routes, RouteId(usize::MAX));
+        if let Some(routes) = &routes {
+            self.routes_have_examples(routes, default_route.flatten());
         }
         Some(Config {
             source: self.source.to_string(),
@@ -429,12 +427,12 @@ impl Checker<'_> {
     }
 
     /// Every route but the default needs something to match on.
-    fn routes_have_examples(&mut self, routes: &[Route], default: RouteId) {
+    fn routes_have_examples(&mut self, routes: &[Route], default: Option<RouteId>) {
         for (i, route) in routes.iter().enumerate() {
             let empty = route.utterances.is_empty()
                 && route.keywords.is_empty()
                 && route.patterns.is_empty();
-            if empty && i != default.0 {
+            if empty && default != Some(RouteId(i)) {
                 self.issues.push(ConfigIssue {
                     path: format!("routes[{i}]"),
                     line: Some(route.line).filter(|&l| l > 0),

@@ -28,13 +28,15 @@ pub fn select(choice: DeviceChoice) -> Result<Device, ModelError> {
         }
         DeviceChoice::Auto => {
             if candle_core::utils::cuda_is_available()
-                && let Ok(device) = Device::new_cuda(0) {
-                    return Ok(device);
-                }
+                && let Ok(device) = Device::new_cuda(0)
+            {
+                return Ok(device);
+            }
             if candle_core::utils::metal_is_available()
-                && let Ok(device) = Device::new_metal(0) {
-                    return Ok(device);
-                }
+                && let Ok(device) = Device::new_metal(0)
+            {
+                return Ok(device);
+            }
             Ok(Device::Cpu)
         }
     }

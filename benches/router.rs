@@ -1,0 +1,85 @@
+//! Criterion benches for the hot paths: embedding one prompt and a batch, searching the
+//! CLINC150 10-shot index, and the decision. Needs the model: run ./models/fetch.sh first.
+//! `cargo bench --bench router`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use semroute::Router;
+use semroute::config::{Config, EncoderConfig};
+use semroute::decide::{OverrideHit, RouteScore, decide};
+use semroute::embed::{Encoder, files};
+use std::hint::black_box;
+use std::path::PathBuf;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn shared() -> PathBuf {
+    std::env::var("SEMROUTE_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join("../shared"))
+}
+
+fn encoder() -> Encoder {
+    let config = EncoderConfig::default();
+    let found = files::resolve(&config, &[repo()]).expect("run ./models/fetch.sh first");
+    Encoder::load_files(found, &config).unwrap()
+}
+
+fn benches(c: &mut Criterion) {
+    let encoder = encoder();
+    let prompt = "How do I reset my password for the billing portal?";
+    c.bench_function("embed_single", |b| {
+        b.iter(|| encoder.embed_one(black_box(prompt)).unwrap())
+    });
+
+    let val = std::fs::read_to_string(shared().join("datasets/clinc150/val.jsonl")).unwrap();
+    let prompts: Vec<String> = val
+        .lines()
+        .take(64)
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let mut group = c.benchmark_group("embed_batch");
+    group.throughput(criterion::Throughput::Elements(refs.len() as u64));
+    group.sample_size(10);
+    group.bench_function("64_clinc_prompts", |b| {
+        b.iter(|| encoder.embed(black_box(&refs)).unwrap())
+    });
+    group.finish();
+
+    let config = Config::load(&shared().join("datasets/clinc150/routes-10shot.yaml")).unwrap();
+    let router = Router::build(config.clone(), &encoder).unwrap();
+    let query = encoder.embed_one(prompt).unwrap();
+    c.bench_function("search_1500_utterances_top20", |b| {
+        b.iter(|| router.index().search(black_box(&query.vector), 20))
+    });
+    c.bench_function("classify_after_embed_150_routes", |b| {
+        b.iter(|| router.classify(black_box(prompt), black_box(&query), None))
+    });
+
+    let scores: Vec<RouteScore> = router
+        .classify(prompt, &query, None)
+        .candidates
+        .iter()
+        .filter_map(|c| {
+            config.route_id(&c.route).map(|route| RouteScore {
+                route,
+                score: c.score,
+            })
+        })
+        .collect();
+    let hits: Vec<OverrideHit> = Vec::new();
+    c.bench_function("decide_150_routes", |b| {
+        b.iter(|| decide(black_box(&scores), &hits, &config))
+    });
+}
+
+criterion_group!(router_benches, benches);
+criterion_main!(router_benches);
