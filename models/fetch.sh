@@ -77,8 +77,11 @@ for file in config.json tokenizer.json model.safetensors; do
   cp "$src/$file" "$dest/.$file.partial"
   mv "$dest/.$file.partial" "$dest/$file"
 done
-# Optional extras that sentence-transformers ships (pooling and normalisation config).
-for file in tokenizer_config.json special_tokens_map.json vocab.txt sentence_bert_config.json modules.json; do
-  [ -f "$src/$file" ] && cp "$src/$file" "$dest/$file"
+# The rest of the sentence-transformers layout (pooling and normalisation modules, tokenizer
+# config), so the directory also loads in sentence-transformers for side-by-side checks.
+for extra in "$src"/*; do
+  name=$(basename "$extra")
+  case "$name" in config.json|tokenizer.json|model.safetensors) continue ;; esac
+  cp -r "$extra" "$dest/"
 done
 echo "model installed: $dest"

@@ -176,14 +176,15 @@ fn a_missing_model_names_the_places_tried_and_the_fix() {
 /// `semroute serve` end to end: listens, turns ready, classifies, stops cleanly on SIGTERM.
 #[test]
 fn serve_answers_over_http_and_shuts_down_on_sigterm() {
-    let mut child = semroute()
+    let child = semroute()
         .args(["serve", "--config", "routes.yaml", "--addr", "127.0.0.1:0"])
         .env("RUST_LOG", "semroute=info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let mut child = KillOnDrop(child);
+    let stderr = child.0.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -226,7 +227,7 @@ fn serve_answers_over_http_and_shuts_down_on_sigterm() {
             .unwrap();
         assert_eq!(body["route"], "code");
     });
-    let pid = child.id().to_string();
+    let pid = child.0.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -234,6 +235,16 @@ fn serve_answers_over_http_and_shuts_down_on_sigterm() {
             .unwrap()
             .success()
     );
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
+}
+
+/// A server child that is killed if the test fails before stopping it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
