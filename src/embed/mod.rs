@@ -3,6 +3,7 @@
 
 mod device;
 pub mod files;
+pub mod native;
 pub mod worker;
 
 pub use files::{ModelFiles, NotFound};
@@ -15,8 +16,8 @@ use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use std::path::PathBuf;
 use tokenizers::{Tokenizer, TruncationParams};
 
-/// Sequences padded into one forward pass are capped at this many tokens (rows x longest).
-const BATCH_TOKEN_BUDGET: usize = 8192;
+/// Tokens in one forward pass: packed (native) or padded rows x longest (candle).
+const BATCH_TOKEN_BUDGET: usize = 4096;
 const MAX_BATCH: usize = 64;
 
 /// A prompt's embedding: a unit vector, and how many tokens (special tokens included,
@@ -55,8 +56,22 @@ impl From<candle_core::Error> for EmbedError {
     }
 }
 
+/// Which implementation runs the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The native CPU encoder (`native`), used for `device: cpu`.
+    Native(native::gemm::Isa),
+    /// candle-transformers' BERT, used for CUDA and Metal.
+    Candle,
+}
+
+enum Model {
+    Native(native::NativeBert),
+    Candle(BertModel),
+}
+
 pub struct Encoder {
-    model: BertModel,
+    model: Model,
     tokenizer: Tokenizer,
     device: Device,
     dim: usize,
@@ -72,6 +87,24 @@ impl Encoder {
 
     pub fn load_files(files: ModelFiles, config: &EncoderConfig) -> Result<Encoder, ModelError> {
         let device = device::select(config.device)?;
+        let backend = if device.is_cpu() {
+            Backend::Native(native::gemm::Isa::detect())
+        } else {
+            Backend::Candle
+        };
+        Encoder::load_backend(files, config, backend)
+    }
+
+    /// Loads with a chosen backend (tests compare them; CUDA/Metal need `Candle`).
+    pub fn load_backend(
+        files: ModelFiles,
+        config: &EncoderConfig,
+        backend: Backend,
+    ) -> Result<Encoder, ModelError> {
+        let device = match backend {
+            Backend::Native(_) => Device::Cpu,
+            Backend::Candle => device::select(config.device)?,
+        };
         let load_err = |file: &PathBuf| {
             let file = file.clone();
             move |reason: String| ModelError::Load { file, reason }
@@ -95,14 +128,25 @@ impl Encoder {
             }))
             .map_err(|e| load_err(&files.tokenizer)(e.to_string()))?;
         tokenizer.with_padding(None);
-        // SAFETY: the weights file is memory-mapped read-only; it must not be modified while
-        // the process runs, which holds for a model directory (the fetch script replaces files
-        // by rename, never in place).
-        let vb =
-            unsafe { VarBuilder::from_mmaped_safetensors(&[&files.weights], DType::F32, &device) }
+        let model = match backend {
+            Backend::Native(isa) => Model::Native(
+                native::NativeBert::load_with(&files.weights, &bert_config, isa)
+                    .map_err(load_err(&files.weights))?,
+            ),
+            Backend::Candle => {
+                // SAFETY: the weights file is memory-mapped read-only; it must not be modified
+                // while the process runs, which holds for a model directory (the fetch script
+                // replaces files by rename, never in place).
+                let vb = unsafe {
+                    VarBuilder::from_mmaped_safetensors(&[&files.weights], DType::F32, &device)
+                }
                 .map_err(|e| load_err(&files.weights)(e.to_string()))?;
-        let model = BertModel::load(vb, &bert_config)
-            .map_err(|e| load_err(&files.weights)(e.to_string()))?;
+                Model::Candle(
+                    BertModel::load(vb, &bert_config)
+                        .map_err(|e| load_err(&files.weights)(e.to_string()))?,
+                )
+            }
+        };
         Ok(Encoder {
             model,
             tokenizer,
@@ -123,6 +167,13 @@ impl Encoder {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    pub fn backend(&self) -> Backend {
+        match &self.model {
+            Model::Native(m) => Backend::Native(m.isa()),
+            Model::Candle(_) => Backend::Candle,
+        }
     }
 
     /// Embeds one text.
@@ -156,7 +207,10 @@ impl Encoder {
                 .iter()
                 .map(|&i| encodings[i].get_ids())
                 .collect();
-            let vectors = self.forward(&batch)?;
+            let vectors = match &self.model {
+                Model::Native(model) => model.embed(&batch).map_err(EmbedError::Inference)?,
+                Model::Candle(model) => self.forward_candle(model, &batch)?,
+            };
             for (&i, vector) in order[start..end].iter().zip(vectors) {
                 results[i] = Some(Embedding {
                     vector,
@@ -171,8 +225,12 @@ impl Encoder {
             .collect()
     }
 
-    /// One padded forward pass; returns a unit vector per sequence.
-    fn forward(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
+    /// One padded candle forward pass; returns a unit vector per sequence.
+    fn forward_candle(
+        &self,
+        model: &BertModel,
+        batch: &[&[u32]],
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
         let rows = batch.len();
         let width = batch.iter().map(|ids| ids.len()).max().unwrap_or(0);
         let mut ids = vec![0u32; rows * width];
@@ -184,7 +242,7 @@ impl Encoder {
         let ids = Tensor::from_vec(ids, (rows, width), &self.device)?;
         let mask = Tensor::from_vec(mask, (rows, width), &self.device)?;
         let types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        let hidden = model.forward(&ids, &types, Some(&mask))?;
         // Mean over the real tokens only.
         let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?;

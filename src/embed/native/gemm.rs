@@ -1,0 +1,401 @@
+//! Linear layers for the native CPU encoder: `y = x·Wᵀ + b` for a few to a few thousand
+//! rows. Weights are packed once at load into panels of 48 output columns (`[k][48]`
+//! contiguous), so a kernel streams each weight exactly once per block of rows and never
+//! re-packs. The kernel is chosen at runtime: AVX-512, AVX2+FMA, or portable Rust; all three
+//! compute the same thing and are tested against each other.
+
+/// Output columns per packed panel.
+pub const PANEL: usize = 48;
+/// Multiply-accumulates below which a layer runs on one thread (a split costs a few µs).
+const PARALLEL_MIN_MACS: usize = 1 << 20;
+
+/// The instruction set a kernel uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    /// The best kernel this CPU can run.
+    pub fn detect() -> Isa {
+        Isa::available().into_iter().next().unwrap_or(Isa::Portable)
+    }
+
+    /// Every kernel this CPU can run, best first (the portable one always).
+    pub fn available() -> Vec<Isa> {
+        let mut isas = Vec::with_capacity(3);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                isas.push(Isa::Avx512);
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                isas.push(Isa::Avx2);
+            }
+        }
+        isas.push(Isa::Portable);
+        isas
+    }
+}
+
+/// A dense layer with its weight packed for the kernels.
+pub struct Linear {
+    k: usize,
+    n: usize,
+    /// `panels × k × PANEL` floats; columns past `n` are zero.
+    packed: Vec<f32>,
+    /// Bias padded to whole panels.
+    bias: Vec<f32>,
+}
+
+impl Linear {
+    /// `weight` is `[n][k]` row-major (PyTorch's layout), `bias` has `n` values.
+    pub fn new(weight: &[f32], bias: &[f32], n: usize, k: usize) -> Option<Linear> {
+        if weight.len() != n * k || bias.len() != n || n == 0 || k == 0 {
+            return None;
+        }
+        let panels = n.div_ceil(PANEL);
+        let mut packed = vec![0.0f32; panels * k * PANEL];
+        for (col, row) in weight.chunks_exact(k).enumerate() {
+            let (p, j) = (col / PANEL, col % PANEL);
+            let base = p * k * PANEL;
+            for (kk, &w) in row.iter().enumerate() {
+                packed[base + kk * PANEL + j] = w;
+            }
+        }
+        let mut padded = vec![0.0f32; panels * PANEL];
+        padded[..n].copy_from_slice(bias);
+        Some(Linear {
+            k,
+            n,
+            packed,
+            bias: padded,
+        })
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.k
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.n
+    }
+
+    /// `y[m][n] = x[m][k]·Wᵀ + b`. Panics never: mismatched lengths leave `y` untouched
+    /// and return false.
+    pub fn forward(&self, isa: Isa, x: &[f32], m: usize, y: &mut [f32]) -> bool {
+        if x.len() != m * self.k || y.len() != m * self.n {
+            return false;
+        }
+        let panels = self.n.div_ceil(PANEL);
+        if m * self.n * self.k >= PARALLEL_MIN_MACS && panels >= 2 {
+            let half = panels / 2;
+            let out = SharedOut(y.as_mut_ptr());
+            rayon::join(
+                || self.panels(isa, x, m, 0..half, &out),
+                || self.panels(isa, x, m, half..panels, &out),
+            );
+        } else {
+            let out = SharedOut(y.as_mut_ptr());
+            self.panels(isa, x, m, 0..panels, &out);
+        }
+        true
+    }
+
+    /// Computes the output columns of `panels` for all `m` rows.
+    fn panels(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        m: usize,
+        panels: std::ops::Range<usize>,
+        out: &SharedOut,
+    ) {
+        let rows_per_tile = match isa {
+            Isa::Avx512 | Isa::Portable => 8,
+            Isa::Avx2 => 4,
+        };
+        let mut tile = [0.0f32; 8 * PANEL];
+        for p in panels {
+            let panel = &self.packed[p * self.k * PANEL..(p + 1) * self.k * PANEL];
+            let bias = &self.bias[p * PANEL..(p + 1) * PANEL];
+            let col0 = p * PANEL;
+            let width = PANEL.min(self.n - col0);
+            let mut r0 = 0;
+            while r0 < m {
+                let mr = rows_per_tile.min(m - r0);
+                let rows = &x[r0 * self.k..(r0 + mr) * self.k];
+                tile_dispatch(isa, rows, mr, self.k, panel, bias, &mut tile);
+                for r in 0..mr {
+                    let src = &tile[r * PANEL..r * PANEL + width];
+                    // SAFETY: each call owns a disjoint set of panels, hence of columns
+                    // [col0, col0 + width) of every row; `forward` checked y's length.
+                    unsafe {
+                        let dst = out.0.add((r0 + r) * self.n + col0);
+                        std::ptr::copy_nonoverlapping(src.as_ptr(), dst, width);
+                    }
+                }
+                r0 += mr;
+            }
+        }
+    }
+}
+
+/// The output buffer, shared by the two halves of a split layer (they write disjoint columns).
+struct SharedOut(*mut f32);
+// SAFETY: see `Linear::panels`: concurrent writers never touch the same element.
+unsafe impl Sync for SharedOut {}
+
+/// Computes `tile[r][0..48] = bias + Σ_k rows[r][k] · panel[k][0..48]` for `mr` rows.
+fn tile_dispatch(
+    isa: Isa,
+    rows: &[f32],
+    mr: usize,
+    k: usize,
+    panel: &[f32],
+    bias: &[f32],
+    tile: &mut [f32; 8 * PANEL],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced by detection (or by tests that check it).
+        Isa::Avx512 => unsafe { x86::tile_avx512(rows, mr, k, panel, bias, tile) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, for AVX2 and FMA.
+        Isa::Avx2 => unsafe { x86::tile_avx2(rows, mr, k, panel, bias, tile) },
+        _ => tile_portable(rows, mr, k, panel, bias, tile),
+    }
+}
+
+fn tile_portable(
+    rows: &[f32],
+    mr: usize,
+    k: usize,
+    panel: &[f32],
+    bias: &[f32],
+    tile: &mut [f32; 8 * PANEL],
+) {
+    for r in 0..mr {
+        let acc = &mut tile[r * PANEL..(r + 1) * PANEL];
+        acc.copy_from_slice(bias);
+        let row = &rows[r * k..(r + 1) * k];
+        for (kk, &a) in row.iter().enumerate() {
+            let w = &panel[kk * PANEL..(kk + 1) * PANEL];
+            for (o, &wv) in acc.iter_mut().zip(w) {
+                *o += a * wv;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::PANEL;
+    use std::arch::x86_64::*;
+
+    /// AVX-512: up to 8 rows × 48 columns in 24 accumulators.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile_avx512(
+        rows: &[f32],
+        mr: usize,
+        k: usize,
+        panel: &[f32],
+        bias: &[f32],
+        tile: &mut [f32; 8 * PANEL],
+    ) {
+        // SAFETY: the caller guarantees AVX-512 and the slice sizes.
+        unsafe {
+            match mr {
+                1 => avx512_rows::<1>(rows, k, panel, bias, tile),
+                2 => avx512_rows::<2>(rows, k, panel, bias, tile),
+                3 => avx512_rows::<3>(rows, k, panel, bias, tile),
+                4 => avx512_rows::<4>(rows, k, panel, bias, tile),
+                5 => avx512_rows::<5>(rows, k, panel, bias, tile),
+                6 => avx512_rows::<6>(rows, k, panel, bias, tile),
+                7 => avx512_rows::<7>(rows, k, panel, bias, tile),
+                _ => avx512_rows::<8>(rows, k, panel, bias, tile),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn avx512_rows<const MR: usize>(
+        rows: &[f32],
+        k: usize,
+        panel: &[f32],
+        bias: &[f32],
+        tile: &mut [f32; 8 * PANEL],
+    ) {
+        debug_assert!(rows.len() >= MR * k && panel.len() >= k * PANEL && bias.len() >= PANEL);
+        // SAFETY (whole body): the caller passes `rows` with MR rows of k floats, a panel of
+        // k × 48 floats and a 48-float bias; every access below stays inside them.
+        unsafe {
+            let b = bias.as_ptr();
+            let mut acc = [[
+                _mm512_loadu_ps(b),
+                _mm512_loadu_ps(b.add(16)),
+                _mm512_loadu_ps(b.add(32)),
+            ]; MR];
+            let x = rows.as_ptr();
+            let mut w = panel.as_ptr();
+            for kk in 0..k {
+                let w0 = _mm512_loadu_ps(w);
+                let w1 = _mm512_loadu_ps(w.add(16));
+                let w2 = _mm512_loadu_ps(w.add(32));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_set1_ps(*x.add(r * k + kk));
+                    a[0] = _mm512_fmadd_ps(xv, w0, a[0]);
+                    a[1] = _mm512_fmadd_ps(xv, w1, a[1]);
+                    a[2] = _mm512_fmadd_ps(xv, w2, a[2]);
+                }
+                w = w.add(PANEL);
+            }
+            let out = tile.as_mut_ptr();
+            for (r, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(out.add(r * PANEL), a[0]);
+                _mm512_storeu_ps(out.add(r * PANEL + 16), a[1]);
+                _mm512_storeu_ps(out.add(r * PANEL + 32), a[2]);
+            }
+        }
+    }
+
+    /// AVX2 + FMA: up to 4 rows × 24 columns at a time (12 accumulators of 16 registers).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile_avx2(
+        rows: &[f32],
+        mr: usize,
+        k: usize,
+        panel: &[f32],
+        bias: &[f32],
+        tile: &mut [f32; 8 * PANEL],
+    ) {
+        for half in 0..2 {
+            // SAFETY: the caller guarantees AVX2+FMA and the slice sizes.
+            unsafe {
+                match mr {
+                    1 => avx2_rows::<1>(rows, k, panel, bias, tile, half * 24),
+                    2 => avx2_rows::<2>(rows, k, panel, bias, tile, half * 24),
+                    3 => avx2_rows::<3>(rows, k, panel, bias, tile, half * 24),
+                    _ => avx2_rows::<4>(rows, k, panel, bias, tile, half * 24),
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn avx2_rows<const MR: usize>(
+        rows: &[f32],
+        k: usize,
+        panel: &[f32],
+        bias: &[f32],
+        tile: &mut [f32; 8 * PANEL],
+        col: usize,
+    ) {
+        debug_assert!(rows.len() >= MR * k && panel.len() >= k * PANEL && col + 24 <= PANEL);
+        // SAFETY (whole body): as in `avx512_rows`, with columns [col, col + 24) of the panel.
+        unsafe {
+            let b = bias.as_ptr().add(col);
+            let mut acc = [[
+                _mm256_loadu_ps(b),
+                _mm256_loadu_ps(b.add(8)),
+                _mm256_loadu_ps(b.add(16)),
+            ]; MR];
+            let x = rows.as_ptr();
+            let mut w = panel.as_ptr().add(col);
+            for kk in 0..k {
+                let w0 = _mm256_loadu_ps(w);
+                let w1 = _mm256_loadu_ps(w.add(8));
+                let w2 = _mm256_loadu_ps(w.add(16));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_set1_ps(*x.add(r * k + kk));
+                    a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
+                    a[1] = _mm256_fmadd_ps(xv, w1, a[1]);
+                    a[2] = _mm256_fmadd_ps(xv, w2, a[2]);
+                }
+                w = w.add(PANEL);
+            }
+            let out = tile.as_mut_ptr().add(col);
+            for (r, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.add(r * PANEL), a[0]);
+                _mm256_storeu_ps(out.add(r * PANEL + 8), a[1]);
+                _mm256_storeu_ps(out.add(r * PANEL + 16), a[2]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(w: &[f32], b: &[f32], x: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut y = vec![0.0f32; m * n];
+        for r in 0..m {
+            for c in 0..n {
+                let mut s = b[c] as f64;
+                for kk in 0..k {
+                    s += x[r * k + kk] as f64 * w[c * k + kk] as f64;
+                }
+                y[r * n + c] = s as f32;
+            }
+        }
+        y
+    }
+
+    fn data(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2000) as f32
+                    / 1000.0
+                    - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_kernel_matches_the_reference_for_odd_shapes() {
+        // Row counts around the tile sizes, widths that are and are not whole panels.
+        for &(m, n, k) in &[
+            (1, 48, 5),
+            (3, 50, 17),
+            (8, 96, 384),
+            (9, 384, 64),
+            (14, 1152, 384),
+            (33, 100, 7),
+            (70, 1536, 384),
+        ] {
+            let w = data(n * k, 1);
+            let b = data(n, 2);
+            let x = data(m * k, 3);
+            let expected = reference(&w, &b, &x, m, n, k);
+            let layer = Linear::new(&w, &b, n, k).unwrap();
+            for isa in Isa::available() {
+                let mut y = vec![f32::NAN; m * n];
+                assert!(layer.forward(isa, &x, m, &mut y));
+                for (i, (a, e)) in y.iter().zip(&expected).enumerate() {
+                    assert!(
+                        (a - e).abs() <= 1e-3 * (1.0 + e.abs()),
+                        "{isa:?} m{m} n{n} k{k} at {i}: {a} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mismatched_shapes_are_refused_not_panicked() {
+        assert!(Linear::new(&[1.0; 6], &[0.0; 2], 3, 2).is_none());
+        let layer = Linear::new(&[1.0; 6], &[0.0; 3], 3, 2).unwrap();
+        let mut y = vec![0.0; 3];
+        assert!(!layer.forward(Isa::Portable, &[1.0; 3], 1, &mut y));
+    }
+
+    #[test]
+    fn detection_always_offers_the_portable_kernel() {
+        assert_eq!(Isa::available().last(), Some(&Isa::Portable));
+    }
+}
