@@ -61,6 +61,18 @@ pub enum Command {
         /// Texts to embed; without any, lines are read from stdin.
         texts: Vec<String>,
     },
+    /// Measure embedding and classification speed on this machine.
+    Bench {
+        /// The routes file (its utterances are embedded to build the index).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// JSONL prompts (their `text` fields), e.g. CLINC150's val.jsonl.
+        #[arg(long)]
+        data: PathBuf,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a routes file and report every problem, without loading the model.
     Validate {
         /// The routes file.
@@ -95,6 +107,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => classify(&config, json, top_k, texts),
         Command::Embed { config, texts } => embed(config.as_deref(), texts),
         Command::Validate { config } => validate(&config),
+        Command::Bench { config, data, json } => bench(&config, &data, json),
     }
 }
 
@@ -248,6 +261,60 @@ fn embed(config_path: Option<&Path>, texts: Vec<String>) -> Result<ExitCode> {
             embedding: &embedding.vector,
         };
         writeln!(out, "{}", serde_json::to_string(&line)?)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `text` of every JSONL line; a line that is not JSON with a string `text` is an error
+/// naming its line number.
+pub fn read_jsonl_texts(path: &Path) -> Result<Vec<String>> {
+    let content =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut texts = Vec::new();
+    for (i, line) in content.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not valid JSON", path.display(), i + 1))?;
+        let text = value
+            .get("text")
+            .and_then(|t| t.as_str())
+            .with_context(|| format!("{}:{}: no string field `text`", path.display(), i + 1))?;
+        texts.push(text.to_string());
+    }
+    anyhow::ensure!(!texts.is_empty(), "{} has no prompts", path.display());
+    Ok(texts)
+}
+
+fn bench(config_path: &Path, data: &Path, json: bool) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let prompts = read_jsonl_texts(data)?;
+    let encoder = load_encoder(&config.encoder, Some(config_path))?;
+    let report = semroute::bench::run(config, &encoder, &prompts)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("backend              {}", report.backend);
+        println!(
+            "prompts              {} (from {})",
+            report.prompts,
+            data.display()
+        );
+        println!("embed single p50     {:.3} ms", report.embed_single_p50_ms);
+        println!("embed single p99     {:.3} ms", report.embed_single_p99_ms);
+        println!(
+            "embed batch          {:.0} prompts/s (batches of 64)",
+            report.embed_batch_per_s
+        );
+        println!(
+            "classify p50         {:.3} ms (embed + search + decide)",
+            report.classify_p50_ms
+        );
+        println!(
+            "index build          {:.2} s ({} utterances)",
+            report.index_build_s, report.utterances
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

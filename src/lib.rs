@@ -8,6 +8,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod bench;
 pub mod config;
 pub mod decide;
 pub mod embed;
@@ -18,6 +19,7 @@ pub mod overrides;
 pub mod router;
 pub mod score;
 pub mod serve;
+pub mod vector;
 
 pub use config::Config;
 pub use embed::{Embedding, Encoder};

@@ -7,8 +7,8 @@ mod types;
 
 pub use error::{ConfigError, ConfigIssue};
 pub use types::{
-    Aggregation, DeviceChoice, EncoderConfig, Keyword, Pattern, Route, RouteId, RouteName,
-    Threshold,
+    Aggregation, DeviceChoice, EncoderConfig, Keyword, Pattern, Precision, Route, RouteId,
+    RouteName, Threshold,
 };
 
 use raw::{RawAggregation, RawConfig, RawEncoder, RawRoute};
@@ -236,6 +236,18 @@ impl Checker<'_> {
                     device.referenced,
                     format!("unknown device `{}`", device.value),
                     "write one of: cpu, cuda, cuda:N, metal, auto",
+                ),
+            }
+        }
+        if let Some(precision) = raw.precision {
+            match precision.value.trim().to_ascii_lowercase().as_str() {
+                "f32" | "float32" => config.precision = Precision::F32,
+                "bf16" | "bfloat16" => config.precision = Precision::Bf16,
+                other => self.issue(
+                    "encoder.precision".into(),
+                    precision.referenced,
+                    format!("unknown precision `{other}`"),
+                    "write f32 (the default) or bf16",
                 ),
             }
         }

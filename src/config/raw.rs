@@ -34,6 +34,8 @@ pub(crate) struct RawEncoder {
     pub device: Option<Spanned<String>>,
     #[serde(default)]
     pub max_tokens: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub precision: Option<Spanned<String>>,
 }
 
 /// `aggregation: max`, `aggregation: mean` or `aggregation: {top_mean: 3}`.

@@ -60,7 +60,7 @@ impl From<candle_core::Error> for EmbedError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     /// The native CPU encoder (`native`), used for `device: cpu`.
-    Native(native::gemm::Isa),
+    Native(native::gemm::Isa, crate::config::Precision),
     /// candle-transformers' BERT, used for CUDA and Metal.
     Candle,
 }
@@ -88,7 +88,7 @@ impl Encoder {
     pub fn load_files(files: ModelFiles, config: &EncoderConfig) -> Result<Encoder, ModelError> {
         let device = device::select(config.device)?;
         let backend = if device.is_cpu() {
-            Backend::Native(native::gemm::Isa::detect())
+            Backend::Native(native::gemm::Isa::detect(), config.precision)
         } else {
             Backend::Candle
         };
@@ -102,7 +102,7 @@ impl Encoder {
         backend: Backend,
     ) -> Result<Encoder, ModelError> {
         let device = match backend {
-            Backend::Native(_) => Device::Cpu,
+            Backend::Native(..) => Device::Cpu,
             Backend::Candle => device::select(config.device)?,
         };
         let load_err = |file: &PathBuf| {
@@ -129,8 +129,8 @@ impl Encoder {
             .map_err(|e| load_err(&files.tokenizer)(e.to_string()))?;
         tokenizer.with_padding(None);
         let model = match backend {
-            Backend::Native(isa) => Model::Native(
-                native::NativeBert::load_with(&files.weights, &bert_config, isa)
+            Backend::Native(isa, precision) => Model::Native(
+                native::NativeBert::load_with(&files.weights, &bert_config, isa, precision)
                     .map_err(load_err(&files.weights))?,
             ),
             Backend::Candle => {
@@ -171,7 +171,7 @@ impl Encoder {
 
     pub fn backend(&self) -> Backend {
         match &self.model {
-            Model::Native(m) => Backend::Native(m.isa()),
+            Model::Native(m) => Backend::Native(m.isa(), m.precision()),
             Model::Candle(_) => Backend::Candle,
         }
     }

@@ -7,6 +7,7 @@
 pub mod gemm;
 pub mod ops;
 
+use crate::config::Precision;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
@@ -39,11 +40,13 @@ pub struct NativeBert {
     max_positions: usize,
     eps: f32,
     isa: Isa,
+    precision: Precision,
 }
 
 struct Weights {
     file: MmapedSafetensors,
     prefix: &'static str,
+    precision: Precision,
 }
 
 impl Weights {
@@ -79,19 +82,39 @@ impl Weights {
             weight.extend(self.get(&format!("{name}.weight"), n_each * k)?);
             bias.extend(self.get(&format!("{name}.bias"), n_each)?);
         }
-        Linear::new(&weight, &bias, names.len() * n_each, k)
-            .ok_or_else(|| format!("layer {} has the wrong shape", names.join("+")))
+        let n = names.len() * n_each;
+        let layer = match self.precision {
+            Precision::F32 => Linear::new(&weight, &bias, n, k),
+            Precision::Bf16 => Linear::new_bf16(&weight, &bias, n, k),
+        };
+        layer.ok_or_else(|| format!("layer {} has the wrong shape", names.join("+")))
     }
 }
 
 impl NativeBert {
     /// Loads a BERT checkpoint for inference with the best kernel this CPU has.
-    pub fn load(weights: &Path, config: &BertConfig) -> Result<NativeBert, String> {
-        NativeBert::load_with(weights, config, Isa::detect())
+    /// bf16 falls back to f32 (with a warning) on CPUs without AVX512_BF16.
+    pub fn load(
+        weights: &Path,
+        config: &BertConfig,
+        precision: Precision,
+    ) -> Result<NativeBert, String> {
+        NativeBert::load_with(weights, config, Isa::detect(), precision)
     }
 
-    /// Loads with a given kernel (tests force each one the CPU supports).
-    pub fn load_with(path: &Path, config: &BertConfig, isa: Isa) -> Result<NativeBert, String> {
+    /// Loads with a given f32 kernel (tests force each one the CPU supports).
+    pub fn load_with(
+        path: &Path,
+        config: &BertConfig,
+        isa: Isa,
+        precision: Precision,
+    ) -> Result<NativeBert, String> {
+        let precision = if precision == Precision::Bf16 && !gemm::bf16_supported() {
+            tracing::warn!("encoder.precision is bf16 but this CPU lacks AVX512_BF16; using f32");
+            Precision::F32
+        } else {
+            precision
+        };
         if !matches!(config.hidden_act, HiddenAct::Gelu) {
             return Err("the native encoder supports BERT models with exact GELU only".into());
         }
@@ -109,7 +132,11 @@ impl NativeBert {
         } else {
             ""
         };
-        let w = Weights { file, prefix };
+        let w = Weights {
+            file,
+            prefix,
+            precision,
+        };
         let inter = config.intermediate_size;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
@@ -150,11 +177,16 @@ impl NativeBert {
             max_positions: config.max_position_embeddings,
             eps: config.layer_norm_eps as f32,
             isa,
+            precision,
         })
     }
 
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Mean-pooled, L2-normalised embeddings of token sequences, packed into one pass.

@@ -1,11 +1,13 @@
 //! The element-wise parts of the native BERT forward: layer norm, exact (erf) GELU with a
 //! vectorisable rational erf, and softmax attention over one sequence.
 
+use crate::vector::{dot, sum, sum_sq_dev};
+
 /// `x = γ·(x − mean)/√(var + ε) + β` on each row of `hidden` floats.
 pub fn layer_norm(x: &mut [f32], hidden: usize, gamma: &[f32], beta: &[f32], eps: f32) {
     for row in x.chunks_exact_mut(hidden) {
-        let mean = row.iter().sum::<f32>() / hidden as f32;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / hidden as f32;
+        let mean = sum(row) / hidden as f32;
+        let var = sum_sq_dev(row, mean) / hidden as f32;
         let inv = 1.0 / (var + eps).sqrt();
         for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
             *v = (*v - mean) * inv * g + b;
@@ -75,7 +77,7 @@ pub fn attention(
             let mut max = f32::NEG_INFINITY;
             for (j, s) in scores.iter_mut().enumerate() {
                 let k = &qkv[j * stride + k_off..j * stride + k_off + head_dim];
-                *s = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+                *s = dot(q, k) * scale;
                 max = max.max(*s);
             }
             let mut total = 0.0;
