@@ -4,6 +4,9 @@
 
 mod common;
 
+use semroute::config::{EncoderConfig, Precision};
+use semroute::embed::native::gemm::{Isa, bf16_supported};
+use semroute::embed::{Backend, Encoder, files};
 use semroute::index::dot;
 
 struct Reference {
@@ -77,4 +80,62 @@ fn a_huge_prompt_is_truncated_not_refused() {
         .embed_one(&text)
         .expect("embed a 500 KB prompt");
     assert_eq!(e.tokens, 256);
+}
+
+fn load(backend: Backend) -> Encoder {
+    common::model_dir();
+    let config = EncoderConfig::default();
+    let found = files::resolve(&config, &[common::repo().to_path_buf()]).expect("model files");
+    Encoder::load_backend(found, &config, backend).expect("load the model")
+}
+
+/// Worst cosine to the references, with exact token counts checked on the way.
+fn worst_cosine(encoder: &Encoder) -> f32 {
+    let refs = references();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let mut worst = 1.0f32;
+    for batch in [
+        encoder.embed(&texts).expect("embed"),
+        texts
+            .iter()
+            .map(|t| encoder.embed_one(t).expect("embed"))
+            .collect(),
+    ] {
+        for (e, r) in batch.iter().zip(&refs) {
+            assert_eq!(e.tokens, r.tokens, "token count of {:?}", r.text);
+            worst = worst.min(cosine(&e.vector, &r.embedding));
+        }
+    }
+    worst
+}
+
+#[test]
+fn every_float32_kernel_this_cpu_has_meets_parity() {
+    for isa in Isa::available() {
+        let encoder = load(Backend::Native(isa, Precision::F32));
+        let worst = worst_cosine(&encoder);
+        assert!(worst >= 0.9999, "{isa:?}: worst cosine {worst}");
+    }
+}
+
+#[test]
+fn the_candle_backend_meets_parity_too() {
+    let worst = worst_cosine(&load(Backend::Candle));
+    assert!(worst >= 0.9999, "candle: worst cosine {worst}");
+}
+
+#[test]
+fn bfloat16_stays_within_cosine_0999() {
+    if !bf16_supported() {
+        eprintln!("this CPU has no AVX512_BF16; the bf16 path falls back to f32");
+        return;
+    }
+    let encoder = load(Backend::Native(Isa::detect(), Precision::Bf16));
+    assert_eq!(
+        encoder.backend(),
+        Backend::Native(Isa::detect(), Precision::Bf16)
+    );
+    let worst = worst_cosine(&encoder);
+    assert!(worst >= 0.999, "bf16: worst cosine {worst}");
+    eprintln!("bf16 worst cosine to the references: {worst}");
 }

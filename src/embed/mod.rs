@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use tokenizers::{Tokenizer, TruncationParams};
 
 /// Tokens in one forward pass: packed (native) or padded rows x longest (candle).
-const BATCH_TOKEN_BUDGET: usize = 4096;
+const BATCH_TOKEN_BUDGET: usize = 2048;
 const MAX_BATCH: usize = 64;
 
 /// A prompt's embedding: a unit vector, and how many tokens (special tokens included,

@@ -8,8 +8,13 @@
 
 /// Output columns per packed panel.
 pub const PANEL: usize = 48;
-/// Multiply-accumulates below which a layer runs on one thread (a split costs a few µs).
+/// Multiply-accumulates below which a float32 layer runs on one thread: splitting a layer
+/// across the two cores costs tens of µs of wake-up, and the cores share their FMA units
+/// on this kind of machine, so small layers are faster on one.
 const PARALLEL_MIN_MACS: usize = 1 << 20;
+/// The same for bfloat16 layers, which do twice the work per instruction: a single short
+/// prompt stays on one thread.
+const PARALLEL_MIN_MACS_BF16: usize = 8 << 20;
 
 /// The instruction set a kernel uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +167,11 @@ impl Linear {
             Packed::F32(_) => Input::F32(x),
         };
         let panels = self.n.div_ceil(PANEL);
-        if m * self.n * self.k >= PARALLEL_MIN_MACS && panels >= 2 {
+        let min_macs = match self.packed {
+            Packed::Bf16(_) => PARALLEL_MIN_MACS_BF16,
+            Packed::F32(_) => PARALLEL_MIN_MACS,
+        };
+        if m * self.n * self.k >= min_macs && panels >= 2 {
             let half = panels / 2;
             let out = SharedOut(y.as_mut_ptr());
             rayon::join(
@@ -239,10 +248,17 @@ fn bf16_pairs(x: &[f32], m: usize, k: usize) -> Vec<u32> {
     let pairs = k.div_ceil(2);
     let mut out = vec![0u32; m * pairs];
     for (row, dst) in x.chunks_exact(k).zip(out.chunks_exact_mut(pairs)) {
-        for (i, d) in dst.iter_mut().enumerate() {
+        // Whole blocks of 32 values with the CPU's own rounding conversion.
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if bf16_supported() {
+            // SAFETY: AVX-512 BF16 is present; `row` has k values and `dst` k/2 pairs.
+            done = unsafe { x86::to_bf16_pairs(row, dst) };
+        }
+        for i in done / 2..pairs {
             let lo = to_bf16(row[2 * i]) as u32;
             let hi = row.get(2 * i + 1).map_or(0, |&v| to_bf16(v) as u32);
-            *d = lo | (hi << 16);
+            dst[i] = lo | (hi << 16);
         }
     }
     out
@@ -384,6 +400,24 @@ mod x86 {
                 _mm512_storeu_ps(out.add(r * PANEL + 32), a[2]);
             }
         }
+    }
+
+    /// Converts the leading whole blocks of 32 values of `row` into bf16 pairs (round to
+    /// nearest even, as `to_bf16`); returns how many values were converted.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn to_bf16_pairs(row: &[f32], dst: &mut [u32]) -> usize {
+        let blocks = (row.len() / 32).min(dst.len() / 16);
+        // SAFETY: block b reads row[32b..32b+32] and writes dst[16b..16b+16], both in range.
+        unsafe {
+            for b in 0..blocks {
+                let lo = _mm512_loadu_ps(row.as_ptr().add(32 * b));
+                let hi = _mm512_loadu_ps(row.as_ptr().add(32 * b + 16));
+                // The first operand fills the upper half: memory order is lo then hi.
+                let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(dst.as_mut_ptr().add(16 * b).cast(), packed);
+            }
+        }
+        blocks * 32
     }
 
     /// AVX-512 BF16: up to 8 rows × 48 columns; each step takes two k values at once.

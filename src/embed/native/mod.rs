@@ -28,6 +28,17 @@ struct Layer {
     out_norm: Norm,
 }
 
+/// Buffers of one forward pass, kept between calls.
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    tmp: Vec<f32>,
+    up: Vec<f32>,
+    scores: Vec<f32>,
+}
+
 pub struct NativeBert {
     word: Vec<f32>,
     position: Vec<f32>,
@@ -41,6 +52,7 @@ pub struct NativeBert {
     eps: f32,
     isa: Isa,
     precision: Precision,
+    scratch: std::sync::Mutex<Scratch>,
 }
 
 struct Weights {
@@ -178,6 +190,7 @@ impl NativeBert {
             eps: config.layer_norm_eps as f32,
             isa,
             precision,
+            scratch: std::sync::Mutex::new(Scratch::default()),
         })
     }
 
@@ -193,7 +206,33 @@ impl NativeBert {
     pub fn embed(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
         let h = self.hidden;
         let total: usize = sequences.iter().map(|s| s.len()).sum();
-        let mut x = vec![0.0f32; total * h];
+        // Reuse the previous call's buffers (no page faults on the hot path); a concurrent
+        // caller, which the inference thread never is, gets fresh ones.
+        let mut fresh = Scratch::default();
+        let mut guard = self.scratch.try_lock();
+        let scratch: &mut Scratch = match guard.as_deref_mut() {
+            Ok(reused) => reused,
+            Err(_) => &mut fresh,
+        };
+        let inter = self.layers.first().map_or(0, |l| l.up.out_features());
+        let Scratch {
+            x,
+            qkv,
+            ctx,
+            tmp,
+            up,
+            scores,
+        } = scratch;
+        for (buffer, len) in [
+            (&mut *x, total * h),
+            (&mut *qkv, total * 3 * h),
+            (&mut *ctx, total * h),
+            (&mut *tmp, total * h),
+            (&mut *up, total * inter),
+        ] {
+            buffer.clear();
+            buffer.resize(len, 0.0);
+        }
         // Embeddings: word + position + token type 0, then layer norm.
         let mut row = 0;
         for seq in sequences {
@@ -224,25 +263,19 @@ impl NativeBert {
             }
         }
         ops::layer_norm(
-            &mut x,
+            x,
             h,
             &self.embed_norm.gamma,
             &self.embed_norm.beta,
             self.eps,
         );
 
-        let inter = self.layers.first().map_or(0, |l| l.up.out_features());
-        let mut qkv = vec![0.0f32; total * 3 * h];
-        let mut ctx = vec![0.0f32; total * h];
-        let mut tmp = vec![0.0f32; total * h];
-        let mut up = vec![0.0f32; total * inter];
-        let mut scores = Vec::new();
         let head_dim = h / self.heads;
         let shape_err = || "internal shape mismatch in the encoder".to_string();
         for layer in &self.layers {
             layer
                 .qkv
-                .forward(self.isa, &x, total, &mut qkv)
+                .forward(self.isa, x, total, qkv)
                 .then_some(())
                 .ok_or_else(shape_err)?;
             let mut start = 0;
@@ -254,18 +287,18 @@ impl NativeBert {
                     self.heads,
                     head_dim,
                     &mut ctx[start * h..(start + len) * h],
-                    &mut scores,
+                    scores,
                 );
                 start += len;
             }
             layer
                 .attn_out
-                .forward(self.isa, &ctx, total, &mut tmp)
+                .forward(self.isa, ctx, total, tmp)
                 .then_some(())
                 .ok_or_else(shape_err)?;
-            ops::add_assign(&mut x, &tmp);
+            ops::add_assign(x, tmp);
             ops::layer_norm(
-                &mut x,
+                x,
                 h,
                 &layer.attn_norm.gamma,
                 &layer.attn_norm.beta,
@@ -273,23 +306,17 @@ impl NativeBert {
             );
             layer
                 .up
-                .forward(self.isa, &x, total, &mut up)
+                .forward(self.isa, x, total, up)
                 .then_some(())
                 .ok_or_else(shape_err)?;
-            ops::gelu(&mut up);
+            ops::gelu(up);
             layer
                 .down
-                .forward(self.isa, &up, total, &mut tmp)
+                .forward(self.isa, up, total, tmp)
                 .then_some(())
                 .ok_or_else(shape_err)?;
-            ops::add_assign(&mut x, &tmp);
-            ops::layer_norm(
-                &mut x,
-                h,
-                &layer.out_norm.gamma,
-                &layer.out_norm.beta,
-                self.eps,
-            );
+            ops::add_assign(x, tmp);
+            ops::layer_norm(x, h, &layer.out_norm.gamma, &layer.out_norm.beta, self.eps);
         }
 
         // Mean pooling over each sequence's tokens, then L2 normalisation.
