@@ -66,7 +66,7 @@ pub enum Backend {
 }
 
 enum Model {
-    Native(native::NativeBert),
+    Native(Box<native::NativeBert>),
     Candle(BertModel),
 }
 
@@ -129,10 +129,10 @@ impl Encoder {
             .map_err(|e| load_err(&files.tokenizer)(e.to_string()))?;
         tokenizer.with_padding(None);
         let model = match backend {
-            Backend::Native(isa, precision) => Model::Native(
+            Backend::Native(isa, precision) => Model::Native(Box::new(
                 native::NativeBert::load_with(&files.weights, &bert_config, isa, precision)
                     .map_err(load_err(&files.weights))?,
-            ),
+            )),
             Backend::Candle => {
                 // SAFETY: the weights file is memory-mapped read-only; it must not be modified
                 // while the process runs, which holds for a model directory (the fetch script
@@ -186,10 +186,12 @@ impl Encoder {
     /// Embeds texts in order. Sequences of similar length are padded into shared forward
     /// passes, so mixed lengths waste little work.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>, EmbedError> {
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| EmbedError::Tokenize(e.to_string()))?;
+        // One text is tokenized in place: encode_batch would hand it to the thread pool.
+        let encodings = match texts {
+            [one] => self.tokenizer.encode(*one, true).map(|e| vec![e]),
+            many => self.tokenizer.encode_batch(many.to_vec(), true),
+        }
+        .map_err(|e| EmbedError::Tokenize(e.to_string()))?;
         let mut order: Vec<usize> = (0..encodings.len()).collect();
         order.sort_by_key(|&i| encodings[i].get_ids().len());
         let mut results: Vec<Option<Embedding>> = vec![None; encodings.len()];

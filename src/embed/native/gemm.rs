@@ -6,15 +6,13 @@
 //! path packs weights as bf16 pairs (`[k/2][48][2]`) for AVX512_BF16's `vdpbf16ps`: half the
 //! bytes and twice the multiply-adds per instruction, accumulating in f32.
 
+use super::team::Team;
+
 /// Output columns per packed panel.
 pub const PANEL: usize = 48;
-/// Multiply-accumulates below which a float32 layer runs on one thread: splitting a layer
-/// across the two cores costs tens of µs of wake-up, and the cores share their FMA units
-/// on this kind of machine, so small layers are faster on one.
-const PARALLEL_MIN_MACS: usize = 1 << 20;
-/// The same for bfloat16 layers, which do twice the work per instruction: a single short
-/// prompt stays on one thread.
-const PARALLEL_MIN_MACS_BF16: usize = 8 << 20;
+/// Multiply-accumulates below which a layer is not worth splitting between two threads
+/// (a hand-over through `Team` costs a few µs).
+const PARALLEL_MIN_MACS: usize = 1 << 19;
 
 /// The instruction set a kernel uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,8 +150,15 @@ impl Linear {
     }
 
     /// `y[m][n] = x[m][k]·Wᵀ + b`. Panics never: mismatched lengths leave `y` untouched
-    /// and return false.
-    pub fn forward(&self, isa: Isa, x: &[f32], m: usize, y: &mut [f32]) -> bool {
+    /// and return false. With a `team`, a large enough layer is shared by its two threads.
+    pub fn forward(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+        team: Option<&Team>,
+    ) -> bool {
         if x.len() != m * self.k || y.len() != m * self.n {
             return false;
         }
@@ -167,17 +172,13 @@ impl Linear {
             Packed::F32(_) => Input::F32(x),
         };
         let panels = self.n.div_ceil(PANEL);
-        let min_macs = match self.packed {
-            Packed::Bf16(_) => PARALLEL_MIN_MACS_BF16,
-            Packed::F32(_) => PARALLEL_MIN_MACS,
-        };
-        if m * self.n * self.k >= min_macs && panels >= 2 {
+        let team = team.filter(|_| m * self.n * self.k >= PARALLEL_MIN_MACS && panels >= 2);
+        if let Some(team) = team {
             let half = panels / 2;
             let out = SharedOut(y.as_mut_ptr());
-            rayon::join(
-                || self.panels(isa, input, m, 0..half, &out),
-                || self.panels(isa, input, m, half..panels, &out),
-            );
+            team.run(|| self.panels(isa, input, m, 0..half, &out), &|| {
+                self.panels(isa, input, m, half..panels, &out)
+            });
         } else {
             let out = SharedOut(y.as_mut_ptr());
             self.panels(isa, input, m, 0..panels, &out);
@@ -603,7 +604,8 @@ mod tests {
             let layer = Linear::new(&w, &b, n, k).unwrap();
             for isa in Isa::available() {
                 let mut y = vec![f32::NAN; m * n];
-                assert!(layer.forward(isa, &x, m, &mut y));
+                let team = (m % 2 == 0).then(Team::new).flatten();
+                assert!(layer.forward(isa, &x, m, &mut y, team.as_ref()));
                 for (i, (a, e)) in y.iter().zip(&expected).enumerate() {
                     assert!(
                         (a - e).abs() <= 1e-3 * (1.0 + e.abs()),
@@ -638,7 +640,7 @@ mod tests {
             let layer = Linear::new_bf16(&w, &b, n, k).unwrap();
             assert!(layer.is_bf16());
             let mut y = vec![f32::NAN; m * n];
-            assert!(layer.forward(Isa::Avx512, &x, m, &mut y));
+            assert!(layer.forward(Isa::Avx512, &x, m, &mut y, Team::new().as_ref()));
             for (i, (a, e)) in y.iter().zip(&expected).enumerate() {
                 assert!(
                     (a - e).abs() <= 1e-3 * (1.0 + e.abs()),
@@ -663,7 +665,7 @@ mod tests {
         assert!(Linear::new(&[1.0; 6], &[0.0; 2], 3, 2).is_none());
         let layer = Linear::new(&[1.0; 6], &[0.0; 3], 3, 2).unwrap();
         let mut y = vec![0.0; 3];
-        assert!(!layer.forward(Isa::Portable, &[1.0; 3], 1, &mut y));
+        assert!(!layer.forward(Isa::Portable, &[1.0; 3], 1, &mut y, None));
     }
 
     #[test]

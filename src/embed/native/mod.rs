@@ -6,6 +6,7 @@
 
 pub mod gemm;
 pub mod ops;
+pub mod team;
 
 use crate::config::Precision;
 use candle_core::safetensors::MmapedSafetensors;
@@ -13,6 +14,10 @@ use candle_core::{DType, Device};
 use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
 use gemm::{Isa, Linear};
 use std::path::Path;
+use team::Team;
+
+/// Batches with fewer tokens run as one pass: two passes would not pay for the split.
+const SPLIT_MIN_TOKENS: usize = 48;
 
 struct Norm {
     gamma: Vec<f32>,
@@ -52,7 +57,10 @@ pub struct NativeBert {
     eps: f32,
     isa: Isa,
     precision: Precision,
-    scratch: std::sync::Mutex<Scratch>,
+    /// One set of buffers per half of a split batch.
+    scratch: [std::sync::Mutex<Scratch>; 2],
+    /// Shares each layer of a single sequence between two threads.
+    team: Option<Team>,
 }
 
 struct Weights {
@@ -132,7 +140,7 @@ impl NativeBert {
         }
         let hidden = config.hidden_size;
         let heads = config.num_attention_heads;
-        if heads == 0 || hidden % heads != 0 {
+        if heads == 0 || !hidden.is_multiple_of(heads) {
             return Err(format!(
                 "hidden size {hidden} does not split into {heads} heads"
             ));
@@ -190,7 +198,8 @@ impl NativeBert {
             eps: config.layer_norm_eps as f32,
             isa,
             precision,
-            scratch: std::sync::Mutex::new(Scratch::default()),
+            scratch: Default::default(),
+            team: Team::new(),
         })
     }
 
@@ -202,14 +211,45 @@ impl NativeBert {
         self.precision
     }
 
-    /// Mean-pooled, L2-normalised embeddings of token sequences, packed into one pass.
+    /// Mean-pooled, L2-normalised embeddings of token sequences. A batch is cut in two
+    /// halves of about equal tokens that run as whole forward passes on the two cores (no
+    /// synchronisation per layer); a single sequence shares each large layer instead.
     pub fn embed(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
+        let total: usize = sequences.iter().map(|s| s.len()).sum();
+        if sequences.len() < 2 || total < SPLIT_MIN_TOKENS {
+            return self.forward(sequences, 0, self.team.as_ref());
+        }
+        let mut seen = 0;
+        let cut = sequences
+            .iter()
+            .position(|s| {
+                seen += s.len();
+                2 * seen >= total
+            })
+            .map_or(1, |i| (i + 1).clamp(1, sequences.len() - 1));
+        let (first, second) = sequences.split_at(cut);
+        let (a, b) = rayon::join(
+            || self.forward(first, 0, None),
+            || self.forward(second, 1, None),
+        );
+        let mut out = a?;
+        out.extend(b?);
+        Ok(out)
+    }
+
+    /// One packed forward pass using scratch buffers `slot` (0 or 1).
+    fn forward(
+        &self,
+        sequences: &[&[u32]],
+        slot: usize,
+        team: Option<&Team>,
+    ) -> Result<Vec<Vec<f32>>, String> {
         let h = self.hidden;
         let total: usize = sequences.iter().map(|s| s.len()).sum();
         // Reuse the previous call's buffers (no page faults on the hot path); a concurrent
         // caller, which the inference thread never is, gets fresh ones.
         let mut fresh = Scratch::default();
-        let mut guard = self.scratch.try_lock();
+        let mut guard = self.scratch[slot.min(1)].try_lock();
         let scratch: &mut Scratch = match guard.as_deref_mut() {
             Ok(reused) => reused,
             Err(_) => &mut fresh,
@@ -275,7 +315,7 @@ impl NativeBert {
         for layer in &self.layers {
             layer
                 .qkv
-                .forward(self.isa, x, total, qkv)
+                .forward(self.isa, x, total, qkv, team)
                 .then_some(())
                 .ok_or_else(shape_err)?;
             let mut start = 0;
@@ -293,7 +333,7 @@ impl NativeBert {
             }
             layer
                 .attn_out
-                .forward(self.isa, ctx, total, tmp)
+                .forward(self.isa, ctx, total, tmp, team)
                 .then_some(())
                 .ok_or_else(shape_err)?;
             ops::add_assign(x, tmp);
@@ -306,13 +346,13 @@ impl NativeBert {
             );
             layer
                 .up
-                .forward(self.isa, x, total, up)
+                .forward(self.isa, x, total, up, team)
                 .then_some(())
                 .ok_or_else(shape_err)?;
             ops::gelu(up);
             layer
                 .down
-                .forward(self.isa, up, total, tmp)
+                .forward(self.isa, up, total, tmp, team)
                 .then_some(())
                 .ok_or_else(shape_err)?;
             ops::add_assign(x, tmp);
