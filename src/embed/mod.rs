@@ -67,7 +67,7 @@ pub enum Backend {
 
 enum Model {
     Native(Box<native::NativeBert>),
-    Candle(BertModel),
+    Candle(Box<BertModel>),
 }
 
 pub struct Encoder {
@@ -141,10 +141,10 @@ impl Encoder {
                     VarBuilder::from_mmaped_safetensors(&[&files.weights], DType::F32, &device)
                 }
                 .map_err(|e| load_err(&files.weights)(e.to_string()))?;
-                Model::Candle(
+                Model::Candle(Box::new(
                     BertModel::load(vb, &bert_config)
                         .map_err(|e| load_err(&files.weights)(e.to_string()))?,
-                )
+                ))
             }
         };
         Ok(Encoder {
