@@ -156,7 +156,8 @@ fn classify(path: &Path, json: bool, top_k: Option<usize>, texts: Vec<String>) -
         );
     }
     let encoder = load_encoder(&config.encoder, Some(path))?;
-    let router = Router::build(config, &encoder)?;
+    let cache_dir = semroute::embed::cache::default_dir();
+    let router = Router::build_cached(config, &encoder, cache_dir.as_deref())?;
     let mut out = std::io::stdout().lock();
     let mut failed = false;
     for text in inputs(texts) {

@@ -11,11 +11,12 @@ use hnsw_rs::prelude::{Distance, Hnsw};
 
 pub use crate::vector::dot;
 
-/// Links per node; 24 keeps recall at 1.0 on tens of thousands of utterances.
-const MAX_CONNECTIONS: usize = 24;
-const EF_CONSTRUCTION: usize = 200;
+/// Links per node and build breadth: recall@10 >= 0.99 on 3,000 real utterances with the
+/// search breadth below (tests/classify.rs), at a third of the build time of 24/200.
+const MAX_CONNECTIONS: usize = 16;
+const EF_CONSTRUCTION: usize = 100;
 /// Search breadth: at least this many candidates are explored per query.
-const MIN_EF_SEARCH: usize = 96;
+const MIN_EF_SEARCH: usize = 64;
 const MAX_LAYERS: usize = 16;
 
 /// `1 - a·b` for unit vectors, clamped to [0, 2] and never NaN.

@@ -3,11 +3,14 @@
 
 use crate::config::{Config, MAX_TOP_K, RouteId};
 use crate::decide::{MatchedBy, OverrideKind, RouteScore, decide};
+use crate::embed::cache::{EmbeddingCache, TextKey, text_key};
 use crate::embed::{EmbedError, Embedding, Encoder};
 use crate::index::{IndexError, UtteranceIndex};
 use crate::overrides::OverrideMatcher;
 use crate::score::{Hit, route_scores};
 use serde::Serialize;
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -88,6 +91,63 @@ impl Router {
             .collect();
         let embeddings = encoder.embed(&texts)?;
         let vectors = embeddings.into_iter().map(|e| e.vector).collect();
+        Router::from_embeddings(config, vectors)
+    }
+
+    /// Like `build`, reading the embeddings of unchanged utterances from the cache in
+    /// `cache_dir` and writing back the current set. Cache problems are logged, not fatal.
+    pub fn build_cached(
+        config: Config,
+        encoder: &Encoder,
+        cache_dir: Option<&Path>,
+    ) -> Result<Router, BuildError> {
+        let Some(dir) = cache_dir else {
+            return Router::build(config, encoder);
+        };
+        let key = match encoder.cache_key() {
+            Ok(key) => key,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot hash the model weights; not caching");
+                return Router::build(config, encoder);
+            }
+        };
+        let mut cache = EmbeddingCache::open(dir, &key, encoder.dim());
+        let texts: Vec<&str> = config
+            .routes
+            .iter()
+            .flat_map(|r| r.utterances.iter().map(String::as_str))
+            .collect();
+        let keys: Vec<TextKey> = texts.iter().map(|t| text_key(t)).collect();
+        let missing: Vec<usize> = (0..texts.len())
+            .filter(|&i| cache.get(&keys[i]).is_none())
+            .collect();
+        let missing_texts: Vec<&str> = missing.iter().map(|&i| texts[i]).collect();
+        let fresh = encoder.embed(&missing_texts)?;
+        let mut current: HashMap<TextKey, Vec<f32>> = HashMap::with_capacity(texts.len());
+        for (&i, embedding) in missing.iter().zip(fresh) {
+            current.insert(keys[i], embedding.vector);
+        }
+        for key in &keys {
+            if !current.contains_key(key)
+                && let Some(v) = cache.get(key)
+            {
+                current.insert(*key, v.to_vec());
+            }
+        }
+        let vectors: Vec<Vec<f32>> = keys
+            .iter()
+            .filter_map(|k| current.get(k).cloned())
+            .collect();
+        tracing::info!(
+            cached = texts.len() - missing.len(),
+            embedded = missing.len(),
+            "utterance embeddings"
+        );
+        if (!missing.is_empty() || cache.len() != current.len())
+            && let Err(err) = cache.store(current)
+        {
+            tracing::warn!(path = %cache.path().display(), error = %err, "cannot write the embedding cache");
+        }
         Router::from_embeddings(config, vectors)
     }
 

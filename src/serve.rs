@@ -67,7 +67,8 @@ pub fn load_router(
     );
     let utterances: usize = config.routes.iter().map(|r| r.utterances.len()).sum();
     let started = Instant::now();
-    let router = Router::build(config, &encoder)?;
+    let cache_dir = crate::embed::cache::default_dir();
+    let router = Router::build_cached(config, &encoder, cache_dir.as_deref())?;
     tracing::info!(
         utterances,
         ms = started.elapsed().as_millis() as u64,

@@ -1,9 +1,71 @@
 //! Small vector kernels written so the compiler vectorises them: floating-point sums are
 //! split over eight independent accumulators, since a single running sum is a dependency
-//! chain the compiler may not reorder.
+//! chain the compiler may not reorder. `simd_fn!` compiles such a body once more for each
+//! vector extension (AVX-512, AVX2+FMA) and picks the best one at runtime, since a portable
+//! build may only assume SSE2.
 
-/// Dot product written so the compiler vectorises it (eight independent accumulators).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// The widest vector extension the element-wise kernels may use on this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Avx512,
+    Avx2,
+    Base,
+}
+
+/// Detected once; `SEMROUTE_SIMD=base|avx2` caps it (for comparisons and tests).
+pub fn level() -> Level {
+    static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cap = std::env::var("SEMROUTE_SIMD").unwrap_or_default();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if cap != "base" && cap != "avx2" && is_x86_feature_detected!("avx512f") {
+                return Level::Avx512;
+            }
+            if cap != "base" && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+            {
+                return Level::Avx2;
+            }
+        }
+        let _ = cap;
+        Level::Base
+    })
+}
+
+/// Defines `fn $name(args) -> ret` that runs `$body(args)` compiled for the best `level()`.
+/// `$body` must be `#[inline(always)]` (so it is compiled inside each variant).
+#[macro_export]
+macro_rules! simd_fn {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:path) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn wide($($arg: $ty),*) $(-> $ret)? { $body($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn medium($($arg: $ty),*) $(-> $ret)? { $body($($arg),*) }
+                match $crate::vector::level() {
+                    // SAFETY: `level()` reports only extensions this CPU has.
+                    $crate::vector::Level::Avx512 => return unsafe { wide($($arg),*) },
+                    // SAFETY: as above.
+                    $crate::vector::Level::Avx2 => return unsafe { medium($($arg),*) },
+                    $crate::vector::Level::Base => {}
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+simd_fn! {
+    /// Dot product (vectorised, see the module comment).
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 => dot_body
+}
+
+/// The body of `dot`, for inlining into other vectorised kernels.
+#[inline(always)]
+pub fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks_a = a.chunks_exact(8);
     let chunks_b = b.chunks_exact(8);
@@ -22,6 +84,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Sum of all elements, vectorised like `dot`.
+#[inline(always)]
 pub fn sum(a: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = a.chunks_exact(8);
@@ -35,6 +98,7 @@ pub fn sum(a: &[f32]) -> f32 {
 }
 
 /// Sum of squared deviations from `mean`, vectorised like `dot`.
+#[inline(always)]
 pub fn sum_sq_dev(a: &[f32], mean: f32) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = a.chunks_exact(8);

@@ -246,3 +246,43 @@ fn hnsw_finds_the_same_top_10_as_exhaustive_search() {
         query_vectors.len()
     );
 }
+
+#[test]
+fn a_rebuild_reads_unchanged_utterances_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "you charged my card two times for the same order";
+    let query = encoder().embed_one(text).unwrap();
+    let cold = Router::build_cached(common::shipped_config(), encoder(), Some(dir.path())).unwrap();
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(files.len(), 1, "one cache file for the model");
+    let warm = Router::build_cached(common::shipped_config(), encoder(), Some(dir.path())).unwrap();
+    let (a, b) = (
+        cold.classify(text, &query, None),
+        warm.classify(text, &query, None),
+    );
+    assert_eq!(a.route, b.route);
+    assert_eq!(a.score, b.score, "cached vectors are the same vectors");
+
+    // A changed route: only its new utterance is embedded, and the answers stay right.
+    let mut changed = common::shipped_config();
+    changed.routes[0]
+        .utterances
+        .push("Write a Go program that tails a log file".into());
+    let router = Router::build_cached(changed, encoder(), Some(dir.path())).unwrap();
+    assert_eq!(
+        route_of(&router, "write a golang tool to follow a log"),
+        Some("code".into())
+    );
+
+    // A damaged cache is ignored, not trusted.
+    let path = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(&path, b"SRCACHE1 damaged").unwrap();
+    let rebuilt =
+        Router::build_cached(common::shipped_config(), encoder(), Some(dir.path())).unwrap();
+    assert_eq!(rebuilt.classify(text, &query, None).score, a.score);
+}

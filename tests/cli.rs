@@ -12,6 +12,11 @@ fn semroute() -> Command {
     common::model_dir();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_semroute"));
     cmd.current_dir(common::repo());
+    // Keep the embedding cache out of the home directory.
+    cmd.env(
+        "SEMROUTE_CACHE_DIR",
+        std::env::temp_dir().join("semroute-test-cache"),
+    );
     cmd
 }
 

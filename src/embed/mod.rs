@@ -1,6 +1,7 @@
 //! Sentence embeddings: tokenize, BERT forward (candle), mean pooling over the attention
 //! mask, L2 normalisation. The same recipe as sentence-transformers' all-MiniLM-L6-v2.
 
+pub mod cache;
 mod device;
 pub mod files;
 pub mod native;
@@ -71,6 +72,9 @@ enum Model {
 }
 
 pub struct Encoder {
+    /// Identifies this model's embeddings for the cache (computed on first use).
+    cache_key: std::sync::OnceLock<String>,
+    max_tokens: usize,
     model: Model,
     tokenizer: Tokenizer,
     device: Device,
@@ -148,6 +152,8 @@ impl Encoder {
             }
         };
         Ok(Encoder {
+            cache_key: std::sync::OnceLock::new(),
+            max_tokens: config.max_tokens,
             model,
             tokenizer,
             device,
@@ -167,6 +173,17 @@ impl Encoder {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// A string that differs whenever the embeddings would: the weights' SHA-256, the
+    /// backend and precision, and the truncation length.
+    pub fn cache_key(&self) -> std::io::Result<String> {
+        if let Some(key) = self.cache_key.get() {
+            return Ok(key.clone());
+        }
+        let weights = cache::file_sha256(&self.files.weights)?;
+        let key = format!("{weights}/{:?}/{}", self.backend(), self.max_tokens);
+        Ok(self.cache_key.get_or_init(|| key).clone())
     }
 
     pub fn backend(&self) -> Backend {

@@ -1,10 +1,34 @@
 //! The element-wise parts of the native BERT forward: layer norm, exact (erf) GELU with a
 //! vectorisable rational erf, and softmax attention over one sequence.
 
-use crate::vector::{dot, sum, sum_sq_dev};
+use crate::simd_fn;
+use crate::vector::{dot_body as dot, sum, sum_sq_dev};
 
-/// `x = γ·(x − mean)/√(var + ε) + β` on each row of `hidden` floats.
-pub fn layer_norm(x: &mut [f32], hidden: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+simd_fn! {
+    /// `x = γ·(x − mean)/√(var + ε) + β` on each row of `hidden` floats.
+    pub fn layer_norm(x: &mut [f32], hidden: usize, gamma: &[f32], beta: &[f32], eps: f32) => layer_norm_body
+}
+
+simd_fn! {
+    /// `x += y`, element-wise.
+    pub fn add_assign(x: &mut [f32], y: &[f32]) => add_assign_body
+}
+
+simd_fn! {
+    /// GELU in its exact form, `x·(1 + erf(x/√2))/2`, as BERT was trained with.
+    pub fn gelu(x: &mut [f32]) => gelu_body
+}
+
+simd_fn! {
+    /// Multi-head self-attention for one sequence of `len` tokens. `qkv` holds, per token,
+    /// `[q | k | v]` (each `heads × head_dim`); the context is written to `out`
+    /// (`len × hidden`). All tokens are real (sequences are packed, never padded), so there
+    /// is no mask.
+    pub fn attention(qkv: &[f32], len: usize, heads: usize, head_dim: usize, out: &mut [f32], scores: &mut Vec<f32>) => attention_body
+}
+
+#[inline(always)]
+fn layer_norm_body(x: &mut [f32], hidden: usize, gamma: &[f32], beta: &[f32], eps: f32) {
     for row in x.chunks_exact_mut(hidden) {
         let mean = sum(row) / hidden as f32;
         let var = sum_sq_dev(row, mean) / hidden as f32;
@@ -15,15 +39,15 @@ pub fn layer_norm(x: &mut [f32], hidden: usize, gamma: &[f32], beta: &[f32], eps
     }
 }
 
-/// `x += y`, element-wise.
-pub fn add_assign(x: &mut [f32], y: &[f32]) {
+#[inline(always)]
+fn add_assign_body(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
     }
 }
 
-/// GELU in its exact form, `x·(1 + erf(x/√2))/2`, as BERT was trained with.
-pub fn gelu(x: &mut [f32]) {
+#[inline(always)]
+fn gelu_body(x: &mut [f32]) {
     for v in x.iter_mut() {
         *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
     }
@@ -52,10 +76,8 @@ pub fn erf(x: f32) -> f32 {
     p / q
 }
 
-/// Multi-head self-attention for one sequence of `len` tokens. `qkv` holds, per token,
-/// `[q | k | v]` (each `heads × head_dim`); the context is written to `out` (`len × hidden`).
-/// All tokens are real (sequences are packed, never padded), so there is no mask.
-pub fn attention(
+#[inline(always)]
+fn attention_body(
     qkv: &[f32],
     len: usize,
     heads: usize,
