@@ -9,7 +9,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most prompts taken into one batch.
-const MAX_BATCH: usize = 32;
+const MAX_BATCH: usize = 64;
 
 struct Job {
     text: String,
