@@ -151,7 +151,7 @@ impl Encoder {
                 ))
             }
         };
-        Ok(Encoder {
+        let encoder = Encoder {
             cache_key: std::sync::OnceLock::new(),
             max_tokens: config.max_tokens,
             model,
@@ -159,7 +159,13 @@ impl Encoder {
             device,
             dim: bert_config.hidden_size,
             files,
-        })
+        };
+        // One throwaway pass allocates the buffers and wakes the helper thread, so the
+        // first real prompt does not pay for it (~10 ms).
+        if let Err(err) = encoder.embed_one("warm up the encoder") {
+            tracing::warn!(error = %err, "the warm-up embedding failed");
+        }
+        Ok(encoder)
     }
 
     /// Embedding dimension (384 for all-MiniLM-L6-v2).
