@@ -253,3 +253,53 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn bench_reports_the_quoted_numbers_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("prompts.jsonl");
+    std::fs::write(
+        &data,
+        "{\"text\": \"hi there\"}\n{\"text\": \"refund my order\", \"route\": \"billing\"}\n",
+    )
+    .unwrap();
+    let out = run(&[
+        "bench",
+        "--config",
+        "routes.yaml",
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    for key in [
+        "embed_single_p50_ms",
+        "embed_single_p99_ms",
+        "embed_batch_per_s",
+        "classify_p50_ms",
+        "index_build_s",
+    ] {
+        assert!(
+            report[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key} in {report}"
+        );
+    }
+    assert!(report["embed_single_p99_ms"].as_f64() >= report["embed_single_p50_ms"].as_f64());
+}
+
+#[test]
+fn bench_names_the_line_of_a_bad_data_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("bad.jsonl");
+    std::fs::write(&data, "{\"text\": \"ok\"}\n{\"txt\": \"oops\"}\n").unwrap();
+    let out = run(&[
+        "bench",
+        "--config",
+        "routes.yaml",
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("bad.jsonl:2"), "{}", stderr(&out));
+}
