@@ -61,6 +61,18 @@ pub enum Command {
         /// Texts to embed; without any, lines are read from stdin.
         texts: Vec<String>,
     },
+    /// Measure routing quality on labelled prompts (JSONL: {"text", "route": name | null}).
+    Eval {
+        /// The routes file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Labelled prompts; `"route": null` marks a prompt no route should match.
+        #[arg(long)]
+        data: PathBuf,
+        /// Print one JSON object instead of a report.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure embedding and classification speed on this machine.
     Bench {
         /// The routes file (its utterances are embedded to build the index).
@@ -108,6 +120,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Embed { config, texts } => embed(config.as_deref(), texts),
         Command::Validate { config } => validate(&config),
         Command::Bench { config, data, json } => bench(&config, &data, json),
+        Command::Eval { config, data, json } => eval(&config, &data, json),
     }
 }
 
@@ -315,6 +328,111 @@ fn bench(config_path: &Path, data: &Path, json: bool) -> Result<ExitCode> {
         println!(
             "index build          {:.2} s ({} utterances)",
             report.index_build_s, report.utterances
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Labelled prompts: every line needs a string `text` and a `route` that is a string or null.
+pub fn read_labelled(path: &Path) -> Result<Vec<semroute::eval::Sample>> {
+    let content =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut samples = Vec::new();
+    for (i, line) in content.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), i + 1);
+        let value: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}: not valid JSON", at()))?;
+        let text = value
+            .get("text")
+            .and_then(|t| t.as_str())
+            .with_context(|| format!("{}: no string field `text`", at()))?;
+        let route = match value.get("route") {
+            Some(serde_json::Value::String(r)) => Some(r.clone()),
+            Some(serde_json::Value::Null) => None,
+            _ => anyhow::bail!(
+                "{}: `route` must be a route name or null (no route should match)",
+                at()
+            ),
+        };
+        samples.push(semroute::eval::Sample {
+            text: text.to_string(),
+            route,
+        });
+    }
+    anyhow::ensure!(
+        !samples.is_empty(),
+        "{} has no labelled prompts",
+        path.display()
+    );
+    Ok(samples)
+}
+
+fn eval(config_path: &Path, data: &Path, json: bool) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let samples = read_labelled(data)?;
+    let unknown: Vec<&str> = samples
+        .iter()
+        .filter_map(|s| s.route.as_deref())
+        .filter(|r| config.route_id(r).is_none())
+        .collect();
+    if let Some(first) = unknown.first() {
+        anyhow::bail!(
+            "{} labels {} prompts with routes the config does not have (first: `{first}`)",
+            data.display(),
+            unknown.len()
+        );
+    }
+    let encoder = load_encoder(&config.encoder, Some(config_path))?;
+    let cache_dir = semroute::embed::cache::default_dir();
+    let router = Router::build_cached(config, &encoder, cache_dir.as_deref())?;
+    let report = semroute::eval::run(&router, &encoder, &samples)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let pct = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{:.1}%", v * 100.0));
+    let num = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
+    println!("prompts          {} ({})", samples.len(), data.display());
+    println!("overall accuracy {}", pct(report.overall_acc));
+    println!(
+        "in-scope top-1   {}  (best route, ignoring thresholds)",
+        pct(report.in_scope_top1)
+    );
+    println!(
+        "in-scope acc     {}  (the decision, thresholds applied)",
+        pct(report.in_scope_acc)
+    );
+    println!("oos recall       {}", num(report.oos_recall));
+    println!("oos precision    {}", num(report.oos_precision));
+    println!("queries/s        {:.0}", report.queries_per_s);
+    let mut worst: Vec<&semroute::eval::RouteMetrics> = report.per_route.iter().collect();
+    worst.sort_by(|a, b| a.f1.unwrap_or(0.0).total_cmp(&b.f1.unwrap_or(0.0)));
+    println!("\nroutes, worst F1 first (of {}):", worst.len());
+    println!(
+        "  {:<28} {:>9} {:>7} {:>6} {:>8}",
+        "route", "precision", "recall", "f1", "support"
+    );
+    for m in worst.iter().take(15) {
+        println!(
+            "  {:<28} {:>9} {:>7} {:>6} {:>8}",
+            m.route,
+            num(m.precision),
+            num(m.recall),
+            num(m.f1),
+            m.support
+        );
+    }
+    println!("\nmost confused (expected -> chosen):");
+    for c in &report.confusions {
+        println!(
+            "  {} -> {}  x{}  e.g. {:?}",
+            c.expected.as_deref().unwrap_or("(no route)"),
+            c.predicted.as_deref().unwrap_or("(no route)"),
+            c.count,
+            c.examples.first().map(String::as_str).unwrap_or("")
         );
     }
     Ok(ExitCode::SUCCESS)

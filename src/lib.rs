@@ -13,6 +13,7 @@ pub mod config;
 pub mod decide;
 pub mod embed;
 pub mod error;
+pub mod eval;
 pub mod http;
 pub mod index;
 pub mod overrides;

@@ -44,6 +44,11 @@ pub struct Classification {
     pub score: Option<f32>,
     pub matched_by: MatchedBy,
     pub threshold: f32,
+    /// The best route's score minus the runner-up's (`null` with fewer than two candidates).
+    pub margin: Option<f32>,
+    /// The best two routes are closer than the config's `ambiguity_margin`: a caller may
+    /// want to ask the user which they meant.
+    pub ambiguous: bool,
     /// Every keyword or pattern that matched, in file order (the first decides).
     pub overrides: Vec<OverrideReport>,
     /// Routes with retrieved neighbours, best first.
@@ -208,6 +213,8 @@ impl Router {
                 scores.push(score);
             }
         }
+        // Candidates are listed best first, the added ones included.
+        scores.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.route.cmp(&b.route)));
         let decision = decide(&scores, &override_hits, config);
         let candidates = scores
             .iter()
@@ -219,7 +226,13 @@ impl Router {
             })
             .collect();
         let search = started.elapsed().as_micros() as u64;
+        let margin = match scores.as_slice() {
+            [first, second, ..] => Some(first.score - second.score),
+            _ => None,
+        };
         Classification {
+            margin,
+            ambiguous: margin.is_some_and(|m| m < config.ambiguity_margin),
             route: decision.route.map(|r| config.route(r).name.to_string()),
             score: decision.score,
             matched_by: decision.matched_by,

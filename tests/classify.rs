@@ -286,3 +286,22 @@ fn a_rebuild_reads_unchanged_utterances_from_the_cache() {
         Router::build_cached(common::shipped_config(), encoder(), Some(dir.path())).unwrap();
     assert_eq!(rebuilt.classify(text, &query, None).score, a.score);
 }
+
+#[test]
+fn close_runner_ups_make_an_answer_ambiguous() {
+    let router = shipped_router();
+    let text = "you charged my card two times for the same order";
+    let result = router.classify(text, &encoder().embed_one(text).unwrap(), None);
+    let margin = result.margin.unwrap();
+    assert!((margin - (result.candidates[0].score - result.candidates[1].score)).abs() < 1e-6);
+    assert_eq!(result.ambiguous, margin < 0.03);
+
+    // With a margin wider than any gap, every answer with two candidates is ambiguous.
+    let mut config = common::shipped_config();
+    config.ambiguity_margin = 2.0;
+    let wide = Router::build(config, encoder()).unwrap();
+    assert!(
+        wide.classify(text, &encoder().embed_one(text).unwrap(), None)
+            .ambiguous
+    );
+}

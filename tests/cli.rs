@@ -303,3 +303,95 @@ fn bench_names_the_line_of_a_bad_data_file() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("bad.jsonl:2"), "{}", stderr(&out));
 }
+
+#[test]
+fn eval_reports_exactly_the_documented_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("labelled.jsonl");
+    std::fs::write(
+        &data,
+        concat!(
+            "{\"text\": \"I was charged twice this month\", \"route\": \"billing\"}\n",
+            "{\"text\": \"compose a haiku about autumn leaves\", \"route\": \"creative_writing\"}\n",
+            "{\"text\": \"zxqv blorf 7731\", \"route\": null}\n",
+        ),
+    )
+    .unwrap();
+    let out = run(&[
+        "eval",
+        "--config",
+        "routes.yaml",
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let mut keys: Vec<&str> = report
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "confusions",
+            "in_scope_acc",
+            "in_scope_top1",
+            "oos_precision",
+            "oos_recall",
+            "overall_acc",
+            "per_route",
+            "queries_per_s"
+        ]
+    );
+    assert_eq!(report["overall_acc"], 1.0);
+    assert_eq!(report["oos_recall"], 1.0);
+    assert!(report["confusions"].as_array().unwrap().is_empty());
+
+    let out = run(&[
+        "eval",
+        "--config",
+        "routes.yaml",
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains("overall accuracy 100.0%"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn eval_refuses_labels_the_config_does_not_know_and_lines_without_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("labelled.jsonl");
+    std::fs::write(&data, "{\"text\": \"hi\", \"route\": \"weather\"}\n").unwrap();
+    let out = run(&[
+        "eval",
+        "--config",
+        "routes.yaml",
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("`weather`"), "{}", stderr(&out));
+    std::fs::write(&data, "{\"text\": \"hi\"}\n").unwrap();
+    let out = run(&[
+        "eval",
+        "--config",
+        "routes.yaml",
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("labelled.jsonl:1"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -71,6 +71,8 @@ async fn classify_text_answers_route_score_and_candidates() {
     assert_eq!(body["matched_by"], "keyword");
     assert!(body["score"].as_f64().unwrap() > 0.4);
     assert!(body["threshold"].is_number());
+    assert!(body["margin"].is_number());
+    assert!(body["ambiguous"].is_boolean());
     let candidates = body["candidates"].as_array().unwrap();
     assert!(candidates.len() >= 2);
     assert_eq!(candidates[0]["route"], "code");

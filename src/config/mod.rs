@@ -24,6 +24,8 @@ pub const DEFAULT_MAX_TOKENS: usize = 256;
 pub const DEFAULT_THRESHOLD: f32 = 0.35;
 /// Nearest utterances fetched from the index per query.
 pub const DEFAULT_TOP_K: usize = 20;
+/// Top two route scores closer than this make a classification `ambiguous`.
+pub const DEFAULT_AMBIGUITY_MARGIN: f32 = 0.03;
 /// Largest `top_k` accepted: beyond this a search is no longer cheap.
 pub const MAX_TOP_K: usize = 1000;
 
@@ -37,6 +39,8 @@ pub struct Config {
     pub top_k: usize,
     pub aggregation: Aggregation,
     pub default_route: Option<RouteId>,
+    /// When the best two routes' scores differ by less, the answer says `ambiguous`.
+    pub ambiguity_margin: f32,
     pub routes: Vec<Route>,
 }
 
@@ -186,6 +190,19 @@ impl Checker<'_> {
             Some(agg) => self.aggregation(&agg),
             None => Some(Aggregation::default()),
         };
+        let ambiguity_margin = match raw.ambiguity_margin {
+            Some(m) if !(0.0..=2.0).contains(&m.value) => {
+                self.issue(
+                    "ambiguity_margin".into(),
+                    m.referenced,
+                    format!("{} is outside [0, 2]", m.value),
+                    "write a score difference such as 0.03 (0 turns the flag off)",
+                );
+                None
+            }
+            Some(m) => Some(m.value as f32),
+            None => Some(DEFAULT_AMBIGUITY_MARGIN),
+        };
         let routes = self.routes(raw.routes);
         let default_route = match (&raw.default_route, &routes) {
             (Some(name), Some(routes)) => self.default_route(name, routes),
@@ -201,6 +218,7 @@ impl Checker<'_> {
             top_k: top_k?,
             aggregation: aggregation?,
             default_route: default_route?,
+            ambiguity_margin: ambiguity_margin?,
             routes: routes?,
         })
     }

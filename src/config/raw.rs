@@ -18,6 +18,8 @@ pub(crate) struct RawConfig {
     pub aggregation: Option<Spanned<RawAggregation>>,
     #[serde(default)]
     pub default_route: Option<Spanned<String>>,
+    #[serde(default)]
+    pub ambiguity_margin: Option<Spanned<f64>>,
     pub routes: Spanned<Vec<RawRoute>>,
 }
 

@@ -249,3 +249,21 @@ fn an_unreadable_file_says_so() {
         .unwrap_or_else(|| panic!("loaded a missing file"));
     assert!(err.to_string().contains("/no/such/routes.yaml"));
 }
+
+#[test]
+fn ambiguity_margin_defaults_and_is_checked() {
+    let config = valid("routes:\n  - name: a\n    utterances: [x]\n");
+    assert_eq!(config.ambiguity_margin, DEFAULT_AMBIGUITY_MARGIN);
+    let config = valid("ambiguity_margin: 0.1\nroutes:\n  - name: a\n    utterances: [x]\n");
+    assert!((config.ambiguity_margin - 0.1).abs() < 1e-6);
+    let i = issue("ambiguity_margin: -1\nroutes:\n  - name: a\n    utterances: [x]\n");
+    assert_eq!((i.path.as_str(), i.line), ("ambiguity_margin", Some(1)));
+}
+
+#[test]
+fn precision_is_read_and_checked() {
+    let config = valid("encoder: {precision: bf16}\nroutes:\n  - name: a\n    utterances: [x]\n");
+    assert_eq!(config.encoder.precision, Precision::Bf16);
+    let i = issue("encoder:\n  precision: fp8\nroutes:\n  - name: a\n    utterances: [x]\n");
+    assert_eq!((i.path.as_str(), i.line), ("encoder.precision", Some(2)));
+}

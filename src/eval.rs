@@ -1,0 +1,272 @@
+//! `semroute eval`: routing quality on labelled prompts. A prompt labelled `null` should
+//! match no route; the router "matches no route" when its decision is the default route or
+//! none (`matched_by` `default`/`none`), since the default route is the fallback for prompts
+//! that nothing claims.
+
+use crate::decide::MatchedBy;
+use crate::embed::{EmbedError, Encoder};
+use crate::router::{Classification, Router};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+/// Most confused pairs listed, and example texts per pair.
+const CONFUSIONS_SHOWN: usize = 10;
+const EXAMPLES_PER_CONFUSION: usize = 3;
+
+/// One labelled prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub text: String,
+    /// The route it should go to; `None`: no route should match.
+    pub route: Option<String>,
+}
+
+/// What the router did with one sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub expected: Option<String>,
+    /// The decision, with `default`/`none` as `None`.
+    pub predicted: Option<String>,
+    /// The best-scoring route, ignoring thresholds and overrides.
+    pub top1: Option<String>,
+}
+
+impl Outcome {
+    pub fn from_classification(expected: Option<String>, c: &Classification) -> Outcome {
+        let predicted = match c.matched_by {
+            MatchedBy::Semantic | MatchedBy::Keyword | MatchedBy::Pattern => c.route.clone(),
+            MatchedBy::Default | MatchedBy::None => None,
+        };
+        Outcome {
+            expected,
+            predicted,
+            top1: c.candidates.first().map(|c| c.route.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteMetrics {
+    pub route: String,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub f1: Option<f64>,
+    /// Samples labelled with this route.
+    pub support: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Confusion {
+    /// The label (`null`: no route should match).
+    pub expected: Option<String>,
+    /// What the router chose (`null`: no route).
+    pub predicted: Option<String>,
+    pub count: usize,
+    pub examples: Vec<String>,
+}
+
+/// The report; a rate with nothing to count (no out-of-scope samples, say) is `null`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalReport {
+    pub overall_acc: Option<f64>,
+    pub in_scope_top1: Option<f64>,
+    pub in_scope_acc: Option<f64>,
+    pub oos_recall: Option<f64>,
+    pub oos_precision: Option<f64>,
+    pub per_route: Vec<RouteMetrics>,
+    pub confusions: Vec<Confusion>,
+    pub queries_per_s: f64,
+}
+
+fn ratio(num: usize, den: usize) -> Option<f64> {
+    (den > 0).then(|| num as f64 / den as f64)
+}
+
+/// Computes every metric from outcomes (in the same order as `texts`).
+pub fn metrics(outcomes: &[Outcome], texts: &[&str], queries_per_s: f64) -> EvalReport {
+    let count = |f: &dyn Fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
+    let in_scope = count(&|o| o.expected.is_some());
+    let oos = outcomes.len() - in_scope;
+    let predicted_none = count(&|o| o.predicted.is_none());
+    let oos_hit = count(&|o| o.expected.is_none() && o.predicted.is_none());
+
+    let routes: BTreeSet<&str> = outcomes
+        .iter()
+        .flat_map(|o| [o.expected.as_deref(), o.predicted.as_deref()])
+        .flatten()
+        .collect();
+    let per_route = routes
+        .into_iter()
+        .map(|route| {
+            let tp = count(&|o| {
+                o.expected.as_deref() == Some(route) && o.predicted.as_deref() == Some(route)
+            });
+            let labelled = count(&|o| o.expected.as_deref() == Some(route));
+            let chosen = count(&|o| o.predicted.as_deref() == Some(route));
+            let precision = ratio(tp, chosen);
+            let recall = ratio(tp, labelled);
+            let f1 = match (precision, recall) {
+                (Some(p), Some(r)) if p + r > 0.0 => Some(2.0 * p * r / (p + r)),
+                (Some(_), Some(_)) => Some(0.0),
+                _ => None,
+            };
+            RouteMetrics {
+                route: route.to_string(),
+                precision,
+                recall,
+                f1,
+                support: labelled,
+            }
+        })
+        .collect();
+
+    // (expected, chosen) -> (count, example texts)
+    type Pair<'a> = (Option<&'a str>, Option<&'a str>);
+    let mut pairs: BTreeMap<Pair, (usize, Vec<String>)> = BTreeMap::new();
+    for (o, text) in outcomes.iter().zip(texts) {
+        if o.expected != o.predicted {
+            let entry = pairs
+                .entry((o.expected.as_deref(), o.predicted.as_deref()))
+                .or_default();
+            entry.0 += 1;
+            if entry.1.len() < EXAMPLES_PER_CONFUSION {
+                entry.1.push(text.to_string());
+            }
+        }
+    }
+    let mut confusions: Vec<Confusion> = pairs
+        .into_iter()
+        .map(|((expected, predicted), (count, examples))| Confusion {
+            expected: expected.map(str::to_string),
+            predicted: predicted.map(str::to_string),
+            count,
+            examples,
+        })
+        .collect();
+    // Most frequent first; the map's order breaks ties, so the list is deterministic.
+    confusions.sort_by_key(|c| std::cmp::Reverse(c.count));
+    confusions.truncate(CONFUSIONS_SHOWN);
+
+    EvalReport {
+        overall_acc: ratio(count(&|o| o.expected == o.predicted), outcomes.len()),
+        in_scope_top1: ratio(
+            count(&|o| o.expected.is_some() && o.top1 == o.expected),
+            in_scope,
+        ),
+        in_scope_acc: ratio(
+            count(&|o| o.expected.is_some() && o.predicted == o.expected),
+            in_scope,
+        ),
+        oos_recall: ratio(oos_hit, oos),
+        oos_precision: ratio(oos_hit, predicted_none),
+        per_route,
+        confusions,
+        queries_per_s,
+    }
+}
+
+/// Classifies every sample (embedding in batches) and reports the metrics.
+pub fn run(
+    router: &Router,
+    encoder: &Encoder,
+    samples: &[Sample],
+) -> Result<EvalReport, EmbedError> {
+    let started = Instant::now();
+    let texts: Vec<&str> = samples.iter().map(|s| s.text.as_str()).collect();
+    let mut outcomes = Vec::with_capacity(samples.len());
+    for (chunk, labels) in texts.chunks(64).zip(samples.chunks(64)) {
+        let embeddings = encoder.embed(chunk)?;
+        for ((text, sample), embedding) in chunk.iter().zip(labels).zip(&embeddings) {
+            let c = router.classify(text, embedding, None);
+            outcomes.push(Outcome::from_classification(sample.route.clone(), &c));
+        }
+    }
+    let queries_per_s = samples.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    Ok(metrics(&outcomes, &texts, queries_per_s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(expected: Option<&str>, predicted: Option<&str>, top1: Option<&str>) -> Outcome {
+        Outcome {
+            expected: expected.map(str::to_string),
+            predicted: predicted.map(str::to_string),
+            top1: top1.map(str::to_string),
+        }
+    }
+
+    /// Six prompts: 4 in scope (a, a, b, b), 2 out of scope.
+    fn report() -> EvalReport {
+        let outcomes = [
+            o(Some("a"), Some("a"), Some("a")), // right
+            o(Some("a"), None, Some("a")),      // right top-1, under the threshold
+            o(Some("b"), Some("a"), Some("a")), // confused b -> a
+            o(Some("b"), Some("b"), Some("b")), // right
+            o(None, None, Some("b")),           // correctly unrouted
+            o(None, Some("a"), Some("a")),      // out of scope, routed to a
+        ];
+        let texts = ["a1", "a2", "b1", "b2", "x1", "x2"];
+        metrics(&outcomes, &texts, 123.0)
+    }
+
+    fn close(a: Option<f64>, b: f64) -> bool {
+        a.is_some_and(|a| (a - b).abs() < 1e-12)
+    }
+
+    #[test]
+    fn headline_rates_are_exact() {
+        let r = report();
+        assert!(close(r.overall_acc, 3.0 / 6.0), "{:?}", r.overall_acc);
+        assert!(close(r.in_scope_top1, 3.0 / 4.0));
+        assert!(close(r.in_scope_acc, 2.0 / 4.0));
+        assert!(close(r.oos_recall, 1.0 / 2.0));
+        // Unrouted: a2 (wrongly) and x1 (rightly).
+        assert!(close(r.oos_precision, 1.0 / 2.0));
+        assert_eq!(r.queries_per_s, 123.0);
+    }
+
+    #[test]
+    fn per_route_precision_recall_f1_are_exact() {
+        let r = report();
+        let a = &r.per_route[0];
+        assert_eq!((a.route.as_str(), a.support), ("a", 2));
+        // a was chosen 3 times (a1, b1, x2), right once; 2 labelled, 1 found.
+        assert!(close(a.precision, 1.0 / 3.0));
+        assert!(close(a.recall, 1.0 / 2.0));
+        assert!(close(a.f1, 2.0 * (1.0 / 3.0) * 0.5 / (1.0 / 3.0 + 0.5)));
+        let b = &r.per_route[1];
+        assert!(close(b.precision, 1.0) && close(b.recall, 0.5));
+        assert_eq!(r.per_route.len(), 2);
+    }
+
+    #[test]
+    fn confusions_are_counted_with_examples() {
+        let r = report();
+        assert_eq!(r.confusions.len(), 3);
+        assert!(r.confusions.iter().all(|c| c.count == 1));
+        let b_to_a = r
+            .confusions
+            .iter()
+            .find(|c| c.expected.as_deref() == Some("b"))
+            .unwrap_or_else(|| panic!("b -> a is listed"));
+        assert_eq!(b_to_a.predicted.as_deref(), Some("a"));
+        assert_eq!(b_to_a.examples, ["b1"]);
+    }
+
+    #[test]
+    fn undefined_rates_are_null_not_nan() {
+        let r = metrics(&[o(Some("a"), Some("a"), Some("a"))], &["t"], 1.0);
+        assert_eq!(r.oos_recall, None);
+        assert_eq!(r.oos_precision, None);
+        assert!(close(r.overall_acc, 1.0));
+        let json = serde_json::to_value(&r).unwrap_or_default();
+        let keys: Vec<&str> = json
+            .as_object()
+            .map(|m| m.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(keys.len(), 8, "{keys:?}");
+    }
+}
