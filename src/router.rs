@@ -1,13 +1,15 @@
 //! The router: routes' utterances embedded into the index, plus the override matcher; turns
 //! a prompt's embedding into a `Classification` (the decision and the evidence behind it).
 
+use crate::config::Aggregation;
 use crate::config::{Config, MAX_TOP_K, RouteId};
 use crate::decide::{MatchedBy, OverrideKind, RouteScore, decide};
 use crate::embed::cache::{EmbeddingCache, TextKey, text_key};
 use crate::embed::{EmbedError, Embedding, Encoder};
 use crate::index::{IndexError, UtteranceIndex};
 use crate::overrides::OverrideMatcher;
-use crate::score::{Hit, route_scores};
+use crate::score::{Hit, mix_with_prototypes, route_scores};
+use crate::vector::dot;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,6 +25,8 @@ pub struct Router {
     overrides: OverrideMatcher,
     /// For each indexed utterance: (route, position in the route's `utterances`).
     utterances: Vec<(RouteId, usize)>,
+    /// Each route's normalised mean utterance vector (routes without utterances have none).
+    prototypes: Vec<(RouteId, Vec<f32>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +175,7 @@ impl Router {
             });
         }
         let owners: Vec<RouteId> = utterances.iter().map(|(r, _)| *r).collect();
+        let prototypes = prototypes(&vectors, &owners);
         let index = UtteranceIndex::build(&vectors, &owners)?;
         let overrides = OverrideMatcher::new(&config)?;
         Ok(Router {
@@ -178,6 +183,7 @@ impl Router {
             index,
             overrides,
             utterances,
+            prototypes,
         })
     }
 
@@ -203,6 +209,17 @@ impl Router {
             })
             .collect();
         let mut scores = route_scores(&hits, config.aggregation);
+        if let Aggregation::CentroidMix(weight) = config.aggregation {
+            let floor = hits.last().map_or(0.0, |h| h.similarity);
+            let sims: Vec<(RouteId, f32)> = self
+                .prototypes
+                .iter()
+                .map(|(r, p)| (*r, dot(p, &query.vector)))
+                .collect();
+            scores = mix_with_prototypes(&scores, floor, &sims, weight);
+            // As many candidates as neighbours searched, as with the other aggregations.
+            scores.truncate(k);
+        }
         let override_hits = self.overrides.hits(text);
         // A route selected by an override gets its exact score even if none of its
         // utterances was retrieved, so the answer always carries one.
@@ -293,4 +310,20 @@ impl Router {
             })
             .collect()
     }
+}
+
+/// The normalised mean of each route's utterance vectors, in route order.
+fn prototypes(vectors: &[Vec<f32>], owners: &[RouteId]) -> Vec<(RouteId, Vec<f32>)> {
+    let mut out: Vec<(RouteId, Vec<f32>)> = Vec::new();
+    for (v, &route) in vectors.iter().zip(owners) {
+        match out.last_mut() {
+            Some((r, sum)) if *r == route => sum.iter_mut().zip(v).for_each(|(s, x)| *s += x),
+            _ => out.push((route, v.clone())),
+        }
+    }
+    for (_, p) in &mut out {
+        let norm = dot(p, p).sqrt().max(1e-12);
+        p.iter_mut().for_each(|x| *x /= norm);
+    }
+    out
 }

@@ -36,6 +36,33 @@ pub fn route_scores(hits: &[Hit], aggregation: Aggregation) -> Vec<RouteScore> {
     scores
 }
 
+/// Mixes neighbour scores (from `route_scores`) with each route's prototype similarity:
+/// `weight · prototype + (1 − weight) · neighbours`, where a route with no retrieved
+/// neighbour counts `floor` (the weakest similarity retrieved). Every route with a prototype
+/// is scored; best first, ties to the earlier route.
+pub fn mix_with_prototypes(
+    neighbours: &[RouteScore],
+    floor: f32,
+    prototypes: &[(RouteId, f32)],
+    weight: f32,
+) -> Vec<RouteScore> {
+    let mut scores: Vec<RouteScore> = prototypes
+        .iter()
+        .map(|&(route, proto)| {
+            let near = neighbours
+                .iter()
+                .find(|s| s.route == route)
+                .map_or(floor, |s| s.score);
+            RouteScore {
+                route,
+                score: weight * proto + (1.0 - weight) * near,
+            }
+        })
+        .collect();
+    scores.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.route.cmp(&b.route)));
+    scores
+}
+
 /// `similarities` are one route's, best first.
 fn aggregate(similarities: impl Iterator<Item = f32>, aggregation: Aggregation, floor: f32) -> f32 {
     match aggregation {
@@ -44,6 +71,8 @@ fn aggregate(similarities: impl Iterator<Item = f32>, aggregation: Aggregation, 
             let (sum, n) = similarities.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
             sum / n.max(1) as f32
         }
+        // The neighbour half of the mix; `mix_with_prototypes` adds the centroids.
+        Aggregation::CentroidMix(_) => aggregate(similarities, Aggregation::TopMean(3), floor),
         Aggregation::TopMean(k) => {
             let (sum, n) = similarities
                 .take(k)
@@ -101,6 +130,21 @@ mod tests {
     fn ties_go_to_the_earlier_route() {
         let scores = route_scores(&hits(&[(2, 0.5), (1, 0.5)]), Aggregation::Max);
         assert_eq!(scores[0].route, RouteId(1));
+    }
+
+    #[test]
+    fn prototypes_mix_with_neighbours_and_cover_unretrieved_routes() {
+        let neighbours = [RouteScore {
+            route: RouteId(0),
+            score: 0.8,
+        }];
+        let protos = [(RouteId(0), 0.6), (RouteId(1), 0.9)];
+        let mixed = mix_with_prototypes(&neighbours, 0.2, &protos, 0.5);
+        assert_eq!(mixed.len(), 2);
+        // Route 0: 0.5·0.6 + 0.5·0.8; route 1 was not retrieved: 0.5·0.9 + 0.5·floor.
+        assert_eq!(mixed[0].route, RouteId(0));
+        assert!(close(mixed[0].score, 0.5 * 0.6 + 0.5 * 0.8));
+        assert!(close(mixed[1].score, 0.5 * 0.9 + 0.5 * 0.2));
     }
 
     #[test]

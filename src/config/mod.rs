@@ -314,6 +314,18 @@ impl Checker<'_> {
                 )?;
                 Some(Aggregation::TopMean(n))
             }
+            RawAggregation::CentroidMix(w) if (0.0..=1.0).contains(&w) => {
+                Some(Aggregation::CentroidMix(w as f32))
+            }
+            RawAggregation::CentroidMix(w) => {
+                self.issue(
+                    "aggregation.centroid_mix".into(),
+                    raw.referenced,
+                    format!("the centroid weight {w} is outside [0, 1]"),
+                    "write a weight between 0 and 1, e.g. {centroid_mix: 0.7}",
+                );
+                None
+            }
         }
     }
 

@@ -47,6 +47,7 @@ pub(crate) enum RawAggregation {
     Max,
     Mean,
     TopMean(i64),
+    CentroidMix(f64),
 }
 
 #[derive(Debug, Deserialize)]

@@ -33,7 +33,7 @@ fn the_minimal_file_gets_every_default() {
     let config = valid("routes:\n  - name: a\n    utterances: [hello]\n");
     assert_eq!(config.threshold.get(), DEFAULT_THRESHOLD);
     assert_eq!(config.top_k, DEFAULT_TOP_K);
-    assert_eq!(config.aggregation, Aggregation::TopMean(3));
+    assert_eq!(config.aggregation, Aggregation::CentroidMix(0.7));
     assert_eq!(config.default_route, None);
     assert_eq!(config.encoder, EncoderConfig::default());
     assert_eq!(config.routes[0].name.as_str(), "a");

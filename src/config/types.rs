@@ -123,7 +123,7 @@ impl Pattern {
 }
 
 /// How a route's score is formed from the similarities of its retrieved utterances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Aggregation {
     /// The best single neighbour.
@@ -133,11 +133,16 @@ pub enum Aggregation {
     /// The mean of the route's `n` best neighbours; neighbours it is missing from the
     /// retrieved set count as the weakest similarity retrieved (an upper bound for them).
     TopMean(usize),
+    /// `w · cos(prompt, route centroid) + (1 − w) · top_mean(3)`: the route's prototype
+    /// (the normalised mean of its utterances) mixed with its best neighbours.
+    CentroidMix(f32),
 }
 
 impl Default for Aggregation {
+    /// Chosen on CLINC150's validation split: in-scope top-1 88.7% against 86.1% for
+    /// `TopMean(3)` and 83.1% for `Max`.
     fn default() -> Self {
-        Aggregation::TopMean(3)
+        Aggregation::CentroidMix(0.7)
     }
 }
 
