@@ -279,26 +279,36 @@ fn embed(config_path: Option<&Path>, texts: Vec<String>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The `text` of every JSONL line; a line that is not JSON with a string `text` is an error
-/// naming its line number.
-pub fn read_jsonl_texts(path: &Path) -> Result<Vec<String>> {
+/// Every non-blank JSONL line as (its `file:line`, its string `text`, the whole object); a
+/// line that is not JSON with a string `text` is an error naming its line.
+fn read_jsonl(path: &Path) -> Result<Vec<(String, String, serde_json::Value)>> {
     let content =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut texts = Vec::new();
+    let mut records = Vec::new();
     for (i, line) in content.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let value: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not valid JSON", path.display(), i + 1))?;
+        let at = format!("{}:{}", path.display(), i + 1);
+        let value: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{at}: not valid JSON"))?;
         let text = value
             .get("text")
             .and_then(|t| t.as_str())
-            .with_context(|| format!("{}:{}: no string field `text`", path.display(), i + 1))?;
-        texts.push(text.to_string());
+            .with_context(|| format!("{at}: no string field `text`"))?
+            .to_string();
+        records.push((at, text, value));
     }
-    anyhow::ensure!(!texts.is_empty(), "{} has no prompts", path.display());
-    Ok(texts)
+    anyhow::ensure!(!records.is_empty(), "{} has no prompts", path.display());
+    Ok(records)
+}
+
+/// The `text` of every JSONL line.
+pub fn read_jsonl_texts(path: &Path) -> Result<Vec<String>> {
+    Ok(read_jsonl(path)?
+        .into_iter()
+        .map(|(_, text, _)| text)
+        .collect())
 }
 
 fn bench(config_path: &Path, data: &Path, json: bool) -> Result<ExitCode> {
@@ -335,39 +345,19 @@ fn bench(config_path: &Path, data: &Path, json: bool) -> Result<ExitCode> {
 
 /// Labelled prompts: every line needs a string `text` and a `route` that is a string or null.
 pub fn read_labelled(path: &Path) -> Result<Vec<semroute::eval::Sample>> {
-    let content =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut samples = Vec::new();
-    for (i, line) in content.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = || format!("{}:{}", path.display(), i + 1);
-        let value: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}: not valid JSON", at()))?;
-        let text = value
-            .get("text")
-            .and_then(|t| t.as_str())
-            .with_context(|| format!("{}: no string field `text`", at()))?;
-        let route = match value.get("route") {
-            Some(serde_json::Value::String(r)) => Some(r.clone()),
-            Some(serde_json::Value::Null) => None,
-            _ => anyhow::bail!(
-                "{}: `route` must be a route name or null (no route should match)",
-                at()
-            ),
-        };
-        samples.push(semroute::eval::Sample {
-            text: text.to_string(),
-            route,
-        });
-    }
-    anyhow::ensure!(
-        !samples.is_empty(),
-        "{} has no labelled prompts",
-        path.display()
-    );
-    Ok(samples)
+    read_jsonl(path)?
+        .into_iter()
+        .map(|(at, text, value)| {
+            let route = match value.get("route") {
+                Some(serde_json::Value::String(r)) => Some(r.clone()),
+                Some(serde_json::Value::Null) => None,
+                _ => anyhow::bail!(
+                    "{at}: `route` must be a route name or null (no route should match)"
+                ),
+            };
+            Ok(semroute::eval::Sample { text, route })
+        })
+        .collect()
 }
 
 fn eval(config_path: &Path, data: &Path, json: bool) -> Result<ExitCode> {
