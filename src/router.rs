@@ -282,7 +282,22 @@ impl Router {
                 similarity: n.similarity,
             })
             .collect();
-        route_scores(&hits, self.config.aggregation).pop()
+        let score = route_scores(&hits, self.config.aggregation).pop()?;
+        // The same formula as the candidates': with prototypes, mix in the route's centroid
+        // (every utterance of the route is in `hits`, so no floor is needed).
+        match (
+            self.config.aggregation,
+            self.prototypes.iter().find(|(r, _)| *r == route),
+        ) {
+            (Aggregation::CentroidMix(weight), Some((_, prototype))) => mix_with_prototypes(
+                &[score],
+                score.score,
+                &[(route, dot(prototype, query))],
+                weight,
+            )
+            .pop(),
+            _ => Some(score),
+        }
     }
 
     fn neighbor_reports(

@@ -305,3 +305,26 @@ fn close_runner_ups_make_an_answer_ambiguous() {
             .ambiguous
     );
 }
+
+#[test]
+fn an_override_route_outside_the_candidates_is_scored_like_the_candidates() {
+    let router = shipped_router();
+    let text = "hi, how are you? quick question about a receipt";
+    let query = encoder().embed_one(text).unwrap();
+    // top_k 64 retrieves every shipped utterance: billing's score is the plain formula.
+    let all = router.classify(text, &query, Some(64));
+    let billing = all
+        .candidates
+        .iter()
+        .find(|c| c.route == "billing")
+        .unwrap();
+    // top_k 1 keeps only small_talk as a candidate; billing wins by keyword and is scored apart.
+    let one = router.classify(text, &query, Some(1));
+    assert_eq!(one.route.as_deref(), Some("billing"));
+    assert!(
+        (one.score.unwrap() - billing.score).abs() < 1e-5,
+        "{:?} vs {}",
+        one.score,
+        billing.score
+    );
+}
