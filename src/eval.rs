@@ -172,18 +172,34 @@ pub fn run(
     encoder: &Encoder,
     samples: &[Sample],
 ) -> Result<EvalReport, EmbedError> {
-    let started = Instant::now();
+    let (classifications, queries_per_s) = classify_all(router, encoder, samples)?;
+    let outcomes: Vec<Outcome> = samples
+        .iter()
+        .zip(&classifications)
+        .map(|(sample, c)| Outcome::from_classification(sample.route.clone(), c))
+        .collect();
     let texts: Vec<&str> = samples.iter().map(|s| s.text.as_str()).collect();
-    let mut outcomes = Vec::with_capacity(samples.len());
-    for (chunk, labels) in texts.chunks(64).zip(samples.chunks(64)) {
-        let embeddings = encoder.embed(chunk)?;
-        for ((text, sample), embedding) in chunk.iter().zip(labels).zip(&embeddings) {
-            let c = router.classify(text, embedding, None);
-            outcomes.push(Outcome::from_classification(sample.route.clone(), &c));
+    Ok(metrics(&outcomes, &texts, queries_per_s))
+}
+
+/// Every sample's classification, in order, and how many were classified per second
+/// (embedding included).
+pub fn classify_all(
+    router: &Router,
+    encoder: &Encoder,
+    samples: &[Sample],
+) -> Result<(Vec<Classification>, f64), EmbedError> {
+    let started = Instant::now();
+    let mut out = Vec::with_capacity(samples.len());
+    for chunk in samples.chunks(64) {
+        let texts: Vec<&str> = chunk.iter().map(|s| s.text.as_str()).collect();
+        let embeddings = encoder.embed(&texts)?;
+        for (text, embedding) in texts.iter().zip(&embeddings) {
+            out.push(router.classify(text, embedding, None));
         }
     }
     let queries_per_s = samples.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
-    Ok(metrics(&outcomes, &texts, queries_per_s))
+    Ok((out, queries_per_s))
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ pub mod decide;
 pub mod embed;
 pub mod error;
 pub mod eval;
+pub mod fit;
+pub mod head;
 pub mod http;
 pub mod index;
 pub mod overrides;

@@ -4,13 +4,15 @@
 use crate::config::Aggregation;
 use crate::config::{Config, MAX_TOP_K, RouteId};
 use crate::decide::{MatchedBy, OverrideKind, RouteScore, decide};
-use crate::embed::cache::{EmbeddingCache, TextKey, text_key};
+use crate::embed::cache::{EmbeddingCache, HeadCache, TextKey, text_key};
 use crate::embed::{EmbedError, Embedding, Encoder};
+use crate::head::{Head, INVERSE_REGULARIZATION};
 use crate::index::{IndexError, UtteranceIndex};
 use crate::overrides::OverrideMatcher;
-use crate::score::{Hit, mix_with_prototypes, route_scores};
+use crate::score::{Hit, apply_head, mix_with_prototypes, route_scores};
 use crate::vector::dot;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -27,6 +29,9 @@ pub struct Router {
     utterances: Vec<(RouteId, usize)>,
     /// Each route's normalised mean utterance vector (routes without utterances have none).
     prototypes: Vec<(RouteId, Vec<f32>)>,
+    /// The learned head (none when `head_weight` is 0 or fewer than two routes have
+    /// utterances).
+    head: Option<Head>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,11 +162,22 @@ impl Router {
         {
             tracing::warn!(path = %cache.path().display(), error = %err, "cannot write the embedding cache");
         }
-        Router::from_embeddings(config, vectors)
+        let head = cached_head(&config, &vectors, &keys, &HeadCache::open(dir, &key));
+        Router::from_parts(config, vectors, head)
     }
 
-    /// Builds from precomputed utterance embeddings, in route order then utterance order.
+    /// Builds from precomputed utterance embeddings, in route order then utterance order,
+    /// training the head.
     pub fn from_embeddings(config: Config, vectors: Vec<Vec<f32>>) -> Result<Router, BuildError> {
+        let head = train_head(&config, &vectors);
+        Router::from_parts(config, vectors, head)
+    }
+
+    fn from_parts(
+        config: Config,
+        vectors: Vec<Vec<f32>>,
+        head: Option<Head>,
+    ) -> Result<Router, BuildError> {
         let utterances: Vec<(RouteId, usize)> = config
             .routes
             .iter()
@@ -184,6 +200,7 @@ impl Router {
             overrides,
             utterances,
             prototypes,
+            head,
         })
     }
 
@@ -217,9 +234,11 @@ impl Router {
                 .map(|(r, p)| (*r, dot(p, &query.vector)))
                 .collect();
             scores = mix_with_prototypes(&scores, floor, &sims, weight);
-            // As many candidates as neighbours searched, as with the other aggregations.
-            scores.truncate(k);
         }
+        let probabilities = self.head_probabilities(&query.vector);
+        apply_head(&mut scores, &probabilities, config.head_weight);
+        // As many candidates as neighbours searched.
+        scores.truncate(k);
         let override_hits = self.overrides.hits(text);
         // A route selected by an override gets its exact score even if none of its
         // utterances was retrieved, so the answer always carries one.
@@ -284,8 +303,8 @@ impl Router {
             .collect();
         let score = route_scores(&hits, self.config.aggregation).pop()?;
         // The same formula as the candidates': with prototypes, mix in the route's centroid
-        // (every utterance of the route is in `hits`, so no floor is needed).
-        match (
+        // (every utterance of the route is in `hits`, so no floor is needed), then the head.
+        let mut scores = match (
             self.config.aggregation,
             self.prototypes.iter().find(|(r, _)| *r == route),
         ) {
@@ -294,9 +313,21 @@ impl Router {
                 score.score,
                 &[(route, dot(prototype, query))],
                 weight,
-            )
-            .pop(),
-            _ => Some(score),
+            ),
+            _ => vec![score],
+        };
+        apply_head(
+            &mut scores,
+            &self.head_probabilities(query),
+            self.config.head_weight,
+        );
+        scores.pop()
+    }
+
+    fn head_probabilities(&self, query: &[f32]) -> Vec<(RouteId, f32)> {
+        match &self.head {
+            Some(head) if self.config.head_weight > 0.0 => head.probabilities(query),
+            _ => Vec::new(),
         }
     }
 
@@ -325,6 +356,59 @@ impl Router {
             })
             .collect()
     }
+}
+
+/// Each indexed utterance's route, in index order.
+fn owners(config: &Config) -> Vec<RouteId> {
+    config
+        .routes
+        .iter()
+        .enumerate()
+        .flat_map(|(r, route)| std::iter::repeat_n(RouteId(r), route.utterances.len()))
+        .collect()
+}
+
+fn train_head(config: &Config, vectors: &[Vec<f32>]) -> Option<Head> {
+    if config.head_weight <= 0.0 {
+        return None;
+    }
+    let started = Instant::now();
+    let head = Head::train(vectors, &owners(config));
+    tracing::info!(
+        ms = started.elapsed().as_millis() as u64,
+        "trained the route head"
+    );
+    head
+}
+
+/// The head for these utterances from `cache`, else trained and stored there.
+fn cached_head(
+    config: &Config,
+    vectors: &[Vec<f32>],
+    keys: &[TextKey],
+    cache: &HeadCache,
+) -> Option<Head> {
+    if config.head_weight <= 0.0 {
+        return None;
+    }
+    let owners = owners(config);
+    // The head depends on the texts (their vectors, given the cache's model), which route
+    // owns each, and the training settings.
+    let mut hasher = Sha256::new();
+    hasher.update(INVERSE_REGULARIZATION.to_le_bytes());
+    for (key, route) in keys.iter().zip(&owners) {
+        hasher.update(key);
+        hasher.update((route.0 as u64).to_le_bytes());
+    }
+    let content: [u8; 32] = hasher.finalize().into();
+    if let Some(head) = cache.load(&content).and_then(|b| Head::from_bytes(&b)) {
+        return Some(head);
+    }
+    let head = train_head(config, vectors)?;
+    if let Err(err) = cache.store(&content, &head.to_bytes()) {
+        tracing::warn!(path = %cache.path().display(), error = %err, "cannot write the head cache");
+    }
+    Some(head)
 }
 
 /// The normalised mean of each route's utterance vectors, in route order.

@@ -63,6 +63,26 @@ pub fn mix_with_prototypes(
     scores
 }
 
+/// Re-weights route scores by the learned head's probabilities: each score is multiplied
+/// by `(p / p_best)^weight`, where `p_best` is the most likely route's probability. The
+/// head's favourite keeps its similarity exactly and no score ever rises, so a threshold
+/// still means "this similar"; a route the head knows nothing about keeps its score.
+/// (A negative score moves down by the same fraction of its size.) Re-sorted, best first.
+pub fn apply_head(scores: &mut [RouteScore], probabilities: &[(RouteId, f32)], weight: f32) {
+    let best = probabilities
+        .iter()
+        .map(|p| p.1)
+        .fold(0.0f32, f32::max)
+        .max(f32::MIN_POSITIVE);
+    for score in scores.iter_mut() {
+        if let Some(&(_, p)) = probabilities.iter().find(|p| p.0 == score.route) {
+            let factor = (p / best).clamp(0.0, 1.0).powf(weight);
+            score.score -= score.score.abs() * (1.0 - factor);
+        }
+    }
+    scores.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.route.cmp(&b.route)));
+}
+
 /// `similarities` are one route's, best first.
 fn aggregate(similarities: impl Iterator<Item = f32>, aggregation: Aggregation, floor: f32) -> f32 {
     match aggregation {
@@ -145,6 +165,37 @@ mod tests {
         assert_eq!(mixed[0].route, RouteId(0));
         assert!(close(mixed[0].score, 0.5 * 0.6 + 0.5 * 0.8));
         assert!(close(mixed[1].score, 0.5 * 0.9 + 0.5 * 0.2));
+    }
+
+    fn scored(list: &[(usize, f32)]) -> Vec<RouteScore> {
+        list.iter()
+            .map(|&(route, score)| RouteScore {
+                route: RouteId(route),
+                score,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_head_reorders_scores_without_raising_any() {
+        let mut scores = scored(&[(0, 0.6), (1, 0.5), (2, -0.2), (3, 0.4)]);
+        // Route 3 is unknown to the head and keeps its score.
+        let probs = [(RouteId(0), 0.1), (RouteId(1), 0.8), (RouteId(2), 0.1)];
+        apply_head(&mut scores, &probs, 1.0);
+        assert_eq!(scores[0].route, RouteId(1));
+        assert!(close(scores[0].score, 0.5));
+        assert_eq!(scores[1].route, RouteId(3));
+        assert!(close(scores[1].score, 0.4));
+        assert!(close(scores[2].score, 0.6 * 0.125));
+        // A negative score falls by the same fraction of its size.
+        assert!(close(scores[3].score, -0.2 - 0.2 * 0.875));
+    }
+
+    #[test]
+    fn a_head_weight_of_zero_changes_nothing() {
+        let mut scores = scored(&[(0, 0.6), (1, 0.5)]);
+        apply_head(&mut scores, &[(RouteId(0), 0.01), (RouteId(1), 0.99)], 0.0);
+        assert_eq!(scores, scored(&[(0, 0.6), (1, 0.5)]));
     }
 
     #[test]

@@ -253,15 +253,23 @@ fn a_rebuild_reads_unchanged_utterances_from_the_cache() {
     let text = "you charged my card two times for the same order";
     let query = encoder().embed_one(text).unwrap();
     let cold = Router::build_cached(common::shipped_config(), encoder(), Some(dir.path())).unwrap();
-    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    assert_eq!(files.len(), 1, "one cache file for the model");
+    let mut files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "the embeddings and the head: {files:?}");
+    assert!(files[0].starts_with("embeddings-") && files[1].starts_with("head-"));
     let warm = Router::build_cached(common::shipped_config(), encoder(), Some(dir.path())).unwrap();
     let (a, b) = (
         cold.classify(text, &query, None),
         warm.classify(text, &query, None),
     );
     assert_eq!(a.route, b.route);
-    assert_eq!(a.score, b.score, "cached vectors are the same vectors");
+    assert_eq!(
+        a.score, b.score,
+        "cached vectors and head are the same vectors and head"
+    );
 
     // A changed route: only its new utterance is embedded, and the answers stay right.
     let mut changed = common::shipped_config();
@@ -275,13 +283,9 @@ fn a_rebuild_reads_unchanged_utterances_from_the_cache() {
     );
 
     // A damaged cache is ignored, not trusted.
-    let path = std::fs::read_dir(dir.path())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    std::fs::write(&path, b"SRCACHE1 damaged").unwrap();
+    for file in std::fs::read_dir(dir.path()).unwrap() {
+        std::fs::write(file.unwrap().path(), b"SRCACHE1 damaged").unwrap();
+    }
     let rebuilt =
         Router::build_cached(common::shipped_config(), encoder(), Some(dir.path())).unwrap();
     assert_eq!(rebuilt.classify(text, &query, None).score, a.score);

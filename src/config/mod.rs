@@ -4,12 +4,14 @@
 mod error;
 mod raw;
 mod types;
+mod write;
 
 pub use error::{ConfigError, ConfigIssue};
 pub use types::{
     Aggregation, DeviceChoice, EncoderConfig, Keyword, Pattern, Precision, Route, RouteId,
     RouteName, Threshold,
 };
+pub use write::WriteError;
 
 use raw::{RawAggregation, RawConfig, RawEncoder, RawRoute};
 use serde_saphyr::{Location, Spanned};
@@ -26,6 +28,10 @@ pub const DEFAULT_THRESHOLD: f32 = 0.35;
 pub const DEFAULT_TOP_K: usize = 20;
 /// Top two route scores closer than this make a classification `ambiguous`.
 pub const DEFAULT_AMBIGUITY_MARGIN: f32 = 0.03;
+/// The learned head's exponent when the file sets none (chosen on CLINC150 val).
+pub const DEFAULT_HEAD_WEIGHT: f32 = 0.5;
+/// Largest `head_weight` accepted: beyond it the head alone decides.
+pub const MAX_HEAD_WEIGHT: f64 = 4.0;
 /// Largest `top_k` accepted: beyond this a search is no longer cheap.
 pub const MAX_TOP_K: usize = 1000;
 
@@ -41,6 +47,9 @@ pub struct Config {
     pub default_route: Option<RouteId>,
     /// When the best two routes' scores differ by less, the answer says `ambiguous`.
     pub ambiguity_margin: f32,
+    /// How strongly the learned head re-weights route scores: each score is multiplied by
+    /// `(p / p_best)^head_weight` (0: no head is trained).
+    pub head_weight: f32,
     pub routes: Vec<Route>,
 }
 
@@ -191,17 +200,22 @@ impl Checker<'_> {
             None => Some(Aggregation::default()),
         };
         let ambiguity_margin = match raw.ambiguity_margin {
-            Some(m) if !(0.0..=2.0).contains(&m.value) => {
-                self.issue(
-                    "ambiguity_margin".into(),
-                    m.referenced,
-                    format!("{} is outside [0, 2]", m.value),
-                    "write a score difference such as 0.03 (0 turns the flag off)",
-                );
-                None
-            }
-            Some(m) => Some(m.value as f32),
+            Some(m) => self.within(
+                "ambiguity_margin",
+                &m,
+                2.0,
+                "write a score difference such as 0.03 (0 turns the flag off)",
+            ),
             None => Some(DEFAULT_AMBIGUITY_MARGIN),
+        };
+        let head_weight = match raw.head_weight {
+            Some(w) => self.within(
+                "head_weight",
+                &w,
+                MAX_HEAD_WEIGHT,
+                "write an exponent such as 0.5 (0 turns the learned head off)",
+            ),
+            None => Some(DEFAULT_HEAD_WEIGHT),
         };
         let routes = self.routes(raw.routes);
         let default_route = match (&raw.default_route, &routes) {
@@ -219,8 +233,23 @@ impl Checker<'_> {
             aggregation: aggregation?,
             default_route: default_route?,
             ambiguity_margin: ambiguity_margin?,
+            head_weight: head_weight?,
             routes: routes?,
         })
+    }
+
+    /// A number in `[0, max]`.
+    fn within(&mut self, path: &str, raw: &Spanned<f64>, max: f64, hint: &str) -> Option<f32> {
+        if (0.0..=max).contains(&raw.value) {
+            return Some(raw.value as f32);
+        }
+        self.issue(
+            path.into(),
+            raw.referenced,
+            format!("{} is outside [0, {max}]", raw.value),
+            hint,
+        );
+        None
     }
 
     fn encoder(&mut self, raw: Option<RawEncoder>, base_dir: &Path) -> Option<EncoderConfig> {

@@ -20,6 +20,8 @@ pub(crate) struct RawConfig {
     pub default_route: Option<Spanned<String>>,
     #[serde(default)]
     pub ambiguity_margin: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub head_weight: Option<Spanned<f64>>,
     pub routes: Spanned<Vec<RawRoute>>,
 }
 

@@ -267,3 +267,67 @@ fn precision_is_read_and_checked() {
     let i = issue("encoder:\n  precision: fp8\nroutes:\n  - name: a\n    utterances: [x]\n");
     assert_eq!((i.path.as_str(), i.line), ("encoder.precision", Some(2)));
 }
+
+#[test]
+fn a_written_config_loads_back_to_the_same_settings() {
+    let yaml = r#"
+encoder:
+  path: models/mini
+  device: cuda:1
+  max_tokens: 128
+  precision: bf16
+threshold: 0.42
+top_k: 7
+aggregation: {top_mean: 2}
+default_route: chat
+ambiguity_margin: 0.05
+head_weight: 1.5
+routes:
+  - name: code
+    description: "programming: \"quoted\" and # not a comment"
+    threshold: 0.3
+    keywords: [python, "stack trace"]
+    patterns: ['(?i)\bfn\s+\w+\(']
+    utterances: ["write a function", "it's: tricky\nmultiline"]
+    metadata: {tier: 2, tags: [a, b]}
+  - name: chat
+    utterances: [hello]
+"#;
+    let config = valid(yaml);
+    let written = config
+        .to_yaml("fitted by a test\nsecond line")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(written.starts_with("# fitted by a test\n# second line\n"));
+    let again = valid(&written);
+    assert_eq!(
+        again.to_yaml("fitted by a test\nsecond line").ok(),
+        Some(written.clone())
+    );
+    assert_eq!(again.threshold.get(), 0.42);
+    assert_eq!(again.top_k, 7);
+    assert_eq!(again.aggregation, Aggregation::TopMean(2));
+    assert_eq!(again.default_route, Some(RouteId(1)));
+    assert_eq!(again.ambiguity_margin, 0.05);
+    assert_eq!(again.head_weight, 1.5);
+    assert_eq!(again.encoder.device, DeviceChoice::Cuda(1));
+    assert_eq!(again.encoder.precision, Precision::Bf16);
+    assert_eq!(
+        again.encoder.path,
+        Some(PathBuf::from("/etc/semroute/models/mini"))
+    );
+    let code = &again.routes[0];
+    assert_eq!(code.threshold.map(|t| t.get()), Some(0.3));
+    assert_eq!(code.utterances, config.routes[0].utterances);
+    assert_eq!(code.description, config.routes[0].description);
+    assert_eq!(code.metadata, config.routes[0].metadata);
+    let words: Vec<&str> = code.keywords.iter().map(|k| k.as_str()).collect();
+    assert_eq!(words, ["python", "stack trace"]);
+    assert_eq!(code.patterns[0].as_str(), r"(?i)\bfn\s+\w+\(");
+}
+
+#[test]
+fn head_weight_out_of_range_is_reported() {
+    let problem = issue("head_weight: -1\nroutes:\n  - name: a\n    utterances: [x]\n");
+    assert_eq!(problem.path, "head_weight");
+    assert_eq!(problem.line, Some(1));
+}

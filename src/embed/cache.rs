@@ -90,9 +90,6 @@ impl EmbeddingCache {
     /// to a temporary file and renamed, so a crash never leaves a torn cache.
     pub fn store(&mut self, entries: HashMap<TextKey, Vec<f32>>) -> std::io::Result<()> {
         self.entries = entries;
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
         let mut bytes = Vec::with_capacity(20 + self.entries.len() * (32 + 4 * self.dim));
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&(self.dim as u32).to_le_bytes());
@@ -103,13 +100,56 @@ impl EmbeddingCache {
                 bytes.extend_from_slice(&v.to_le_bytes());
             }
         }
-        let tmp = self
-            .path
-            .with_extension(format!("tmp{}", std::process::id()));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &self.path)
+        write_atomically(&self.path, &bytes)
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path` and renames it over `path`, so a crash
+/// never leaves a torn file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+const HEAD_MAGIC: &[u8; 8] = b"SRHEAD01";
+
+/// The learned head's cache: one file per model, holding the head trained on one set of
+/// utterances, identified by a `content` key the caller derives from them.
+pub struct HeadCache {
+    path: PathBuf,
+}
+
+impl HeadCache {
+    pub fn open(dir: &Path, model_key: &str) -> HeadCache {
+        let name = hex::encode(&Sha256::digest(model_key.as_bytes())[..8]);
+        HeadCache {
+            path: dir.join(format!("head-{name}.bin")),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The stored bytes, if the file holds the head for `content`.
+    pub fn load(&self, content: &[u8; 32]) -> Option<Vec<u8>> {
+        let bytes = std::fs::read(&self.path).ok()?;
+        let body = bytes.strip_prefix(HEAD_MAGIC)?.strip_prefix(content)?;
+        Some(body.to_vec())
+    }
+
+    pub fn store(&self, content: &[u8; 32], head: &[u8]) -> std::io::Result<()> {
+        let mut bytes = Vec::with_capacity(40 + head.len());
+        bytes.extend_from_slice(HEAD_MAGIC);
+        bytes.extend_from_slice(content);
+        bytes.extend_from_slice(head);
+        write_atomically(&self.path, &bytes)
     }
 }
 
@@ -156,6 +196,19 @@ mod tests {
         assert_eq!(again.get(&text_key("other")), None);
         assert!(EmbeddingCache::open(&dir, "model-b", 3).is_empty());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_stored_head_is_read_back_for_the_same_content_only() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let cache = HeadCache::open(dir.path(), "model-a");
+        assert_eq!(cache.load(&[1; 32]), None);
+        cache
+            .store(&[1; 32], b"weights")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cache.load(&[1; 32]).as_deref(), Some(&b"weights"[..]));
+        assert_eq!(cache.load(&[2; 32]), None);
+        assert_eq!(HeadCache::open(dir.path(), "model-b").load(&[1; 32]), None);
     }
 
     #[test]

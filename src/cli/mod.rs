@@ -1,5 +1,7 @@
-//! The command line: `serve`, `classify`, `embed`, `validate`. Doc comments here are the
-//! `--help` text.
+//! The command line: `serve`, `classify`, `embed`, `validate`, `bench` (`eval` and `fit`
+//! live in `quality.rs`). Doc comments here are the `--help` text.
+
+mod quality;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -73,6 +75,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Tune the global and per-route thresholds on labelled prompts and write a config
+    /// with the fitted values (before/after metrics, with a cross-validated estimate).
+    Fit {
+        /// The routes file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Labelled prompts, as for `eval`; some must be labelled null.
+        #[arg(long)]
+        data: PathBuf,
+        /// Where to write the fitted config (a new file: comments are not carried over).
+        #[arg(long)]
+        out: PathBuf,
+        /// Print one JSON object instead of a report.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure embedding and classification speed on this machine.
     Bench {
         /// The routes file (its utterances are embedded to build the index).
@@ -120,7 +138,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Embed { config, texts } => embed(config.as_deref(), texts),
         Command::Validate { config } => validate(&config),
         Command::Bench { config, data, json } => bench(&config, &data, json),
-        Command::Eval { config, data, json } => eval(&config, &data, json),
+        Command::Eval { config, data, json } => quality::eval(&config, &data, json),
+        Command::Fit {
+            config,
+            data,
+            out,
+            json,
+        } => quality::fit(&config, &data, &out, json),
     }
 }
 
@@ -338,91 +362,6 @@ fn bench(config_path: &Path, data: &Path, json: bool) -> Result<ExitCode> {
         println!(
             "index build          {:.2} s ({} utterances)",
             report.index_build_s, report.utterances
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Labelled prompts: every line needs a string `text` and a `route` that is a string or null.
-pub fn read_labelled(path: &Path) -> Result<Vec<semroute::eval::Sample>> {
-    read_jsonl(path)?
-        .into_iter()
-        .map(|(at, text, value)| {
-            let route = match value.get("route") {
-                Some(serde_json::Value::String(r)) => Some(r.clone()),
-                Some(serde_json::Value::Null) => None,
-                _ => anyhow::bail!(
-                    "{at}: `route` must be a route name or null (no route should match)"
-                ),
-            };
-            Ok(semroute::eval::Sample { text, route })
-        })
-        .collect()
-}
-
-fn eval(config_path: &Path, data: &Path, json: bool) -> Result<ExitCode> {
-    let config = Config::load(config_path)?;
-    let samples = read_labelled(data)?;
-    let unknown: Vec<&str> = samples
-        .iter()
-        .filter_map(|s| s.route.as_deref())
-        .filter(|r| config.route_id(r).is_none())
-        .collect();
-    if let Some(first) = unknown.first() {
-        anyhow::bail!(
-            "{} labels {} prompts with routes the config does not have (first: `{first}`)",
-            data.display(),
-            unknown.len()
-        );
-    }
-    let encoder = load_encoder(&config.encoder, Some(config_path))?;
-    let cache_dir = semroute::embed::cache::default_dir();
-    let router = Router::build_cached(config, &encoder, cache_dir.as_deref())?;
-    let report = semroute::eval::run(&router, &encoder, &samples)?;
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let pct = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{:.1}%", v * 100.0));
-    let num = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
-    println!("prompts          {} ({})", samples.len(), data.display());
-    println!("overall accuracy {}", pct(report.overall_acc));
-    println!(
-        "in-scope top-1   {}  (best route, ignoring thresholds)",
-        pct(report.in_scope_top1)
-    );
-    println!(
-        "in-scope acc     {}  (the decision, thresholds applied)",
-        pct(report.in_scope_acc)
-    );
-    println!("oos recall       {}", num(report.oos_recall));
-    println!("oos precision    {}", num(report.oos_precision));
-    println!("queries/s        {:.0}", report.queries_per_s);
-    let mut worst: Vec<&semroute::eval::RouteMetrics> = report.per_route.iter().collect();
-    worst.sort_by(|a, b| a.f1.unwrap_or(0.0).total_cmp(&b.f1.unwrap_or(0.0)));
-    println!("\nroutes, worst F1 first (of {}):", worst.len());
-    println!(
-        "  {:<28} {:>9} {:>7} {:>6} {:>8}",
-        "route", "precision", "recall", "f1", "support"
-    );
-    for m in worst.iter().take(15) {
-        println!(
-            "  {:<28} {:>9} {:>7} {:>6} {:>8}",
-            m.route,
-            num(m.precision),
-            num(m.recall),
-            num(m.f1),
-            m.support
-        );
-    }
-    println!("\nmost confused (expected -> chosen):");
-    for c in &report.confusions {
-        println!(
-            "  {} -> {}  x{}  e.g. {:?}",
-            c.expected.as_deref().unwrap_or("(no route)"),
-            c.predicted.as_deref().unwrap_or("(no route)"),
-            c.count,
-            c.examples.first().map(String::as_str).unwrap_or("")
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,335 @@
+//! `eval` and `fit`: routing quality measured on labelled prompts, and thresholds tuned
+//! on them.
+
+use super::{load_encoder, read_jsonl};
+use anyhow::Result;
+use semroute::Router;
+use semroute::config::{Config, RouteId, Threshold};
+use semroute::eval::{EvalReport, Outcome, Sample};
+use semroute::fit::{Fit, Observation};
+use serde::Serialize;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Labelled prompts: every line needs a string `text` and a `route` that is a string or null.
+pub fn read_labelled(path: &Path) -> Result<Vec<Sample>> {
+    read_jsonl(path)?
+        .into_iter()
+        .map(|(at, text, value)| {
+            let route = match value.get("route") {
+                Some(serde_json::Value::String(r)) => Some(r.clone()),
+                Some(serde_json::Value::Null) => None,
+                _ => anyhow::bail!(
+                    "{at}: `route` must be a route name or null (no route should match)"
+                ),
+            };
+            Ok(Sample { text, route })
+        })
+        .collect()
+}
+
+/// Refuses labels naming routes the config does not have.
+fn check_labels(config: &Config, samples: &[Sample], data: &Path) -> Result<()> {
+    let unknown: Vec<&str> = samples
+        .iter()
+        .filter_map(|s| s.route.as_deref())
+        .filter(|r| config.route_id(r).is_none())
+        .collect();
+    if let Some(first) = unknown.first() {
+        anyhow::bail!(
+            "{} labels {} prompts with routes the config does not have (first: `{first}`)",
+            data.display(),
+            unknown.len()
+        );
+    }
+    Ok(())
+}
+
+/// The config's router, with labels checked against it.
+fn load(config_path: &Path, data: &Path) -> Result<(Router, semroute::Encoder, Vec<Sample>)> {
+    let config = Config::load(config_path)?;
+    let samples = read_labelled(data)?;
+    check_labels(&config, &samples, data)?;
+    let encoder = load_encoder(&config.encoder, Some(config_path))?;
+    let cache_dir = semroute::embed::cache::default_dir();
+    let router = Router::build_cached(config, &encoder, cache_dir.as_deref())?;
+    Ok((router, encoder, samples))
+}
+
+pub fn eval(config_path: &Path, data: &Path, json: bool) -> Result<ExitCode> {
+    let (router, encoder, samples) = load(config_path, data)?;
+    let report = semroute::eval::run(&router, &encoder, &samples)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("prompts          {} ({})", samples.len(), data.display());
+    print_report(&report);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{:.1}%", v * 100.0))
+}
+
+fn num(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"))
+}
+
+fn print_report(report: &EvalReport) {
+    println!("overall accuracy {}", pct(report.overall_acc));
+    println!(
+        "in-scope top-1   {}  (best route, ignoring thresholds)",
+        pct(report.in_scope_top1)
+    );
+    println!(
+        "in-scope acc     {}  (the decision, thresholds applied)",
+        pct(report.in_scope_acc)
+    );
+    println!("oos recall       {}", num(report.oos_recall));
+    println!("oos precision    {}", num(report.oos_precision));
+    println!("queries/s        {:.0}", report.queries_per_s);
+    let mut worst: Vec<&semroute::eval::RouteMetrics> = report.per_route.iter().collect();
+    worst.sort_by(|a, b| a.f1.unwrap_or(0.0).total_cmp(&b.f1.unwrap_or(0.0)));
+    println!("\nroutes, worst F1 first (of {}):", worst.len());
+    println!(
+        "  {:<28} {:>9} {:>7} {:>6} {:>8}",
+        "route", "precision", "recall", "f1", "support"
+    );
+    for m in worst.iter().take(15) {
+        println!(
+            "  {:<28} {:>9} {:>7} {:>6} {:>8}",
+            m.route,
+            num(m.precision),
+            num(m.recall),
+            num(m.f1),
+            m.support
+        );
+    }
+    println!("\nmost confused (expected -> chosen):");
+    for c in &report.confusions {
+        println!(
+            "  {} -> {}  x{}  e.g. {:?}",
+            c.expected.as_deref().unwrap_or("(no route)"),
+            c.predicted.as_deref().unwrap_or("(no route)"),
+            c.count,
+            c.examples.first().map(String::as_str).unwrap_or("")
+        );
+    }
+}
+
+/// `fit --json`: the fit and the metrics before and after it.
+#[derive(Serialize)]
+struct FitReport<'a> {
+    out: String,
+    before: &'a EvalReport,
+    after: &'a EvalReport,
+    threshold: f32,
+    route_thresholds: std::collections::BTreeMap<&'a str, f32>,
+    per_route_kept: bool,
+    in_sample: Estimates,
+    cross_validated: Estimates,
+    /// Routes with too few labelled prompts for their own threshold: name -> prompts.
+    too_few_examples: std::collections::BTreeMap<&'a str, usize>,
+}
+
+/// Overall accuracy with the global threshold alone and with per-route thresholds.
+#[derive(Serialize)]
+struct Estimates {
+    global: f64,
+    per_route: f64,
+}
+
+pub fn fit(config_path: &Path, data: &Path, out: &Path, json: bool) -> Result<ExitCode> {
+    if same_file(config_path, out) {
+        anyhow::bail!(
+            "--out {} is the config itself; write the fitted config to a new file (fit does not \
+             keep the original's comments)",
+            out.display()
+        );
+    }
+    let (router, encoder, samples) = load(config_path, data)?;
+    let config = router.config().clone();
+    let (classifications, queries_per_s) =
+        semroute::eval::classify_all(&router, &encoder, &samples)?;
+    let route_id = |name: &str| config.route_id(name);
+    let observations: Vec<Observation> = samples
+        .iter()
+        .zip(&classifications)
+        .filter_map(|(s, c)| Observation::new(s.route.as_deref().and_then(route_id), c, route_id))
+        .collect();
+    let current: Vec<Option<f32>> = config
+        .routes
+        .iter()
+        .map(|r| r.threshold.map(Threshold::get))
+        .collect();
+    let fitted = semroute::fit::fit(&observations, &current)?;
+
+    let texts: Vec<&str> = samples.iter().map(|s| s.text.as_str()).collect();
+    let name = |r: RouteId| config.route(r).name.to_string();
+    let before_outcomes: Vec<Outcome> = samples
+        .iter()
+        .zip(&classifications)
+        .map(|(s, c)| Outcome::from_classification(s.route.clone(), c))
+        .collect();
+    let after_outcomes: Vec<Outcome> = observations
+        .iter()
+        .zip(&before_outcomes)
+        .map(|(o, before)| Outcome {
+            expected: before.expected.clone(),
+            predicted: fitted.thresholds.decide(o).map(name),
+            top1: before.top1.clone(),
+        })
+        .collect();
+    let before = semroute::eval::metrics(&before_outcomes, &texts, queries_per_s);
+    let after = semroute::eval::metrics(&after_outcomes, &texts, queries_per_s);
+
+    let mut written = (*config).clone();
+    written.threshold = Threshold::new(fitted.thresholds.global)
+        .ok_or_else(|| anyhow::anyhow!("fit produced an invalid threshold"))?;
+    for (route, value) in written.routes.iter_mut().zip(&fitted.thresholds.routes) {
+        route.threshold = value.and_then(Threshold::new);
+    }
+    let header = format!(
+        "Written by `semroute fit` from {} and {} ({} labelled prompts).\n\
+         Overall accuracy on those prompts: {} before, {} after; cross-validated ({} folds): {}.",
+        config_path.display(),
+        data.display(),
+        observations.len(),
+        pct(before.overall_acc),
+        pct(after.overall_acc),
+        semroute::fit::FOLDS,
+        pct(Some(chosen_cv(&fitted))),
+    );
+    std::fs::write(out, written.to_yaml(&header)?)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+
+    let too_few: std::collections::BTreeMap<&str, usize> = fitted
+        .skipped
+        .iter()
+        .map(|s| (config.route(s.route).name.as_str(), s.examples))
+        .collect();
+    if json {
+        let report = FitReport {
+            out: out.display().to_string(),
+            before: &before,
+            after: &after,
+            threshold: fitted.thresholds.global,
+            route_thresholds: written
+                .routes
+                .iter()
+                .filter_map(|r| Some((r.name.as_str(), r.threshold?.get())))
+                .collect(),
+            per_route_kept: fitted.per_route_kept,
+            in_sample: Estimates {
+                global: fitted.in_sample_global,
+                per_route: fitted.in_sample_per_route,
+            },
+            cross_validated: Estimates {
+                global: fitted.cross_validated_global,
+                per_route: fitted.cross_validated_per_route,
+            },
+            too_few_examples: too_few,
+        };
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_fit(&config, &fitted, &before, &after, &too_few);
+    println!("\nwrote {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The cross-validated accuracy of what was written.
+fn chosen_cv(fitted: &Fit) -> f64 {
+    if fitted.per_route_kept {
+        fitted.cross_validated_per_route
+    } else {
+        fitted.cross_validated_global
+    }
+}
+
+fn print_fit(
+    config: &Config,
+    fitted: &Fit,
+    before: &EvalReport,
+    after: &EvalReport,
+    too_few: &std::collections::BTreeMap<&str, usize>,
+) {
+    println!("{:<18} {:>8} {:>8}", "", "before", "after");
+    let rows = [
+        (
+            "overall accuracy",
+            pct(before.overall_acc),
+            pct(after.overall_acc),
+        ),
+        (
+            "in-scope top-1",
+            pct(before.in_scope_top1),
+            pct(after.in_scope_top1),
+        ),
+        (
+            "in-scope acc",
+            pct(before.in_scope_acc),
+            pct(after.in_scope_acc),
+        ),
+        ("oos recall", num(before.oos_recall), num(after.oos_recall)),
+        (
+            "oos precision",
+            num(before.oos_precision),
+            num(after.oos_precision),
+        ),
+    ];
+    for (label, b, a) in rows {
+        println!("{label:<18} {b:>8} {a:>8}");
+    }
+    println!(
+        "\nglobal threshold {:.4} (was {:.4})",
+        fitted.thresholds.global,
+        config.threshold.get()
+    );
+    println!(
+        "overall accuracy, in-sample vs cross-validated ({} folds):",
+        semroute::fit::FOLDS
+    );
+    println!(
+        "  global threshold only   {} vs {}",
+        pct(Some(fitted.in_sample_global)),
+        pct(Some(fitted.cross_validated_global))
+    );
+    println!(
+        "  with route thresholds   {} vs {}",
+        pct(Some(fitted.in_sample_per_route)),
+        pct(Some(fitted.cross_validated_per_route))
+    );
+    let own = fitted
+        .thresholds
+        .routes
+        .iter()
+        .filter(|t| t.is_some())
+        .count();
+    if fitted.per_route_kept {
+        println!("per-route thresholds kept: {own} routes have their own");
+    } else {
+        println!(
+            "per-route thresholds dropped: they did not beat the global one in cross-validation"
+        );
+    }
+    if !too_few.is_empty() {
+        println!(
+            "\n{} routes have fewer than {} labelled prompts and keep the threshold they had:",
+            too_few.len(),
+            semroute::fit::MIN_ROUTE_EXAMPLES
+        );
+        for (route, n) in too_few.iter().take(20) {
+            println!("  {route}: {n}");
+        }
+    }
+}
+
+/// Whether two paths name the same file (an `out` that does not exist yet never does).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}

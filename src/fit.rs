@@ -1,0 +1,429 @@
+//! `semroute fit`: the global and per-route thresholds tuned on labelled prompts, with a
+//! cross-validated estimate beside the in-sample one so a fit that only memorises its data
+//! shows it. Pure: it works on what the router said about each prompt (`Observation`), so
+//! it needs neither the model nor the index, and every threshold is tested without them.
+//!
+//! How thresholds are chosen: the global one maximises accuracy over every prompt (a
+//! prompt labelled `null` is right when nothing is routed); then each route with enough
+//! labelled prompts gets its own threshold, maximising accuracy over the prompts it could
+//! affect (those where it is a candidate), nearest the global one among equals. Per-route
+//! thresholds are kept only when cross-validation says they beat the global one alone.
+
+use crate::config::RouteId;
+use crate::decide::{MatchedBy, RouteScore};
+use crate::router::Classification;
+
+/// Labelled prompts a route needs before it gets a threshold of its own.
+pub const MIN_ROUTE_EXAMPLES: usize = 10;
+/// Labelled prompts needed to fit anything at all.
+pub const MIN_SAMPLES: usize = 20;
+/// Cross-validation folds.
+pub const FOLDS: usize = 5;
+/// A route's own threshold must fix at least this many of its prompts to replace the
+/// global one (a tie is not worth a parameter).
+const MIN_GAIN: usize = 1;
+
+/// One labelled prompt, as the router saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// The route it should go to; `None`: no route should match.
+    pub expected: Option<RouteId>,
+    /// The route a keyword or pattern forced (thresholds do not apply).
+    pub forced: Option<RouteId>,
+    /// Semantic scores, best first.
+    pub scores: Vec<RouteScore>,
+}
+
+impl Observation {
+    /// From a classification; `None` when it names a route the config lacks.
+    pub fn new(
+        expected: Option<RouteId>,
+        c: &Classification,
+        route_id: impl Fn(&str) -> Option<RouteId>,
+    ) -> Option<Observation> {
+        let forced = match c.matched_by {
+            MatchedBy::Keyword | MatchedBy::Pattern => Some(route_id(c.route.as_deref()?)?),
+            _ => None,
+        };
+        let scores = c
+            .candidates
+            .iter()
+            .map(|cand| {
+                Some(RouteScore {
+                    route: route_id(&cand.route)?,
+                    score: cand.score,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Observation {
+            expected,
+            forced,
+            scores,
+        })
+    }
+}
+
+/// A global threshold and, per route (indexed by `RouteId`), an optional own one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds {
+    pub global: f32,
+    pub routes: Vec<Option<f32>>,
+}
+
+impl Thresholds {
+    pub fn for_route(&self, route: RouteId) -> f32 {
+        self.routes
+            .get(route.0)
+            .copied()
+            .flatten()
+            .unwrap_or(self.global)
+    }
+
+    /// What the router decides under these thresholds (`decide`'s rules; `None`: no route).
+    pub fn decide(&self, o: &Observation) -> Option<RouteId> {
+        if o.forced.is_some() {
+            return o.forced;
+        }
+        o.scores
+            .iter()
+            .find(|s| s.score >= self.for_route(s.route))
+            .map(|s| s.route)
+    }
+
+    /// Prompts decided as labelled.
+    pub fn correct(&self, observations: &[&Observation]) -> usize {
+        observations
+            .iter()
+            .filter(|o| self.decide(o) == o.expected)
+            .count()
+    }
+}
+
+/// Why a route kept the threshold it had.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skipped {
+    pub route: RouteId,
+    pub examples: usize,
+}
+
+/// The result of a fit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fit {
+    /// What to write: per-route thresholds only if they won the cross-validation.
+    pub thresholds: Thresholds,
+    pub per_route_kept: bool,
+    /// Accuracy on the data itself: with the global threshold only, and with per-route ones.
+    pub in_sample_global: f64,
+    pub in_sample_per_route: f64,
+    /// Mean held-out accuracy over the folds, the same two ways.
+    pub cross_validated_global: f64,
+    pub cross_validated_per_route: f64,
+    /// Routes with too few labelled prompts for a threshold of their own.
+    pub skipped: Vec<Skipped>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FitError {
+    #[error(
+        "{got} labelled prompts are too few to fit thresholds: at least {MIN_SAMPLES} are needed, \
+         with some labelled null (prompts no route should take)"
+    )]
+    TooFewSamples { got: usize },
+    #[error(
+        "none of the {got} prompts is labelled null: a threshold decides when no route should \
+         match, so fit needs examples of such prompts (`\"route\": null`)"
+    )]
+    NoOutOfScope { got: usize },
+    #[error("none of the {got} prompts is labelled with a route")]
+    NoInScope { got: usize },
+}
+
+/// Fits thresholds on `observations`. `current` are the config's per-route thresholds
+/// (kept for routes that cannot be fitted).
+pub fn fit(observations: &[Observation], current: &[Option<f32>]) -> Result<Fit, FitError> {
+    let got = observations.len();
+    if got < MIN_SAMPLES {
+        return Err(FitError::TooFewSamples { got });
+    }
+    if observations.iter().all(|o| o.expected.is_some()) {
+        return Err(FitError::NoOutOfScope { got });
+    }
+    if observations.iter().all(|o| o.expected.is_none()) {
+        return Err(FitError::NoInScope { got });
+    }
+    let all: Vec<&Observation> = observations.iter().collect();
+    let global = fit_global(&all, current);
+    let per_route = fit_routes(&all, global.clone());
+    let in_sample_global = global.correct(&all) as f64 / got as f64;
+    let in_sample_per_route = per_route.correct(&all) as f64 / got as f64;
+    let (cross_validated_global, cross_validated_per_route) = cross_validate(observations, current);
+    let per_route_kept = cross_validated_per_route > cross_validated_global;
+    let skipped = (0..current.len())
+        .map(RouteId)
+        .map(|route| Skipped {
+            route,
+            examples: observations
+                .iter()
+                .filter(|o| o.expected == Some(route))
+                .count(),
+        })
+        .filter(|s| s.examples < MIN_ROUTE_EXAMPLES)
+        .collect();
+    Ok(Fit {
+        thresholds: if per_route_kept { per_route } else { global },
+        per_route_kept,
+        in_sample_global,
+        in_sample_per_route,
+        cross_validated_global,
+        cross_validated_per_route,
+        skipped,
+    })
+}
+
+/// The global threshold with the most correct decisions (per-route ones fixed at
+/// `current`); among equals, the middle of the best run, so it sits between prompts.
+fn fit_global(observations: &[&Observation], current: &[Option<f32>]) -> Thresholds {
+    let mut thresholds = Thresholds {
+        global: 0.0,
+        routes: current.to_vec(),
+    };
+    let mut scores: Vec<f32> = observations
+        .iter()
+        .flat_map(|o| o.scores.first().map(|s| s.score))
+        .collect();
+    let candidates = cut_points(&mut scores);
+    let mut best: Vec<(usize, f32)> = Vec::new();
+    for &t in &candidates {
+        thresholds.global = t;
+        let correct = thresholds.correct(observations);
+        match best.first() {
+            Some(&(b, _)) if correct < b => {}
+            Some(&(b, _)) if correct == b => best.push((correct, t)),
+            _ => best = vec![(correct, t)],
+        }
+    }
+    thresholds.global = best.get(best.len() / 2).map_or(0.0, |b| b.1);
+    thresholds
+}
+
+/// Each route with at least `MIN_ROUTE_EXAMPLES` labelled prompts gets the threshold that
+/// decides the most prompts where it is a candidate correctly, if that beats `start`.
+fn fit_routes(observations: &[&Observation], start: Thresholds) -> Thresholds {
+    let mut thresholds = start;
+    for r in 0..thresholds.routes.len() {
+        let route = RouteId(r);
+        let examples = observations
+            .iter()
+            .filter(|o| o.expected == Some(route))
+            .count();
+        if examples < MIN_ROUTE_EXAMPLES {
+            continue;
+        }
+        let affected: Vec<&Observation> = observations
+            .iter()
+            .filter(|o| o.scores.iter().any(|s| s.route == route))
+            .copied()
+            .collect();
+        let mut scores: Vec<f32> = affected
+            .iter()
+            .flat_map(|o| {
+                o.scores
+                    .iter()
+                    .filter(|s| s.route == route)
+                    .map(|s| s.score)
+            })
+            .collect();
+        let original = thresholds.routes[r];
+        let start_value = thresholds.for_route(route);
+        let baseline = thresholds.correct(&affected);
+        let mut best = (baseline, 0.0f32, start_value);
+        for t in cut_points(&mut scores) {
+            thresholds.routes[r] = Some(t);
+            let correct = thresholds.correct(&affected);
+            let distance = (t - start_value).abs();
+            let better = correct > best.0 || (correct == best.0 && distance < best.1);
+            if better && correct >= baseline + MIN_GAIN {
+                best = (correct, distance, t);
+            }
+        }
+        // Nothing gained: the route keeps what it had.
+        thresholds.routes[r] = if best.0 > baseline {
+            Some(best.2)
+        } else {
+            original
+        };
+    }
+    thresholds
+}
+
+/// Thresholds that separate the sorted distinct `scores`: the midpoints between
+/// neighbours, plus one below all and one above all.
+fn cut_points(scores: &mut Vec<f32>) -> Vec<f32> {
+    scores.retain(|s| s.is_finite());
+    scores.sort_by(f32::total_cmp);
+    scores.dedup();
+    let (Some(&first), Some(&last)) = (scores.first(), scores.last()) else {
+        return Vec::new();
+    };
+    let mut cuts = Vec::with_capacity(scores.len() + 1);
+    cuts.push(round(first - 1e-3).max(-1.0));
+    cuts.extend(scores.windows(2).map(|w| round((w[0] + w[1]) / 2.0)));
+    cuts.push(round(last + 1e-3).min(1.0));
+    cuts.dedup();
+    cuts
+}
+
+/// Four decimals: enough to separate scores, short enough to read in the config.
+fn round(x: f32) -> f32 {
+    (x * 1e4).round() / 1e4
+}
+
+/// Mean held-out accuracy over `FOLDS` interleaved folds: (global only, with per-route).
+fn cross_validate(observations: &[Observation], current: &[Option<f32>]) -> (f64, f64) {
+    let (mut global_correct, mut per_route_correct, mut total) = (0usize, 0usize, 0usize);
+    for fold in 0..FOLDS {
+        let mut held: Vec<&Observation> = Vec::new();
+        let mut train: Vec<&Observation> = Vec::new();
+        for (i, o) in observations.iter().enumerate() {
+            if i % FOLDS == fold {
+                held.push(o);
+            } else {
+                train.push(o);
+            }
+        }
+        if train.is_empty() || held.is_empty() {
+            continue;
+        }
+        let global = fit_global(&train, current);
+        let per_route = fit_routes(&train, global.clone());
+        global_correct += global.correct(&held);
+        per_route_correct += per_route.correct(&held);
+        total += held.len();
+    }
+    let total = total.max(1) as f64;
+    (
+        global_correct as f64 / total,
+        per_route_correct as f64 / total,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(expected: Option<usize>, scores: &[(usize, f32)]) -> Observation {
+        Observation {
+            expected: expected.map(RouteId),
+            forced: None,
+            scores: scores
+                .iter()
+                .map(|&(r, score)| RouteScore {
+                    route: RouteId(r),
+                    score,
+                })
+                .collect(),
+        }
+    }
+
+    /// Route 0's prompts score 0.6-0.8, route 1's 0.3-0.45 (a route with lower similarity);
+    /// out-of-scope prompts score 0.2-0.4 and land on either route.
+    fn data() -> Vec<Observation> {
+        let mut out = Vec::new();
+        for i in 0..12 {
+            out.push(obs(Some(0), &[(0, 0.6 + 0.2 * i as f32 / 12.0), (1, 0.1)]));
+            out.push(obs(Some(1), &[(1, 0.3 + 0.15 * i as f32 / 12.0), (0, 0.1)]));
+            out.push(obs(None, &[(0, 0.2 + 0.2 * i as f32 / 12.0), (1, 0.05)]));
+            out.push(obs(None, &[(1, 0.2 + 0.09 * i as f32 / 12.0), (0, 0.05)]));
+        }
+        out
+    }
+
+    #[test]
+    fn decisions_follow_the_routers_rules() {
+        let t = Thresholds {
+            global: 0.5,
+            routes: vec![None, Some(0.2)],
+        };
+        // Route 0 is below the global threshold; route 1 clears its own lower one.
+        assert_eq!(
+            t.decide(&obs(None, &[(0, 0.45), (1, 0.3)])),
+            Some(RouteId(1))
+        );
+        assert_eq!(t.decide(&obs(None, &[(0, 0.45), (1, 0.1)])), None);
+        let mut forced = obs(None, &[(0, 0.1)]);
+        forced.forced = Some(RouteId(1));
+        assert_eq!(t.decide(&forced), Some(RouteId(1)));
+    }
+
+    #[test]
+    fn the_global_threshold_separates_in_scope_from_out_of_scope() {
+        let data = data();
+        let all: Vec<&Observation> = data.iter().collect();
+        let t = fit_global(&all, &[None, None]);
+        // Everything from 0.29 up is routed; accuracy is as high as one threshold allows.
+        let correct = t.correct(&all);
+        for other in [0.2f32, 0.3, 0.35, 0.4, 0.45, 0.5] {
+            let alt = Thresholds {
+                global: other,
+                routes: vec![None, None],
+            };
+            assert!(alt.correct(&all) <= correct, "{other} beats {}", t.global);
+        }
+    }
+
+    #[test]
+    fn per_route_thresholds_fix_what_one_global_threshold_cannot() {
+        let data = data();
+        let fit = fit(&data, &[None, None]).unwrap();
+        assert_eq!(fit.in_sample_per_route, 1.0, "{fit:?}");
+        assert!(fit.in_sample_global < 1.0);
+        assert!(fit.per_route_kept);
+        assert!(fit.cross_validated_per_route > fit.cross_validated_global);
+        let route0 = fit.thresholds.for_route(RouteId(0));
+        assert!(route0 > 0.4 && route0 <= 0.6, "{route0}");
+        let route1 = fit.thresholds.for_route(RouteId(1));
+        assert!(route1 > 0.29 && route1 <= 0.3, "{route1}");
+        assert!(fit.skipped.is_empty());
+    }
+
+    #[test]
+    fn routes_with_too_few_examples_keep_their_threshold_and_are_reported() {
+        let mut data = data();
+        data.push(obs(Some(2), &[(2, 0.9)]));
+        let fit = fit(&data, &[None, None, Some(0.7)]).unwrap();
+        assert_eq!(
+            fit.skipped,
+            vec![Skipped {
+                route: RouteId(2),
+                examples: 1
+            }]
+        );
+        assert_eq!(fit.thresholds.routes[2], Some(0.7));
+    }
+
+    #[test]
+    fn too_little_data_is_refused_with_a_reason() {
+        let few: Vec<Observation> = data().into_iter().take(5).collect();
+        assert_eq!(
+            fit(&few, &[None, None]),
+            Err(FitError::TooFewSamples { got: 5 })
+        );
+        let in_scope: Vec<Observation> = data()
+            .into_iter()
+            .filter(|o| o.expected.is_some())
+            .collect();
+        assert_eq!(
+            fit(&in_scope, &[None, None]),
+            Err(FitError::NoOutOfScope { got: 24 })
+        );
+    }
+
+    #[test]
+    fn cut_points_lie_between_distinct_scores() {
+        assert_eq!(
+            cut_points(&mut vec![0.5, 0.3, 0.5, f32::NAN]),
+            vec![0.299, 0.4, 0.501]
+        );
+        assert!(cut_points(&mut Vec::new()).is_empty());
+    }
+}
