@@ -22,6 +22,7 @@ pub mod overrides;
 pub mod router;
 pub mod score;
 pub mod serve;
+pub mod tune;
 pub mod vector;
 
 pub use config::Config;

@@ -395,3 +395,96 @@ fn eval_refuses_labels_the_config_does_not_know_and_lines_without_route() {
         stderr(&out)
     );
 }
+
+fn json_of(out: &Output) -> Value {
+    assert!(out.status.success(), "{}", stderr(out));
+    serde_json::from_str(stdout(out).trim()).unwrap()
+}
+
+#[test]
+fn fit_on_clinc150_val_improves_accuracy_and_writes_a_config_eval_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let clinc = common::shared().join("datasets/clinc150");
+    let routes = clinc.join("routes-10shot.yaml");
+    let val = clinc.join("val.jsonl");
+    let fitted = dir.path().join("fitted.yaml");
+    let (routes, val, fitted) = (
+        routes.to_str().unwrap(),
+        val.to_str().unwrap(),
+        fitted.to_str().unwrap(),
+    );
+    let fit = json_of(&run(&[
+        "fit", "--config", routes, "--data", val, "--out", fitted, "--json",
+    ]));
+    let before = fit["before"]["overall_acc"].as_f64().unwrap();
+    let after = fit["after"]["overall_acc"].as_f64().unwrap();
+    assert!(
+        after > before,
+        "fit must improve accuracy: {before} -> {after}"
+    );
+    // An honest estimate sits next to the in-sample one, and is not above it by chance.
+    let cv = fit["cross_validated"]["global"].as_f64().unwrap();
+    assert!(cv > 0.85 && cv <= fit["in_sample"]["global"].as_f64().unwrap() + 0.01);
+    let threshold = fit["threshold"].as_f64().unwrap();
+    assert!((0.0..1.0).contains(&threshold));
+
+    // The written config is valid, carries the fitted threshold, and `eval` on it
+    // reproduces the "after" numbers exactly.
+    let text = std::fs::read_to_string(fitted).unwrap();
+    assert!(text.starts_with("# Written by `semroute fit`"), "{text}");
+    assert!(
+        text.contains(&format!("threshold: {}", fit["threshold"])),
+        "{text:.400}"
+    );
+    assert!(run(&["validate", "--config", fitted]).status.success());
+    let eval = json_of(&run(&["eval", "--config", fitted, "--data", val, "--json"]));
+    for key in [
+        "overall_acc",
+        "in_scope_acc",
+        "oos_recall",
+        "oos_precision",
+        "in_scope_top1",
+    ] {
+        assert_eq!(eval[key], fit["after"][key], "{key}");
+    }
+}
+
+#[test]
+fn fit_refuses_data_it_cannot_fit_and_will_not_overwrite_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("labelled.jsonl");
+    let lines: String = (0..30)
+        .map(|i| {
+            format!("{{\"text\": \"I was charged twice, case {i}\", \"route\": \"billing\"}}\n")
+        })
+        .collect();
+    std::fs::write(&data, lines).unwrap();
+    let out_file = dir.path().join("out.yaml");
+    let out = run(&[
+        "fit",
+        "--config",
+        "routes.yaml",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("labelled null"), "{}", stderr(&out));
+    assert!(
+        !out_file.exists(),
+        "nothing is written when the fit is refused"
+    );
+
+    let out = run(&[
+        "fit",
+        "--config",
+        "routes.yaml",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        "./routes.yaml",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("new file"), "{}", stderr(&out));
+}

@@ -90,6 +90,13 @@ pub enum Command {
         /// Print one JSON object instead of a report.
         #[arg(long)]
         json: bool,
+        /// Also fine-tune the encoder on the route utterances (minutes on a CPU); the tuned
+        /// model is written beside --out (OUT with the extension `.model`).
+        #[arg(long)]
+        tune_encoder: bool,
+        /// Passes over the routes when tuning the encoder.
+        #[arg(long, default_value_t = semroute::tune::TuneOptions::default().epochs)]
+        epochs: usize,
     },
     /// Measure embedding and classification speed on this machine.
     Bench {
@@ -144,7 +151,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             data,
             out,
             json,
-        } => quality::fit(&config, &data, &out, json),
+            tune_encoder,
+            epochs,
+        } => quality::fit(quality::FitOptions {
+            config: &config,
+            data: &data,
+            out: &out,
+            json,
+            tune: tune_encoder.then(|| semroute::tune::TuneOptions {
+                epochs,
+                ..semroute::tune::TuneOptions::default()
+            }),
+        }),
     }
 }
 

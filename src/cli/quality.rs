@@ -122,6 +122,8 @@ fn print_report(report: &EvalReport) {
 #[derive(Serialize)]
 struct FitReport<'a> {
     out: String,
+    /// The tuned model's directory (with `--tune-encoder`).
+    tuned_model: Option<String>,
     before: &'a EvalReport,
     after: &'a EvalReport,
     threshold: f32,
@@ -140,7 +142,24 @@ struct Estimates {
     per_route: f64,
 }
 
-pub fn fit(config_path: &Path, data: &Path, out: &Path, json: bool) -> Result<ExitCode> {
+/// `fit`'s options beyond the files.
+pub struct FitOptions<'a> {
+    pub config: &'a Path,
+    pub data: &'a Path,
+    pub out: &'a Path,
+    pub json: bool,
+    /// Fine-tune the encoder on the route utterances first (`None`: keep the model).
+    pub tune: Option<semroute::tune::TuneOptions>,
+}
+
+pub fn fit(options: FitOptions) -> Result<ExitCode> {
+    let FitOptions {
+        config: config_path,
+        data,
+        out,
+        json,
+        tune,
+    } = options;
     if same_file(config_path, out) {
         anyhow::bail!(
             "--out {} is the config itself; write the fitted config to a new file (fit does not \
@@ -149,9 +168,48 @@ pub fn fit(config_path: &Path, data: &Path, out: &Path, json: bool) -> Result<Ex
         );
     }
     let (router, encoder, samples) = load(config_path, data)?;
-    let config = router.config().clone();
     let (classifications, queries_per_s) =
         semroute::eval::classify_all(&router, &encoder, &samples)?;
+    let before_outcomes: Vec<Outcome> = samples
+        .iter()
+        .zip(&classifications)
+        .map(|(s, c)| Outcome::from_classification(s.route.clone(), c))
+        .collect();
+    // With tuning, thresholds are fitted to the tuned encoder's scores.
+    let (router, classifications, tuned) = match tune {
+        None => (router, classifications, None),
+        Some(tune) => {
+            let model_dir = std::path::absolute(out.with_extension("model"))?;
+            let mut config = (**router.config()).clone();
+            let files = semroute::embed::files::resolve(
+                &config.encoder,
+                &semroute::serve::model_roots(Some(config_path)),
+            )?;
+            let routes: Vec<Vec<String>> =
+                config.routes.iter().map(|r| r.utterances.clone()).collect();
+            eprintln!(
+                "tuning the encoder on {} utterances ({} epochs); this takes minutes",
+                routes.iter().map(Vec::len).sum::<usize>(),
+                tune.epochs
+            );
+            let report = semroute::tune::tune(&files, &routes, &tune, &model_dir)?;
+            eprintln!(
+                "tuned in {:.0} s ({} steps, loss {:.3} -> {:.3}); model in {}",
+                report.seconds,
+                report.steps,
+                report.first_loss,
+                report.last_loss,
+                model_dir.display()
+            );
+            config.encoder.path = Some(model_dir.clone());
+            let encoder = load_encoder(&config.encoder, None)?;
+            let cache_dir = semroute::embed::cache::default_dir();
+            let router = Router::build_cached(config, &encoder, cache_dir.as_deref())?;
+            let (classifications, _) = semroute::eval::classify_all(&router, &encoder, &samples)?;
+            (router, classifications, Some(model_dir))
+        }
+    };
+    let config = router.config().clone();
     let route_id = |name: &str| config.route_id(name);
     let observations: Vec<Observation> = samples
         .iter()
@@ -167,18 +225,13 @@ pub fn fit(config_path: &Path, data: &Path, out: &Path, json: bool) -> Result<Ex
 
     let texts: Vec<&str> = samples.iter().map(|s| s.text.as_str()).collect();
     let name = |r: RouteId| config.route(r).name.to_string();
-    let before_outcomes: Vec<Outcome> = samples
-        .iter()
-        .zip(&classifications)
-        .map(|(s, c)| Outcome::from_classification(s.route.clone(), c))
-        .collect();
     let after_outcomes: Vec<Outcome> = observations
         .iter()
-        .zip(&before_outcomes)
-        .map(|(o, before)| Outcome {
-            expected: before.expected.clone(),
+        .zip(&samples)
+        .map(|(o, sample)| Outcome {
+            expected: sample.route.clone(),
             predicted: fitted.thresholds.decide(o).map(name),
-            top1: before.top1.clone(),
+            top1: o.scores.first().map(|s| name(s.route)),
         })
         .collect();
     let before = semroute::eval::metrics(&before_outcomes, &texts, queries_per_s);
@@ -191,11 +244,16 @@ pub fn fit(config_path: &Path, data: &Path, out: &Path, json: bool) -> Result<Ex
         route.threshold = value.and_then(Threshold::new);
     }
     let header = format!(
-        "Written by `semroute fit` from {} and {} ({} labelled prompts).\n\
+        "Written by `semroute fit` from {} and {} ({} labelled prompts){}.\n\
          Overall accuracy on those prompts: {} before, {} after; cross-validated ({} folds): {}.",
         config_path.display(),
         data.display(),
         observations.len(),
+        if tuned.is_some() {
+            ", with the encoder tuned on the route utterances"
+        } else {
+            ""
+        },
         pct(before.overall_acc),
         pct(after.overall_acc),
         semroute::fit::FOLDS,
@@ -212,6 +270,7 @@ pub fn fit(config_path: &Path, data: &Path, out: &Path, json: bool) -> Result<Ex
     if json {
         let report = FitReport {
             out: out.display().to_string(),
+            tuned_model: tuned.as_ref().map(|d| d.display().to_string()),
             before: &before,
             after: &after,
             threshold: fitted.thresholds.global,
@@ -236,6 +295,12 @@ pub fn fit(config_path: &Path, data: &Path, out: &Path, json: bool) -> Result<Ex
     }
     print_fit(&config, &fitted, &before, &after, &too_few);
     println!("\nwrote {}", out.display());
+    if let Some(dir) = &tuned {
+        println!(
+            "wrote the tuned encoder to {} (the config's encoder.path)",
+            dir.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
