@@ -488,3 +488,62 @@ fn fit_refuses_data_it_cannot_fit_and_will_not_overwrite_the_config() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("new file"), "{}", stderr(&out));
 }
+
+#[test]
+fn fit_can_tune_the_encoder_and_the_fitted_config_serves_from_the_tuned_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let fitted = dir.path().join("fitted.yaml");
+    let fitted = fitted.to_str().unwrap();
+    let data = "tests/data/shipped-labelled.jsonl";
+    let fit = json_of(&run(&[
+        "fit",
+        "--config",
+        "routes.yaml",
+        "--data",
+        data,
+        "--out",
+        fitted,
+        "--tune-encoder",
+        "--epochs",
+        "3",
+        "--json",
+    ]));
+    // The model directory sits beside the config and the config names it.
+    let model = dir.path().join("fitted.model");
+    assert_eq!(fit["tuned_model"], model.to_str().unwrap());
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        assert!(model.join(file).is_file(), "{file}");
+    }
+    let tune = &fit["tuning"];
+    assert_eq!(
+        tune["steps"], 3,
+        "one batch of all 8 routes per epoch: {tune}"
+    );
+    assert!(tune["last_loss"].as_f64().unwrap() < tune["first_loss"].as_f64().unwrap());
+    let text = std::fs::read_to_string(fitted).unwrap();
+    assert!(
+        text.contains(&format!("path: {}", model.display())),
+        "{text:.600}"
+    );
+
+    // The tuned model is a different model, and eval (like serve) loads it from the config.
+    let eval = json_of(&run(&[
+        "eval", "--config", fitted, "--data", data, "--json",
+    ]));
+    assert_eq!(eval["overall_acc"], fit["after"]["overall_acc"]);
+    let tuned = json_of(&run(&[
+        "classify",
+        "--config",
+        fitted,
+        "--json",
+        "refund my order",
+    ]));
+    let original = json_of(&run(&[
+        "classify",
+        "--config",
+        "routes.yaml",
+        "--json",
+        "refund my order",
+    ]));
+    assert_ne!(tuned["score"], original["score"]);
+}

@@ -139,3 +139,19 @@ fn bfloat16_stays_within_cosine_0999() {
     assert!(worst >= 0.999, "bf16: worst cosine {worst}");
     eprintln!("bf16 worst cosine to the references: {worst}");
 }
+
+#[test]
+fn the_fine_tuning_model_embeds_like_the_encoder_before_any_step() {
+    // `semroute fit --tune-encoder` trains its own differentiable BERT; untrained, it must
+    // compute exactly the function the encoder serves, padding included.
+    common::model_dir();
+    let files = files::resolve(&EncoderConfig::default(), &[common::repo().to_path_buf()])
+        .expect("model files");
+    let refs = references();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let vectors = semroute::tune::embed(&files, &texts, 256).expect("embed");
+    for (r, v) in refs.iter().zip(&vectors) {
+        let cos = cosine(v, &r.embedding);
+        assert!(cos >= 0.9999, "cosine {cos} for {:?}", r.text);
+    }
+}

@@ -7,8 +7,9 @@ use semroute::Router;
 use semroute::config::{Config, RouteId, Threshold};
 use semroute::eval::{EvalReport, Outcome, Sample};
 use semroute::fit::{Fit, Observation};
+use semroute::tune::TuneReport;
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Labelled prompts: every line needs a string `text` and a `route` that is a string or null.
@@ -122,8 +123,9 @@ fn print_report(report: &EvalReport) {
 #[derive(Serialize)]
 struct FitReport<'a> {
     out: String,
-    /// The tuned model's directory (with `--tune-encoder`).
+    /// The tuned model's directory and how tuning went (with `--tune-encoder`).
     tuned_model: Option<String>,
+    tuning: Option<TuningJson>,
     before: &'a EvalReport,
     after: &'a EvalReport,
     threshold: f32,
@@ -133,6 +135,14 @@ struct FitReport<'a> {
     cross_validated: Estimates,
     /// Routes with too few labelled prompts for their own threshold: name -> prompts.
     too_few_examples: std::collections::BTreeMap<&'a str, usize>,
+}
+
+#[derive(Serialize)]
+struct TuningJson {
+    steps: usize,
+    seconds: f64,
+    first_loss: f64,
+    last_loss: f64,
 }
 
 /// Overall accuracy with the global threshold alone and with per-route thresholds.
@@ -177,7 +187,7 @@ pub fn fit(options: FitOptions) -> Result<ExitCode> {
         .collect();
     // With tuning, thresholds are fitted to the tuned encoder's scores.
     let (router, classifications, tuned) = match tune {
-        None => (router, classifications, None),
+        None => (router, classifications, None::<(PathBuf, TuneReport)>),
         Some(tune) => {
             let model_dir = std::path::absolute(out.with_extension("model"))?;
             let mut config = (**router.config()).clone();
@@ -206,7 +216,7 @@ pub fn fit(options: FitOptions) -> Result<ExitCode> {
             let cache_dir = semroute::embed::cache::default_dir();
             let router = Router::build_cached(config, &encoder, cache_dir.as_deref())?;
             let (classifications, _) = semroute::eval::classify_all(&router, &encoder, &samples)?;
-            (router, classifications, Some(model_dir))
+            (router, classifications, Some((model_dir, report)))
         }
     };
     let config = router.config().clone();
@@ -270,7 +280,13 @@ pub fn fit(options: FitOptions) -> Result<ExitCode> {
     if json {
         let report = FitReport {
             out: out.display().to_string(),
-            tuned_model: tuned.as_ref().map(|d| d.display().to_string()),
+            tuned_model: tuned.as_ref().map(|(d, _)| d.display().to_string()),
+            tuning: tuned.as_ref().map(|(_, r)| TuningJson {
+                steps: r.steps,
+                seconds: r.seconds,
+                first_loss: r.first_loss,
+                last_loss: r.last_loss,
+            }),
             before: &before,
             after: &after,
             threshold: fitted.thresholds.global,
@@ -295,7 +311,7 @@ pub fn fit(options: FitOptions) -> Result<ExitCode> {
     }
     print_fit(&config, &fitted, &before, &after, &too_few);
     println!("\nwrote {}", out.display());
-    if let Some(dir) = &tuned {
+    if let Some((dir, _)) = &tuned {
         println!(
             "wrote the tuned encoder to {} (the config's encoder.path)",
             dir.display()

@@ -80,22 +80,8 @@ pub fn tune(
     if eligible.len() < 2 {
         return Err(TuneError::TooFewRoutes(eligible.len()));
     }
-    let load_err = |file: &Path| {
-        let file = file.display().to_string();
-        move |reason: String| TuneError::Load { file, reason }
-    };
-    let shape = read_shape(&files.config).map_err(load_err(&files.config))?;
-    let mut tokenizer = Tokenizer::from_file(&files.tokenizer)
-        .map_err(|e| load_err(&files.tokenizer)(e.to_string()))?;
-    tokenizer
-        .with_truncation(Some(TruncationParams {
-            max_length: options.max_tokens,
-            ..TruncationParams::default()
-        }))
-        .map_err(|e| load_err(&files.tokenizer)(e.to_string()))?;
-    tokenizer.with_padding(None);
     let device = Device::Cpu;
-    let model = TrainableBert::load(&files.weights, shape, &device)?;
+    let (model, tokenizer) = load(files, options.max_tokens, &device)?;
     let mut optimizer = AdamW::new(
         model.vars(),
         ParamsAdamW {
@@ -148,6 +134,41 @@ pub fn tune(
     })
 }
 
+/// The training model's embeddings of `texts`, padded into one batch: the same function
+/// the encoder computes, here for checking the two against each other.
+pub fn embed(
+    files: &ModelFiles,
+    texts: &[&str],
+    max_tokens: usize,
+) -> Result<Vec<Vec<f32>>, TuneError> {
+    let device = Device::Cpu;
+    let (model, tokenizer) = load(files, max_tokens, &device)?;
+    Ok(embed_texts(&model, &tokenizer, texts, &device)?.to_vec2::<f32>()?)
+}
+
+fn load(
+    files: &ModelFiles,
+    max_tokens: usize,
+    device: &Device,
+) -> Result<(TrainableBert, Tokenizer), TuneError> {
+    let load_err = |file: &Path| {
+        let file = file.display().to_string();
+        move |reason: String| TuneError::Load { file, reason }
+    };
+    let shape = read_shape(&files.config).map_err(load_err(&files.config))?;
+    let mut tokenizer = Tokenizer::from_file(&files.tokenizer)
+        .map_err(|e| load_err(&files.tokenizer)(e.to_string()))?;
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length: max_tokens,
+            ..TruncationParams::default()
+        }))
+        .map_err(|e| load_err(&files.tokenizer)(e.to_string()))?;
+    tokenizer.with_padding(None);
+    let model = TrainableBert::load(&files.weights, shape, device)?;
+    Ok((model, tokenizer))
+}
+
 fn read_shape(config: &Path) -> Result<Shape, String> {
     let text = std::fs::read_to_string(config).map_err(|e| e.to_string())?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
@@ -166,7 +187,7 @@ fn read_shape(config: &Path) -> Result<Shape, String> {
             .and_then(serde_json::Value::as_f64)
             .unwrap_or(1e-12),
     };
-    if shape.heads == 0 || shape.hidden % shape.heads != 0 {
+    if shape.heads == 0 || !shape.hidden.is_multiple_of(shape.heads) {
         return Err(format!(
             "hidden_size {} is not a multiple of num_attention_heads {}",
             shape.hidden, shape.heads
