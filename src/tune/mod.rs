@@ -35,7 +35,7 @@ impl Default for TuneOptions {
     /// Chosen on CLINC150 val (150 routes, 10 utterances each).
     fn default() -> Self {
         TuneOptions {
-            epochs: 20,
+            epochs: 40,
             batch_routes: 32,
             learning_rate: 2e-5,
             seed: 0,
