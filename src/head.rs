@@ -41,7 +41,12 @@ impl Head {
         if routes.len() < 2 || vectors.len() != owners.len() {
             return None;
         }
-        if vectors.len().saturating_mul(routes.len()).saturating_mul(dim) > MAX_TRAINING_SIZE {
+        if vectors
+            .len()
+            .saturating_mul(routes.len())
+            .saturating_mul(dim)
+            > MAX_TRAINING_SIZE
+        {
             tracing::warn!(
                 utterances = vectors.len(),
                 routes = routes.len(),

@@ -65,31 +65,18 @@ pub enum Command {
     },
     /// Measure routing quality on labelled prompts (JSONL: {"text", "route": name | null}).
     Eval {
-        /// The routes file.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Labelled prompts; `"route": null` marks a prompt no route should match.
-        #[arg(long)]
-        data: PathBuf,
-        /// Print one JSON object instead of a report.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        args: LabelledArgs,
     },
     /// Tune the global and per-route thresholds on labelled prompts and write a config
-    /// with the fitted values (before/after metrics, with a cross-validated estimate).
+    /// with the fitted values (before/after metrics, with a cross-validated estimate); some
+    /// prompts must be labelled null.
     Fit {
-        /// The routes file.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Labelled prompts, as for `eval`; some must be labelled null.
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        args: LabelledArgs,
         /// Where to write the fitted config (a new file: comments are not carried over).
         #[arg(long)]
         out: PathBuf,
-        /// Print one JSON object instead of a report.
-        #[arg(long)]
-        json: bool,
         /// Also fine-tune the encoder on the route utterances (minutes on a CPU); the tuned
         /// model is written beside --out (OUT with the extension `.model`).
         #[arg(long)]
@@ -116,6 +103,20 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+}
+
+/// The files `eval` and `fit` work on.
+#[derive(Debug, clap::Args)]
+pub struct LabelledArgs {
+    /// The routes file.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Labelled prompts (JSONL); `"route": null` marks a prompt no route should match.
+    #[arg(long)]
+    data: PathBuf,
+    /// Print one JSON object instead of a report.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -145,19 +146,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Embed { config, texts } => embed(config.as_deref(), texts),
         Command::Validate { config } => validate(&config),
         Command::Bench { config, data, json } => bench(&config, &data, json),
-        Command::Eval { config, data, json } => quality::eval(&config, &data, json),
+        Command::Eval { args } => quality::eval(&args.config, &args.data, args.json),
         Command::Fit {
-            config,
-            data,
+            args,
             out,
-            json,
             tune_encoder,
             epochs,
         } => quality::fit(quality::FitOptions {
-            config: &config,
-            data: &data,
+            config: &args.config,
+            data: &args.data,
             out: &out,
-            json,
+            json: args.json,
             tune: tune_encoder.then(|| semroute::tune::TuneOptions {
                 epochs,
                 ..semroute::tune::TuneOptions::default()
