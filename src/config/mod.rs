@@ -1,11 +1,13 @@
 //! `routes.yaml`: parsed raw (see `raw.rs`), then validated once into types that cannot be
 //! invalid. Every check on the config lives here; the router and the handlers never re-check.
 
+mod backends;
 mod error;
 mod raw;
 mod types;
 mod write;
 
+pub use backends::{Backend, BackendId, Cost, Dispatch, Strategy};
 pub use error::{ConfigError, ConfigIssue};
 pub use types::{
     Aggregation, DeviceChoice, EncoderConfig, Keyword, Pattern, Precision, Route, RouteId,
@@ -50,6 +52,8 @@ pub struct Config {
     /// How strongly the learned head re-weights route scores: each score is multiplied by
     /// `(p / p_best)^head_weight` (0: no head is trained).
     pub head_weight: f32,
+    /// The LLM endpoints routes dispatch to (none: classification only).
+    pub backends: Vec<Backend>,
     pub routes: Vec<Route>,
 }
 
@@ -85,6 +89,18 @@ impl Config {
     pub fn route(&self, id: RouteId) -> &Route {
         // RouteIds are only minted by validation, as indexes into `routes`.
         &self.routes[id.0]
+    }
+
+    pub fn backend(&self, id: BackendId) -> &Backend {
+        // BackendIds are only minted by validation, as indexes into `backends`.
+        &self.backends[id.0]
+    }
+
+    pub fn backend_id(&self, name: &str) -> Option<BackendId> {
+        self.backends
+            .iter()
+            .position(|b| b.name == name)
+            .map(BackendId)
     }
 
     pub fn route_id(&self, name: &str) -> Option<RouteId> {
@@ -217,7 +233,8 @@ impl Checker<'_> {
             ),
             None => Some(DEFAULT_HEAD_WEIGHT),
         };
-        let routes = self.routes(raw.routes);
+        let backends = self.backends(raw.backends);
+        let routes = self.routes(raw.routes, backends.as_deref());
         let default_route = match (&raw.default_route, &routes) {
             (Some(name), Some(routes)) => self.default_route(name, routes),
             _ => Some(None),
@@ -234,6 +251,7 @@ impl Checker<'_> {
             default_route: default_route?,
             ambiguity_margin: ambiguity_margin?,
             head_weight: head_weight?,
+            backends: backends?,
             routes: routes?,
         })
     }
@@ -358,7 +376,11 @@ impl Checker<'_> {
         }
     }
 
-    fn routes(&mut self, raw: Spanned<Vec<RawRoute>>) -> Option<Vec<Route>> {
+    fn routes(
+        &mut self,
+        raw: Spanned<Vec<RawRoute>>,
+        backends: Option<&[Backend]>,
+    ) -> Option<Vec<Route>> {
         if raw.value.is_empty() {
             self.issue(
                 "routes".into(),
@@ -388,7 +410,7 @@ impl Checker<'_> {
             } else {
                 seen.insert(name.value.clone(), name.referenced.line());
             }
-            match self.route(&at, raw_route) {
+            match self.route(&at, raw_route, backends) {
                 Some(route) => routes.push(route),
                 None => all_valid = false,
             }
@@ -396,7 +418,7 @@ impl Checker<'_> {
         all_valid.then_some(routes)
     }
 
-    fn route(&mut self, at: &str, raw: RawRoute) -> Option<Route> {
+    fn route(&mut self, at: &str, raw: RawRoute, backends: Option<&[Backend]>) -> Option<Route> {
         let name = RouteName::new(&raw.name.value);
         if name.is_none() {
             self.issue(
@@ -406,7 +428,8 @@ impl Checker<'_> {
                 "write a short name such as `billing` or `code`",
             );
         }
-        let mut valid = name.is_some();
+        let dispatch = self.dispatch(at, &raw, backends);
+        let mut valid = name.is_some() && dispatch.is_some();
         let mut utterances = Vec::with_capacity(raw.utterances.len());
         for (j, utterance) in raw.utterances.into_iter().enumerate() {
             if utterance.value.trim().is_empty() {
@@ -465,6 +488,7 @@ impl Checker<'_> {
             keywords,
             patterns,
             threshold,
+            dispatch: dispatch?,
             description: raw.description,
             metadata: raw.metadata,
         })

@@ -22,6 +22,8 @@ pub(crate) struct RawConfig {
     pub ambiguity_margin: Option<Spanned<f64>>,
     #[serde(default)]
     pub head_weight: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub backends: Vec<RawBackend>,
     pub routes: Spanned<Vec<RawRoute>>,
 }
 
@@ -65,7 +67,55 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub threshold: Option<Spanned<f64>>,
     #[serde(default)]
+    pub targets: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub strategy: Option<Spanned<String>>,
+    #[serde(default)]
+    pub data_class: Option<Spanned<String>>,
+    #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBackend {
+    pub name: Spanned<String>,
+    pub url: Spanned<String>,
+    #[serde(default)]
+    pub model: Option<Spanned<String>>,
+    #[serde(default)]
+    pub api_key_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeout_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub connect_timeout_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub first_byte_timeout_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub stream_idle_timeout_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub max_retry_after_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub retries: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub max_concurrent: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub weight: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub cost: Option<RawCost>,
+    #[serde(default)]
+    pub data_classes: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub health_check_interval_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCost {
+    #[serde(default)]
+    pub input_per_mtok: f64,
+    #[serde(default)]
+    pub output_per_mtok: f64,
 }

@@ -222,6 +222,8 @@ pub struct Route {
     pub keywords: Vec<Keyword>,
     pub patterns: Vec<Pattern>,
     pub threshold: Option<Threshold>,
+    /// Where its requests go (empty targets when the config has no backends).
+    pub dispatch: super::Dispatch,
     pub description: Option<String>,
     pub metadata: BTreeMap<String, serde_json::Value>,
 }

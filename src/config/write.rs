@@ -2,7 +2,7 @@
 //! setting spelled out, in the shape `raw.rs` reads, so the file loads to the same `Config`.
 //! Comments of the original file are not carried over.
 
-use super::{Aggregation, Config, DeviceChoice, Precision};
+use super::{Aggregation, Backend, Config, Cost, DeviceChoice, Precision, Strategy};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -16,7 +16,55 @@ struct OutConfig<'a> {
     default_route: Option<&'a str>,
     ambiguity_margin: f32,
     head_weight: f32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    backends: Vec<OutBackend<'a>>,
     routes: Vec<OutRoute<'a>>,
+}
+
+#[derive(Serialize)]
+struct OutBackend<'a> {
+    name: &'a str,
+    url: &'a str,
+    model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key_env: Option<&'a str>,
+    timeout_ms: u128,
+    connect_timeout_ms: u128,
+    first_byte_timeout_ms: u128,
+    stream_idle_timeout_ms: u128,
+    max_retry_after_ms: u128,
+    retries: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_concurrent: Option<usize>,
+    weight: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost: Option<Cost>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_classes: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health_check_interval_ms: Option<u128>,
+}
+
+impl<'a> OutBackend<'a> {
+    fn new(b: &'a Backend) -> OutBackend<'a> {
+        OutBackend {
+            name: &b.name,
+            url: &b.url,
+            model: &b.model,
+            api_key_env: b.api_key_env.as_deref(),
+            timeout_ms: b.timeout.as_millis(),
+            connect_timeout_ms: b.connect_timeout.as_millis(),
+            first_byte_timeout_ms: b.first_byte_timeout.as_millis(),
+            stream_idle_timeout_ms: b.stream_idle_timeout.as_millis(),
+            max_retry_after_ms: b.max_retry_after.as_millis(),
+            retries: b.retries,
+            max_concurrent: b.max_concurrent,
+            weight: b.weight,
+            cost: b.cost,
+            data_classes: b.data_classes.as_deref(),
+            health_check_interval_ms: b.health_check_interval.map(|d| d.as_millis()),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -43,6 +91,12 @@ struct OutRoute<'a> {
     patterns: Vec<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     utterances: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    targets: Vec<&'a str>,
+    #[serde(skip_serializing_if = "is_fallback")]
+    strategy: Strategy,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_class: Option<&'a str>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     metadata: &'a BTreeMap<String, serde_json::Value>,
 }
@@ -81,6 +135,7 @@ impl Config {
             default_route: self.default_route.map(|r| self.route(r).name.as_str()),
             ambiguity_margin: self.ambiguity_margin,
             head_weight: self.head_weight,
+            backends: self.backends.iter().map(OutBackend::new).collect(),
             routes: self
                 .routes
                 .iter()
@@ -91,6 +146,14 @@ impl Config {
                     keywords: route.keywords.iter().map(|k| k.as_str()).collect(),
                     patterns: route.patterns.iter().map(|p| p.as_str()).collect(),
                     utterances: route.utterances.iter().map(String::as_str).collect(),
+                    targets: route
+                        .dispatch
+                        .targets
+                        .iter()
+                        .map(|&t| self.backend(t).name.as_str())
+                        .collect(),
+                    strategy: route.dispatch.strategy,
+                    data_class: route.dispatch.data_class.as_deref(),
                     metadata: &route.metadata,
                 })
                 .collect(),
@@ -100,4 +163,8 @@ impl Config {
         text.push_str(&body);
         Ok(text)
     }
+}
+
+fn is_fallback(strategy: &Strategy) -> bool {
+    *strategy == Strategy::Fallback
 }
