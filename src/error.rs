@@ -23,6 +23,14 @@ pub enum ErrorKind {
     Overloaded,
     /// Still loading the model and index.
     NotReady,
+    /// `model` names no route, backend or `auto`.
+    ModelNotFound,
+    /// No backend may receive the request's data class.
+    DataClassRefused,
+    /// Every backend failed.
+    UpstreamFailed,
+    /// Every backend is cooling down.
+    UpstreamUnavailable,
     Internal,
 }
 
@@ -37,6 +45,10 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::ModelNotFound => StatusCode::NOT_FOUND,
+            ErrorKind::DataClassRefused => StatusCode::FORBIDDEN,
+            ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            ErrorKind::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -47,6 +59,9 @@ impl ErrorKind {
 pub struct ApiError {
     pub code: ErrorKind,
     pub message: String,
+    /// Seconds for the `Retry-After` header (429 and 503 get one; default 1).
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -54,7 +69,13 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn invalid(message: impl Into<String>) -> ApiError {
@@ -85,10 +106,14 @@ impl IntoResponse for ApiError {
         }
         let status = self.code.status();
         let mut response = (status, axum::Json(Body { error: &self })).into_response();
-        if matches!(self.code, ErrorKind::Overloaded | ErrorKind::NotReady) {
+        if matches!(
+            self.code,
+            ErrorKind::Overloaded | ErrorKind::NotReady | ErrorKind::UpstreamUnavailable
+        ) {
+            let seconds = self.retry_after.unwrap_or(RETRY_AFTER_SECS);
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

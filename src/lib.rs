@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod config;
 pub mod decide;
+pub mod dispatch;
 pub mod embed;
 pub mod error;
 pub mod eval;

@@ -64,7 +64,7 @@ impl ClassifyRequest {
     }
 }
 
-fn last_user_text(messages: &[Message]) -> Option<String> {
+pub(super) fn last_user_text(messages: &[Message]) -> Option<String> {
     messages
         .iter()
         .rev()

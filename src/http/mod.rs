@@ -1,6 +1,7 @@
 //! The HTTP sidecar: `app(state)` builds the axum router, so tests drive it with `oneshot`
 //! and no socket. The state becomes ready once the model and the index are loaded.
 
+mod chat;
 mod classify;
 mod health;
 mod json;
@@ -8,6 +9,7 @@ mod json;
 pub use classify::{ClassifyRequest, Message};
 
 use crate::config::Config;
+use crate::dispatch::Dispatcher;
 use crate::embed::EmbedWorker;
 use crate::error::{ApiError, ErrorKind};
 use crate::router::Router as RouteIndex;
@@ -30,15 +32,29 @@ pub struct Engine {
 pub struct AppState {
     config: Arc<Config>,
     engine: Arc<OnceLock<Engine>>,
+    /// Present when the config defines backends.
+    dispatcher: Option<Arc<Dispatcher>>,
     body_limit: usize,
 }
 
 impl AppState {
     /// A state that answers `/healthz` and `/routes` at once and the rest after `set_ready`.
     pub fn new(config: Arc<Config>, body_limit: usize) -> AppState {
+        let dispatcher = if config.backends.is_empty() {
+            None
+        } else {
+            match Dispatcher::new(config.clone()) {
+                Ok(d) => Some(Arc::new(d)),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot start the HTTP client for the backends");
+                    None
+                }
+            }
+        };
         AppState {
             config,
             engine: Arc::new(OnceLock::new()),
+            dispatcher,
             body_limit,
         }
     }
@@ -73,6 +89,8 @@ pub fn app(state: AppState) -> Router {
     let body_limit = state.body_limit;
     Router::new()
         .route("/classify", post(classify::classify))
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/models", get(chat::models))
         .route("/routes", get(health::routes))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -86,7 +104,7 @@ pub fn app(state: AppState) -> Router {
 async fn not_found() -> ApiError {
     ApiError::new(
         ErrorKind::NotFound,
-        "no such endpoint; see POST /classify, GET /routes, /healthz, /readyz",
+        "no such endpoint; see POST /classify, POST /v1/chat/completions, GET /v1/models, /routes, /healthz, /readyz",
     )
 }
 

@@ -1,0 +1,224 @@
+//! Passive health per backend: a circuit breaker. Consecutive failures open it for an
+//! exponentially growing cooldown (capped); a 429 opens it for its `Retry-After`. When the
+//! cooldown ends, one request is let through as a probe (half-open): success closes the
+//! breaker, failure opens it again for longer. Also the load figures the balancers read:
+//! requests in flight and a peak-EWMA of latency.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Consecutive failures that open the breaker.
+pub const FAILURES_TO_OPEN: u32 = 3;
+/// First cooldown after opening; doubles on each further failure.
+pub const BASE_COOLDOWN: Duration = Duration::from_secs(1);
+pub const MAX_COOLDOWN: Duration = Duration::from_secs(60);
+/// Cooldown for a 429 without a usable `Retry-After`.
+pub const DEFAULT_RATE_LIMIT_COOLDOWN: Duration = Duration::from_secs(5);
+/// Decay time of the latency average.
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    Ready,
+    /// The cooldown is over; this request may probe.
+    Probe,
+    /// Cooling down until then.
+    Cooling(Instant),
+}
+
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    until: Option<Instant>,
+    probing: bool,
+    /// How many times it has opened in a row (for the exponential backoff).
+    opened: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Health {
+    breaker: Mutex<Breaker>,
+    in_flight: AtomicUsize,
+    /// (latency estimate in µs, when last updated)
+    latency: Mutex<(f64, Option<Instant>)>,
+}
+
+impl Health {
+    pub fn availability(&self, now: Instant) -> Availability {
+        let Ok(b) = self.breaker.lock() else {
+            return Availability::Ready;
+        };
+        match b.until {
+            None => Availability::Ready,
+            Some(until) if now < until => Availability::Cooling(until),
+            // One probe at a time: the others wait for its verdict a little.
+            Some(_) if b.probing => Availability::Cooling(now + Duration::from_millis(100)),
+            Some(_) => Availability::Probe,
+        }
+    }
+
+    /// Claims the probe slot; false if another request holds it.
+    pub fn start_probe(&self) -> bool {
+        let Ok(mut b) = self.breaker.lock() else {
+            return false;
+        };
+        !std::mem::replace(&mut b.probing, true)
+    }
+
+    pub fn succeeded(&self) {
+        if let Ok(mut b) = self.breaker.lock() {
+            *b = Breaker::default();
+        }
+    }
+
+    /// Records a failure; returns whether the backend entered a cooldown.
+    pub fn failed(&self, now: Instant) -> bool {
+        let Ok(mut b) = self.breaker.lock() else {
+            return false;
+        };
+        b.failures += 1;
+        let was_probing = std::mem::replace(&mut b.probing, false);
+        if b.failures < FAILURES_TO_OPEN && !was_probing {
+            return false;
+        }
+        let backoff = BASE_COOLDOWN
+            .saturating_mul(1 << b.opened.min(16))
+            .min(MAX_COOLDOWN);
+        b.opened += 1;
+        b.until = Some(now + backoff);
+        true
+    }
+
+    /// A 429: cool down for `retry_after` (or the default); always enters a cooldown.
+    pub fn rate_limited(&self, now: Instant, retry_after: Option<Duration>) {
+        if let Ok(mut b) = self.breaker.lock() {
+            let wait = retry_after
+                .unwrap_or(DEFAULT_RATE_LIMIT_COOLDOWN)
+                .min(MAX_COOLDOWN);
+            b.probing = false;
+            b.until = Some(b.until.map_or(now + wait, |u| u.max(now + wait)));
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn enter(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
+    }
+
+    /// Peak-EWMA: a slower sample replaces the estimate at once, faster ones decay into it.
+    pub fn observe_latency(&self, now: Instant, sample: Duration) {
+        if let Ok(mut l) = self.latency.lock() {
+            let micros = sample.as_secs_f64() * 1e6;
+            let (estimate, at) = *l;
+            let updated = match at {
+                None => micros,
+                Some(_) if micros > estimate => micros,
+                Some(at) => {
+                    let elapsed = now.saturating_duration_since(at).as_secs_f64();
+                    let w = (-elapsed / EWMA_DECAY.as_secs_f64()).exp();
+                    estimate * w + micros * (1.0 - w)
+                }
+            };
+            *l = (updated, Some(now));
+        }
+    }
+
+    /// The latency estimate times the load: what the latency balancer minimises.
+    pub fn latency_cost(&self) -> f64 {
+        let estimate = self.latency.lock().map(|l| l.0).unwrap_or(0.0);
+        (estimate.max(1.0)) * (self.in_flight() as f64 + 1.0)
+    }
+}
+
+/// Decrements the in-flight count on drop.
+pub struct InFlight<'a>(&'a Health);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_opens_after_consecutive_failures_and_backs_off_exponentially() {
+        let h = Health::default();
+        let t0 = Instant::now();
+        assert!(!h.failed(t0));
+        assert!(!h.failed(t0));
+        assert!(h.failed(t0));
+        assert_eq!(
+            h.availability(t0),
+            Availability::Cooling(t0 + BASE_COOLDOWN)
+        );
+        // Cooldown over: one probe is let through, the others wait.
+        let t1 = t0 + BASE_COOLDOWN;
+        assert_eq!(h.availability(t1), Availability::Probe);
+        assert!(h.start_probe());
+        assert!(!h.start_probe());
+        assert!(matches!(h.availability(t1), Availability::Cooling(_)));
+        // The probe fails: open again, for twice as long.
+        assert!(h.failed(t1));
+        assert_eq!(
+            h.availability(t1),
+            Availability::Cooling(t1 + 2 * BASE_COOLDOWN)
+        );
+        // A successful probe closes it.
+        let t2 = t1 + 2 * BASE_COOLDOWN;
+        assert!(h.start_probe());
+        h.succeeded();
+        assert_eq!(h.availability(t2), Availability::Ready);
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_count() {
+        let h = Health::default();
+        let t = Instant::now();
+        h.failed(t);
+        h.failed(t);
+        h.succeeded();
+        assert!(!h.failed(t), "the count restarted");
+        assert_eq!(h.availability(t), Availability::Ready);
+    }
+
+    #[test]
+    fn a_rate_limit_cools_down_for_its_retry_after() {
+        let h = Health::default();
+        let t = Instant::now();
+        h.rate_limited(t, Some(Duration::from_secs(7)));
+        assert_eq!(
+            h.availability(t),
+            Availability::Cooling(t + Duration::from_secs(7))
+        );
+        let other = Health::default();
+        other.rate_limited(t, None);
+        assert_eq!(
+            other.availability(t),
+            Availability::Cooling(t + DEFAULT_RATE_LIMIT_COOLDOWN)
+        );
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let h = Health::default();
+        let t = Instant::now();
+        h.observe_latency(t, Duration::from_millis(10));
+        h.observe_latency(t, Duration::from_millis(100));
+        assert!((h.latency_cost() - 100_000.0).abs() < 1.0);
+        h.observe_latency(t + EWMA_DECAY, Duration::from_millis(10));
+        let decayed = h.latency_cost();
+        assert!(decayed < 100_000.0 && decayed > 10_000.0, "{decayed}");
+        let _guard = h.enter();
+        assert_eq!(h.in_flight(), 1);
+        assert!((h.latency_cost() - 2.0 * decayed).abs() < 1.0);
+    }
+}

@@ -1,0 +1,382 @@
+//! Dispatch: sends a chat request to its route's backends, in the order the route's
+//! strategy gives, skipping backends in cooldown and any backend not allowed the request's
+//! data class, retrying and falling over by the rules in `verdict.rs`, and relaying the
+//! answer (a whole body, or a stream of server-sent events, see `stream.rs`).
+
+mod balance;
+pub mod health;
+mod stream;
+pub mod verdict;
+
+use crate::config::{BackendId, Config, RouteId};
+use bytes::Bytes;
+use health::{Availability, Health};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+use verdict::{Cooldown, Outcome, Verdict, judge, parse_retry_after};
+
+/// When every target is cooling down, wait at most this long for the first to recover.
+pub const MAX_RECOVERY_WAIT: Duration = Duration::from_secs(3);
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// The route's targets, by its strategy.
+    Route(RouteId),
+    /// One backend, named by the client.
+    Backend(BackendId),
+}
+
+/// A chat request to dispatch: the client's JSON body, passed through except for `model`.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub body: serde_json::Map<String, serde_json::Value>,
+    pub destination: Destination,
+    pub data_class: Option<String>,
+}
+
+impl ChatRequest {
+    pub fn is_stream(&self) -> bool {
+        self.body.get("stream").and_then(|s| s.as_bool()) == Some(true)
+    }
+}
+
+/// The answer to relay.
+pub struct Answer {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: AnswerBody,
+    /// The backend that answered.
+    pub backend: BackendId,
+    /// Attempts made, on every backend.
+    pub attempts: u32,
+}
+
+pub enum AnswerBody {
+    Full(Bytes),
+    /// Server-sent events, relayed as they arrive.
+    Stream(tokio::sync::mpsc::Receiver<Bytes>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("no backend may receive data class `{class}`: {reason}")]
+    NotEligible { class: String, reason: String },
+    #[error("every target is cooling down; the first recovers in {}", fmt_ms(*.retry_after))]
+    AllCooling { retry_after: Duration },
+    #[error("every target failed: {}", .attempts.join("; "))]
+    Exhausted {
+        /// `backend: outcome` per attempt.
+        attempts: Vec<String>,
+    },
+}
+
+fn fmt_ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+pub struct Dispatcher {
+    config: Arc<Config>,
+    /// One HTTP client per backend (its own connection pool and connect timeout).
+    clients: Vec<reqwest::Client>,
+    /// API keys, read from the environment once.
+    keys: Vec<Option<String>>,
+    health: Vec<Health>,
+    /// Round-robin position per route.
+    counters: Vec<AtomicUsize>,
+    seed: AtomicU64,
+}
+
+impl Dispatcher {
+    pub fn new(config: Arc<Config>) -> Result<Dispatcher, reqwest::Error> {
+        // reqwest is built without a default TLS provider; install ring's once.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let clients = config
+            .backends
+            .iter()
+            .map(|b| {
+                reqwest::Client::builder()
+                    .connect_timeout(b.connect_timeout)
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = config
+            .backends
+            .iter()
+            .map(|b| {
+                let name = b.api_key_env.as_deref()?;
+                let key = std::env::var(name).ok().filter(|k| !k.is_empty());
+                if key.is_none() {
+                    tracing::warn!(backend = %b.name, variable = name, "the API key variable is not set; sending no key");
+                }
+                key
+            })
+            .collect();
+        Ok(Dispatcher {
+            health: config.backends.iter().map(|_| Health::default()).collect(),
+            counters: config.routes.iter().map(|_| AtomicUsize::new(0)).collect(),
+            seed: AtomicU64::new(0x853c_49e6_748f_ea9b ^ std::process::id() as u64),
+            config,
+            clients,
+            keys,
+        })
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    pub fn health(&self, backend: BackendId) -> &Health {
+        &self.health[backend.0]
+    }
+
+    fn random(&self) -> u64 {
+        // SplitMix64 over a shared counter: cheap, lock-free, good enough for jitter.
+        let mut z = self
+            .seed
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn jitter(&self) -> f64 {
+        (self.random() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The targets to try, best first, with the data class enforced.
+    fn plan(&self, request: &ChatRequest) -> Result<Vec<BackendId>, DispatchError> {
+        let (targets, counter, strategy) = match request.destination {
+            Destination::Backend(b) => (vec![b], None, crate::config::Strategy::Fallback),
+            Destination::Route(r) => {
+                let d = &self.config.route(r).dispatch;
+                (d.targets.clone(), self.counters.get(r.0), d.strategy)
+            }
+        };
+        let class = request.data_class.as_deref();
+        let eligible: Vec<BackendId> = targets
+            .iter()
+            .copied()
+            .filter(|&t| self.config.backend(t).accepts(class))
+            .collect();
+        if eligible.is_empty() {
+            let names: Vec<&str> = targets
+                .iter()
+                .map(|&t| self.config.backend(t).name.as_str())
+                .collect();
+            return Err(DispatchError::NotEligible {
+                class: class.unwrap_or_default().to_string(),
+                reason: format!(
+                    "none of the targets ({}) lists it in `data_classes`",
+                    names.join(", ")
+                ),
+            });
+        }
+        let fallback = AtomicUsize::new(0);
+        Ok(balance::order(
+            strategy,
+            &eligible,
+            &self.config.backends,
+            &self.health,
+            counter.unwrap_or(&fallback),
+            self.random(),
+        ))
+    }
+
+    /// Sends `request` and returns the answer to relay.
+    pub async fn dispatch(&self, request: &ChatRequest) -> Result<Answer, DispatchError> {
+        let plan = self.plan(request)?;
+        let now = Instant::now();
+        // Ready targets in plan order; a full one (max_concurrent) or one cooling down waits.
+        let usable: Vec<BackendId> = plan
+            .iter()
+            .copied()
+            .filter(|&b| {
+                let full = self
+                    .config
+                    .backend(b)
+                    .max_concurrent
+                    .is_some_and(|max| self.health[b.0].in_flight() >= max);
+                !full && !matches!(self.health[b.0].availability(now), Availability::Cooling(_))
+            })
+            .collect();
+        let order = if usable.is_empty() {
+            // Every target is cooling down: wait for the first to recover, if soon enough.
+            let soonest = plan
+                .iter()
+                .map(|&b| match self.health[b.0].availability(now) {
+                    Availability::Cooling(until) => (until, b),
+                    _ => (now, b),
+                })
+                .min_by_key(|(until, _)| *until);
+            match soonest {
+                Some((until, b)) if until.saturating_duration_since(now) <= MAX_RECOVERY_WAIT => {
+                    tokio::time::sleep_until(until.into()).await;
+                    vec![b]
+                }
+                Some((until, _)) => {
+                    return Err(DispatchError::AllCooling {
+                        retry_after: until.saturating_duration_since(now),
+                    });
+                }
+                None => Vec::new(),
+            }
+        } else {
+            usable
+        };
+        self.try_in_order(request, &order).await
+    }
+
+    async fn try_in_order(
+        &self,
+        request: &ChatRequest,
+        order: &[BackendId],
+    ) -> Result<Answer, DispatchError> {
+        let mut attempts = 0u32;
+        let mut failures = Vec::new();
+        for &b in order {
+            let health = &self.health[b.0];
+            if let Availability::Probe = health.availability(Instant::now())
+                && !health.start_probe()
+            {
+                continue;
+            }
+            let backend = self.config.backend(b);
+            let _in_flight = health.enter();
+            let mut tries_here = 0u32;
+            loop {
+                tries_here += 1;
+                attempts += 1;
+                let started = Instant::now();
+                let outcome = match self.attempt(b, request).await {
+                    Ok(mut answer) => {
+                        health.succeeded();
+                        health.observe_latency(Instant::now(), started.elapsed());
+                        tracing::info!(backend = %backend.name, attempts, status = answer.status, "answered");
+                        answer.attempts = attempts;
+                        return Ok(answer);
+                    }
+                    Err(outcome) => outcome,
+                };
+                let verdict = judge(&outcome, tries_here, backend, self.jitter());
+                tracing::warn!(backend = %backend.name, attempt = tries_here, outcome = %outcome.describe(), ?verdict, "attempt failed");
+                match verdict {
+                    Verdict::Retry(pause) => tokio::time::sleep(pause).await,
+                    Verdict::ToClient => {
+                        if let Outcome::Status { status, body, .. } = outcome {
+                            return Ok(Answer {
+                                status,
+                                content_type: Some("application/json".into()),
+                                body: AnswerBody::Full(Bytes::from(body)),
+                                backend: b,
+                                attempts,
+                            });
+                        }
+                        break;
+                    }
+                    Verdict::FallOver(cooldown) => {
+                        let now = Instant::now();
+                        match cooldown {
+                            Cooldown::None => {}
+                            Cooldown::Failure => {
+                                if health.failed(now) {
+                                    tracing::warn!(backend = %backend.name, "backend cooling down");
+                                }
+                            }
+                            Cooldown::RateLimited(wait) => {
+                                // Jittered, so a herd of clients does not return at once.
+                                let wait = wait.map(|w| w.mul_f64(1.0 + 0.2 * self.jitter()));
+                                health.rate_limited(now, wait);
+                            }
+                        }
+                        failures.push(format!("{}: {}", backend.name, outcome.describe()));
+                        break;
+                    }
+                }
+            }
+        }
+        Err(DispatchError::Exhausted { attempts: failures })
+    }
+
+    /// One attempt on one backend: the answer, or how it failed.
+    async fn attempt(&self, b: BackendId, request: &ChatRequest) -> Result<Answer, Outcome> {
+        let backend = self.config.backend(b);
+        let mut body = request.body.clone();
+        body.insert("model".into(), backend.model.clone().into());
+        let payload = serde_json::to_vec(&body).map_err(|e| Outcome::Connect(e.to_string()))?;
+        let mut builder = self.clients[b.0]
+            .post(format!("{}/chat/completions", backend.url))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .timeout(backend.timeout)
+            .body(payload);
+        if let Some(key) = &self.keys[b.0] {
+            builder = builder.bearer_auth(key);
+        }
+        let response = match tokio::time::timeout(backend.first_byte_timeout, builder.send()).await
+        {
+            Err(_) => return Err(Outcome::Silent),
+            Ok(Err(err)) if err.is_timeout() => return Err(Outcome::Silent),
+            Ok(Err(err)) => return Err(Outcome::Connect(error_chain(&err))),
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if !(200..300).contains(&status) {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            let body = response
+                .bytes()
+                .await
+                .map(|b| b.to_vec())
+                .unwrap_or_default();
+            return Err(Outcome::Status {
+                status,
+                retry_after,
+                body,
+            });
+        }
+        if request.is_stream() {
+            let events = stream::start(response, backend).await?;
+            return Ok(Answer {
+                status,
+                content_type: Some("text/event-stream".into()),
+                body: AnswerBody::Stream(events),
+                backend: b,
+                attempts: 0,
+            });
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Outcome::Connect(format!("reading the body: {}", error_chain(&e))))?;
+        Ok(Answer {
+            status,
+            content_type,
+            body: AnswerBody::Full(bytes),
+            backend: b,
+            attempts: 0,
+        })
+    }
+}
+
+/// An error with its causes, for logs (reqwest's top-level message is often just
+/// "error sending request").
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

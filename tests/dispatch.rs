@@ -1,0 +1,558 @@
+//! Dispatch through `POST /v1/chat/completions` against real mock upstreams on 127.0.0.1:
+//! each provider failure and what the client sees, fallback order, cooldowns, balancing,
+//! data classes, streaming relay and the response headers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod upstream;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use semroute::Router;
+use semroute::embed::{EmbedWorker, Encoder, files};
+use semroute::http::{AppState, DEFAULT_BODY_LIMIT, app};
+use serde_json::{Value, json};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
+use upstream::{Behaviour, StreamEnd, Upstream};
+
+fn worker() -> EmbedWorker {
+    static WORKER: OnceLock<EmbedWorker> = OnceLock::new();
+    WORKER
+        .get_or_init(|| {
+            common::model_dir();
+            let config = semroute::config::EncoderConfig::default();
+            let found = files::resolve(&config, &[common::repo().to_path_buf()]).unwrap();
+            EmbedWorker::spawn(Encoder::load_files(found, &config).unwrap(), 64).unwrap()
+        })
+        .clone()
+}
+
+/// Backend `name` at `url`, with short timeouts so failures show quickly.
+fn backend(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "  - name: {name}\n    url: {url}\n    model: {name}-model\n    first_byte_timeout_ms: 400\n    stream_idle_timeout_ms: 400\n{extra}"
+    )
+}
+
+/// A ready app: `backends` is the YAML list body; routes `chat` and `code` get `targets`.
+fn state(backends: &str, targets: &str, route_extra: &str) -> AppState {
+    let yaml = format!(
+        "backends:\n{backends}routes:\n  - name: chat\n    utterances: [hello there, how are you]\n    targets: [{targets}]\n{route_extra}  - name: code\n    utterances: [write a python function, fix this rust compile error]\n    targets: [{targets}]\ndefault_route: chat\n"
+    );
+    let config = common::config_from(&yaml);
+    let router = Router::build(config, common::encoder()).unwrap();
+    AppState::ready(Arc::new(router), worker(), DEFAULT_BODY_LIMIT)
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or_else(|| panic!("no {name} header"))
+    }
+}
+
+async fn chat(state: &AppState, body: Value) -> Reply {
+    chat_with(state, body, None).await
+}
+
+async fn chat_with(state: &AppState, body: Value, data_class: Option<&str>) -> Reply {
+    let mut request =
+        Request::post("/v1/chat/completions").header(header::CONTENT_TYPE, "application/json");
+    if let Some(class) = data_class {
+        request = request.header("x-semroute-data-class", class);
+    }
+    let response = app(state.clone())
+        .oneshot(request.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+fn request(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hello there"}], "temperature": 0.2, "x_custom": {"keep": true}})
+}
+
+#[tokio::test]
+async fn the_first_target_answers_with_the_body_passed_through_and_the_headers_set() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    let b = Upstream::start("b", Behaviour::Answer).await;
+    let s = state(
+        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+        "a, b",
+        "",
+    );
+    let reply = chat(&s, request("chat")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.header("x-semroute-route"), "chat");
+    assert_eq!(reply.header("x-semroute-backend"), "a");
+    assert_eq!(reply.header("x-semroute-attempts"), "1");
+    let body = reply.json();
+    assert_eq!(body["model"], "a-model", "the model that answered");
+    assert_eq!(body["usage"]["total_tokens"], 15);
+    // The upstream got the client's body, unknown fields included, with its own model.
+    let sent = &a.received()[0].body;
+    assert_eq!(sent["model"], "a-model");
+    assert_eq!(sent["x_custom"], json!({"keep": true}));
+    assert_eq!(sent["temperature"], 0.2);
+    assert_eq!(b.count(), 0);
+}
+
+#[tokio::test]
+async fn auto_classifies_the_last_user_message() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    let s = state(&backend("a", &a.url, ""), "a", "");
+    let mut body = request("auto");
+    body["messages"] = json!([
+        {"role": "user", "content": "hello there"},
+        {"role": "assistant", "content": "hi"},
+        {"role": "user", "content": [{"type": "text", "text": "write a python function that sorts a list"}]}
+    ]);
+    let reply = chat(&s, body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.header("x-semroute-route"), "code");
+    let score: f32 = reply.header("x-semroute-score").parse().unwrap();
+    assert!(score > 0.3, "{score}");
+}
+
+#[tokio::test]
+async fn a_500_once_is_retried_on_the_same_backend() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    let b = Upstream::start("b", Behaviour::Answer).await;
+    a.script([Behaviour::status(500)]);
+    let s = state(
+        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+        "a, b",
+        "",
+    );
+    let reply = chat(&s, request("chat")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("x-semroute-backend"), "a");
+    assert_eq!(reply.header("x-semroute-attempts"), "2");
+    assert_eq!((a.count(), b.count()), (2, 0));
+}
+
+#[tokio::test]
+async fn a_persistent_503_or_a_reset_falls_over_after_one_retry() {
+    for failure in [Behaviour::status(503), Behaviour::Reset] {
+        let a = Upstream::start("a", failure).await;
+        let b = Upstream::start("b", Behaviour::Answer).await;
+        let s = state(
+            &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+            "a, b",
+            "",
+        );
+        let reply = chat(&s, request("chat")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        assert_eq!(reply.header("x-semroute-backend"), "b");
+        assert_eq!(reply.header("x-semroute-attempts"), "3");
+        assert_eq!(reply.json()["model"], "b-model");
+        assert_eq!((a.count(), b.count()), (2, 1));
+    }
+}
+
+#[tokio::test]
+async fn a_429_with_a_short_retry_after_is_waited_out_on_the_same_backend() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    let b = Upstream::start("b", Behaviour::Answer).await;
+    a.script([Behaviour::Status {
+        status: 429,
+        retry_after: Some("1".into()),
+        code: "rate_limit_exceeded",
+    }]);
+    let s = state(
+        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+        "a, b",
+        "",
+    );
+    let started = Instant::now();
+    let reply = chat(&s, request("chat")).await;
+    assert_eq!(reply.header("x-semroute-backend"), "a");
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "waited for Retry-After"
+    );
+    assert_eq!((a.count(), b.count()), (2, 0));
+}
+
+#[tokio::test]
+async fn a_429_with_a_long_or_no_retry_after_cools_the_backend_down() {
+    for retry_after in [Some("120".to_string()), None] {
+        let a = Upstream::start("a", Behaviour::Answer).await;
+        let b = Upstream::start("b", Behaviour::Answer).await;
+        a.script([Behaviour::Status {
+            status: 429,
+            retry_after: retry_after.clone(),
+            code: "rate_limit_exceeded",
+        }]);
+        let s = state(
+            &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+            "a, b",
+            "",
+        );
+        let started = Instant::now();
+        let reply = chat(&s, request("chat")).await;
+        assert_eq!(reply.header("x-semroute-backend"), "b", "{retry_after:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "no waiting, no tight loop"
+        );
+        // While it cools down, the rate-limited backend is not asked again.
+        let again = chat(&s, request("chat")).await;
+        assert_eq!(again.header("x-semroute-backend"), "b");
+        assert_eq!(again.header("x-semroute-attempts"), "1");
+        assert_eq!(a.count(), 1, "{retry_after:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_silent_backend_is_left_after_the_first_byte_timeout_without_a_retry() {
+    for silence in [Behaviour::Silent] {
+        let a = Upstream::start("a", silence).await;
+        let b = Upstream::start("b", Behaviour::Answer).await;
+        let s = state(
+            &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+            "a, b",
+            "",
+        );
+        let started = Instant::now();
+        let reply = chat(&s, request("chat")).await;
+        assert_eq!(reply.header("x-semroute-backend"), "b");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(a.count(), 1);
+    }
+}
+
+#[tokio::test]
+async fn context_length_falls_over_and_a_content_policy_400_goes_back_to_the_client() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    let b = Upstream::start("b", Behaviour::Answer).await;
+    let s = state(
+        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+        "a, b",
+        "",
+    );
+    a.script([Behaviour::Status {
+        status: 400,
+        retry_after: None,
+        code: "context_length_exceeded",
+    }]);
+    let reply = chat(&s, request("chat")).await;
+    assert_eq!(reply.header("x-semroute-backend"), "b");
+    assert_eq!(
+        (a.count(), b.count()),
+        (1, 1),
+        "no retry of the same backend"
+    );
+
+    a.script([Behaviour::Status {
+        status: 400,
+        retry_after: None,
+        code: "content_policy_violation",
+    }]);
+    let reply = chat(&s, request("chat")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.json()["error"]["code"], "content_policy_violation");
+    assert_eq!(reply.header("x-semroute-backend"), "a");
+    assert_eq!(
+        (a.count(), b.count()),
+        (2, 1),
+        "no fallback around a safety decision"
+    );
+}
+
+#[tokio::test]
+async fn when_every_target_fails_the_client_gets_one_combined_error() {
+    let a = Upstream::start("a", Behaviour::status(503)).await;
+    let b = Upstream::start("b", Behaviour::Reset).await;
+    let s = state(
+        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+        "a, b",
+        "",
+    );
+    let reply = chat(&s, request("chat")).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("a: HTTP 503") && message.contains("b: connection failed"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_data_class_keeps_the_request_away_from_backends_that_do_not_list_it() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    let b = Upstream::start("b", Behaviour::Answer).await;
+    let s = state(
+        &(backend("a", &a.url, "    data_classes: [public]\n")
+            + &backend("b", &b.url, "    data_classes: [public, internal]\n")),
+        "a, b",
+        "",
+    );
+    // Even with b failing, a never receives an internal request.
+    b.script([Behaviour::status(503), Behaviour::status(503)]);
+    let reply = chat_with(&s, request("chat"), Some("internal")).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.body);
+    assert_eq!(a.count(), 0, "the disallowed backend received nothing");
+    let reply = chat_with(&s, request("chat"), Some("secret")).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`secret`")
+    );
+    assert_eq!((a.count(), b.count()), (0, 2));
+}
+
+#[tokio::test]
+async fn a_route_data_class_applies_when_the_request_has_no_header() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    let b = Upstream::start("b", Behaviour::Answer).await;
+    let s = state(
+        &(backend("a", &a.url, "    data_classes: [public]\n")
+            + &backend("b", &b.url, "    data_classes: [internal]\n")),
+        "a, b",
+        "    data_class: internal\n",
+    );
+    let reply = chat(&s, request("chat")).await;
+    assert_eq!(reply.header("x-semroute-backend"), "b");
+    assert_eq!(a.count(), 0);
+}
+
+#[tokio::test]
+async fn a_backend_that_keeps_failing_cools_down_and_is_probed_back_in() {
+    let a = Upstream::start("a", Behaviour::Reset).await;
+    let b = Upstream::start("b", Behaviour::Answer).await;
+    let s = state(
+        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+        "a, b",
+        "",
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            chat(&s, request("chat")).await.header("x-semroute-backend"),
+            "b"
+        );
+    }
+    let tried = a.count();
+    assert_eq!(
+        tried, 6,
+        "two attempts per request until the breaker opened"
+    );
+    // Open: the fallback serves without touching a.
+    assert_eq!(
+        chat(&s, request("chat"))
+            .await
+            .header("x-semroute-attempts"),
+        "1"
+    );
+    assert_eq!(a.count(), tried);
+    // a recovers; after the cooldown one probe lets it back in.
+    a.set(Behaviour::Answer);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        chat(&s, request("chat")).await.header("x-semroute-backend"),
+        "a"
+    );
+    assert_eq!(
+        chat(&s, request("chat")).await.header("x-semroute-backend"),
+        "a"
+    );
+}
+
+#[tokio::test]
+async fn round_robin_spreads_requests_by_weight() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    let b = Upstream::start("b", Behaviour::Answer).await;
+    let s = state(
+        &(backend("a", &a.url, "    weight: 3\n") + &backend("b", &b.url, "")),
+        "a, b",
+        "    strategy: round_robin\n",
+    );
+    for _ in 0..8 {
+        assert_eq!(chat(&s, request("chat")).await.status, StatusCode::OK);
+    }
+    assert_eq!((a.count(), b.count()), (6, 2));
+}
+
+#[tokio::test]
+async fn a_backend_named_as_model_is_used_directly_and_unknown_models_are_refused() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    let b = Upstream::start("b", Behaviour::Answer).await;
+    let s = state(
+        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+        "a, b",
+        "",
+    );
+    let reply = chat(&s, request("b")).await;
+    assert_eq!(reply.header("x-semroute-backend"), "b");
+    assert_eq!(reply.header("x-semroute-route"), "-");
+    let reply = chat(&s, request("gpt-9")).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("chat, code") && message.contains("a, b"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn models_lists_auto_routes_and_backends() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    let s = state(&backend("a", &a.url, ""), "a", "");
+    let response = app(s)
+        .oneshot(Request::get("/v1/models").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["auto", "chat", "code", "a"]);
+}
+
+#[tokio::test]
+async fn the_api_key_comes_from_the_environment_and_is_sent_as_a_bearer_token() {
+    // SAFETY (test): set before any thread reads this variable; the name is unique to this test.
+    unsafe { std::env::set_var("SEMROUTE_TEST_KEY_A", "sk-test-secret") };
+    let a = Upstream::start("a", Behaviour::status(503)).await;
+    let s = state(
+        &backend("a", &a.url, "    api_key_env: SEMROUTE_TEST_KEY_A\n"),
+        "a",
+        "",
+    );
+    let reply = chat(&s, request("chat")).await;
+    assert_eq!(
+        a.received()[0].authorization.as_deref(),
+        Some("Bearer sk-test-secret")
+    );
+    assert!(
+        !reply.body.contains("sk-test-secret"),
+        "never echoed in errors"
+    );
+}
+
+fn stream_request(model: &str) -> Value {
+    let mut body = request(model);
+    body["stream"] = json!(true);
+    body
+}
+
+/// The `data:` payloads of an SSE body.
+fn events(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+fn content(events: &[String]) -> String {
+    events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|e| {
+            e["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_stream_is_relayed_event_by_event_and_ends_with_done() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    let s = state(&backend("a", &a.url, ""), "a", "");
+    let reply = chat(&s, stream_request("chat")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("content-type"), "text/event-stream");
+    let events = events(&reply.body);
+    assert_eq!(content(&events), "Hello from a");
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+}
+
+#[tokio::test]
+async fn a_malformed_event_is_skipped_and_a_missing_done_is_supplied() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    let s = state(&backend("a", &a.url, ""), "a", "");
+    a.script([Behaviour::Stream {
+        pieces: vec!["one ", "two"],
+        end: StreamEnd::Malformed,
+    }]);
+    let events_seen = events(&chat(&s, stream_request("chat")).await.body);
+    assert_eq!(content(&events_seen), "one two");
+    assert!(events_seen.iter().all(|e| !e.contains("not json")));
+    a.script([Behaviour::Stream {
+        pieces: vec!["partial"],
+        end: StreamEnd::NoDone,
+    }]);
+    let events_seen = events(&chat(&s, stream_request("chat")).await.body);
+    assert_eq!(content(&events_seen), "partial");
+    assert_eq!(events_seen.last().map(String::as_str), Some("[DONE]"));
+}
+
+#[tokio::test]
+async fn a_stream_silent_before_its_first_event_falls_over() {
+    let a = Upstream::start("a", Behaviour::HeadersThenStall).await;
+    let b = Upstream::start("b", Behaviour::Answer).await;
+    let s = state(
+        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+        "a, b",
+        "",
+    );
+    let reply = chat(&s, stream_request("chat")).await;
+    assert_eq!(reply.header("x-semroute-backend"), "b");
+    assert_eq!(content(&events(&reply.body)), "Hello from b");
+}
+
+#[tokio::test]
+async fn hundreds_of_concurrent_requests_with_a_failing_primary_are_all_answered() {
+    let a = Upstream::start("a", Behaviour::status(503)).await;
+    let b = Upstream::start("b", Behaviour::Answer).await;
+    let s = state(
+        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+        "a, b",
+        "",
+    );
+    let tasks: Vec<_> = (0..300)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { chat(&s, request("chat")).await.status })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(b.count(), 300);
+}
