@@ -556,3 +556,157 @@ async fn hundreds_of_concurrent_requests_with_a_failing_primary_are_all_answered
     }
     assert_eq!(b.count(), 300);
 }
+
+/// The error event a broken stream ends with, if any.
+fn stream_error(events: &[String]) -> Option<Value> {
+    events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .find(|e| e.get("error").is_some())
+}
+
+#[tokio::test]
+async fn a_stream_cut_mid_answer_is_continued_on_the_next_target_with_a_prefill() {
+    for end in [StreamEnd::Cut, StreamEnd::Stall] {
+        let a = Upstream::start("a", Behaviour::Answer).await;
+        let b = Upstream::start(
+            "b",
+            Behaviour::Text {
+                text: "Hello world, all is well.",
+                prefill: true,
+            },
+        )
+        .await;
+        a.script([Behaviour::Stream {
+            pieces: vec!["Hello", " wor"],
+            end,
+        }]);
+        let s = state(
+            &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+            "a, b",
+            "",
+        );
+        let reply = chat(&s, stream_request("chat")).await;
+        let seen = events(&reply.body);
+        assert_eq!(
+            content(&seen),
+            "Hello world, all is well.",
+            "{end:?}: {}",
+            reply.body
+        );
+        assert!(stream_error(&seen).is_none());
+        assert_eq!(seen.last().map(String::as_str), Some("[DONE]"));
+        // b was asked to continue the relayed text.
+        let sent = &b.received()[0].body["messages"];
+        assert_eq!(
+            sent.as_array().unwrap().last().unwrap(),
+            &json!({"role": "assistant", "content": "Hello wor"})
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_target_that_rejects_the_prefill_restarts_and_only_the_new_part_is_relayed() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    let b = Upstream::start(
+        "b",
+        Behaviour::Text {
+            text: "Hello world, all is well.",
+            prefill: false,
+        },
+    )
+    .await;
+    a.script([Behaviour::Stream {
+        pieces: vec!["Hello", " wor"],
+        end: StreamEnd::Cut,
+    }]);
+    let s = state(
+        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+        "a, b",
+        "",
+    );
+    let seen = events(&chat(&s, stream_request("chat")).await.body);
+    assert_eq!(content(&seen), "Hello world, all is well.");
+    assert_eq!(seen.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(b.count(), 2, "once with the prefill, once without");
+}
+
+#[tokio::test]
+async fn a_stream_nothing_can_continue_ends_with_the_original_failure_not_a_clean_end() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    // b restarts with a different answer: continuing would garble the text.
+    let b = Upstream::start(
+        "b",
+        Behaviour::Text {
+            text: "Goodbye.",
+            prefill: false,
+        },
+    )
+    .await;
+    a.script([Behaviour::Stream {
+        pieces: vec!["Hello", " wor"],
+        end: StreamEnd::Cut,
+    }]);
+    let s = state(
+        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+        "a, b",
+        "",
+    );
+    let seen = events(&chat(&s, stream_request("chat")).await.body);
+    assert_eq!(content(&seen), "Hello wor");
+    let error = stream_error(&seen).expect("an error event");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("from a was cut"),
+        "the original failure: {message}"
+    );
+    assert!(!message.contains("prefill"));
+    assert_ne!(seen.last().map(String::as_str), Some("[DONE]"));
+
+    // With no target left at all, the same.
+    let only = Upstream::start("only", Behaviour::Answer).await;
+    only.script([Behaviour::Stream {
+        pieces: vec!["Hi"],
+        end: StreamEnd::Stall,
+    }]);
+    let s = state(&backend("only", &only.url, ""), "only", "");
+    let seen = events(&chat(&s, stream_request("chat")).await.body);
+    assert!(
+        stream_error(&seen).unwrap()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stalled")
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_the_upstream_stream() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    a.script([Behaviour::Stream {
+        pieces: vec!["Hello"],
+        end: StreamEnd::Stall,
+    }]);
+    let s = state(&backend("a", &a.url, ""), "a", "");
+    let streaming = Request::post("/v1/chat/completions")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(stream_request("chat").to_string()))
+        .unwrap();
+    let response = app(s.clone()).oneshot(streaming).await.unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(first.data_ref().unwrap()).contains("Hello"));
+    assert_eq!(a.closed(), 0);
+    drop(body);
+    // The relay sees the client go and drops the upstream request: the mock's connection
+    // closes well before the 400 ms idle timeout could have ended it.
+    let started = Instant::now();
+    while a.closed() == 0 && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(a.closed(), 1);
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+}

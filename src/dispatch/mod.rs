@@ -146,6 +146,16 @@ impl Dispatcher {
         (self.random() >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Whether `b` may be tried now: not cooling down and not at its concurrency limit.
+    fn usable(&self, b: BackendId, now: Instant) -> bool {
+        let full = self
+            .config
+            .backend(b)
+            .max_concurrent
+            .is_some_and(|max| self.health[b.0].in_flight() >= max);
+        !full && !matches!(self.health[b.0].availability(now), Availability::Cooling(_))
+    }
+
     /// The targets to try, best first, with the data class enforced.
     fn plan(&self, request: &ChatRequest) -> Result<Vec<BackendId>, DispatchError> {
         let (targets, counter, strategy) = match request.destination {
@@ -186,21 +196,17 @@ impl Dispatcher {
     }
 
     /// Sends `request` and returns the answer to relay.
-    pub async fn dispatch(&self, request: &ChatRequest) -> Result<Answer, DispatchError> {
+    pub async fn dispatch(
+        self: &Arc<Self>,
+        request: &ChatRequest,
+    ) -> Result<Answer, DispatchError> {
         let plan = self.plan(request)?;
         let now = Instant::now();
         // Ready targets in plan order; a full one (max_concurrent) or one cooling down waits.
         let usable: Vec<BackendId> = plan
             .iter()
             .copied()
-            .filter(|&b| {
-                let full = self
-                    .config
-                    .backend(b)
-                    .max_concurrent
-                    .is_some_and(|max| self.health[b.0].in_flight() >= max);
-                !full && !matches!(self.health[b.0].availability(now), Availability::Cooling(_))
-            })
+            .filter(|&b| self.usable(b, now))
             .collect();
         let order = if usable.is_empty() {
             // Every target is cooling down: wait for the first to recover, if soon enough.
@@ -230,13 +236,13 @@ impl Dispatcher {
     }
 
     async fn try_in_order(
-        &self,
+        self: &Arc<Self>,
         request: &ChatRequest,
         order: &[BackendId],
     ) -> Result<Answer, DispatchError> {
         let mut attempts = 0u32;
         let mut failures = Vec::new();
-        for &b in order {
+        for (i, &b) in order.iter().enumerate() {
             let health = &self.health[b.0];
             if let Availability::Probe = health.availability(Instant::now())
                 && !health.start_probe()
@@ -250,7 +256,7 @@ impl Dispatcher {
                 tries_here += 1;
                 attempts += 1;
                 let started = Instant::now();
-                let outcome = match self.attempt(b, request).await {
+                let outcome = match self.attempt(b, request, &order[i + 1..]).await {
                     Ok(mut answer) => {
                         health.succeeded();
                         health.observe_latency(Instant::now(), started.elapsed());
@@ -300,10 +306,61 @@ impl Dispatcher {
         Err(DispatchError::Exhausted { attempts: failures })
     }
 
-    /// One attempt on one backend: the answer, or how it failed.
-    async fn attempt(&self, b: BackendId, request: &ChatRequest) -> Result<Answer, Outcome> {
+    /// One attempt on one backend: the answer, or how it failed. A stream's relay gets the
+    /// targets after this one (`rest`) to continue on if the stream breaks.
+    async fn attempt(
+        self: &Arc<Self>,
+        b: BackendId,
+        request: &ChatRequest,
+        rest: &[BackendId],
+    ) -> Result<Answer, Outcome> {
+        if request.is_stream() {
+            let opened = self.open_stream(b, &request.body).await?;
+            let events = stream::relay(
+                opened,
+                stream::Continuation {
+                    dispatcher: self.clone(),
+                    request: request.clone(),
+                    backend: b,
+                    rest: rest.to_vec(),
+                },
+            );
+            return Ok(Answer {
+                status: 200,
+                content_type: Some("text/event-stream".into()),
+                body: AnswerBody::Stream(events),
+                backend: b,
+                attempts: 0,
+            });
+        }
+        let response = self.send(b, &request.body).await?;
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Outcome::Connect(format!("reading the body: {}", error_chain(&e))))?;
+        Ok(Answer {
+            status,
+            content_type,
+            body: AnswerBody::Full(bytes),
+            backend: b,
+            attempts: 0,
+        })
+    }
+
+    /// Sends `body` (with the backend's model) and waits for a 2xx response's headers.
+    async fn send(
+        &self,
+        b: BackendId,
+        body: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<reqwest::Response, Outcome> {
         let backend = self.config.backend(b);
-        let mut body = request.body.clone();
+        let mut body = body.clone();
         body.insert("model".into(), backend.model.clone().into());
         let payload = serde_json::to_vec(&body).map_err(|e| Outcome::Connect(e.to_string()))?;
         let mut builder = self.clients[b.0]
@@ -322,49 +379,34 @@ impl Dispatcher {
             Ok(Ok(response)) => response,
         };
         let status = response.status().as_u16();
-        let content_type = response
+        if (200..300).contains(&status) {
+            return Ok(response);
+        }
+        let retry_after = response
             .headers()
-            .get(reqwest::header::CONTENT_TYPE)
+            .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        if !(200..300).contains(&status) {
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, SystemTime::now()));
-            let body = response
-                .bytes()
-                .await
-                .map(|b| b.to_vec())
-                .unwrap_or_default();
-            return Err(Outcome::Status {
-                status,
-                retry_after,
-                body,
-            });
-        }
-        if request.is_stream() {
-            let events = stream::start(response, backend).await?;
-            return Ok(Answer {
-                status,
-                content_type: Some("text/event-stream".into()),
-                body: AnswerBody::Stream(events),
-                backend: b,
-                attempts: 0,
-            });
-        }
-        let bytes = response
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let body = response
             .bytes()
             .await
-            .map_err(|e| Outcome::Connect(format!("reading the body: {}", error_chain(&e))))?;
-        Ok(Answer {
+            .map(|b| b.to_vec())
+            .unwrap_or_default();
+        Err(Outcome::Status {
             status,
-            content_type,
-            body: AnswerBody::Full(bytes),
-            backend: b,
-            attempts: 0,
+            retry_after,
+            body,
         })
+    }
+
+    /// Sends a streaming request and waits for its first event.
+    async fn open_stream(
+        &self,
+        b: BackendId,
+        body: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<stream::Opened, Outcome> {
+        let response = self.send(b, body).await?;
+        stream::open(response, self.config.backend(b)).await
     }
 }
 

@@ -1,17 +1,24 @@
 //! Relaying a streamed answer (server-sent events) as it arrives. The stream counts as
 //! started once its first event arrives within the first-byte timeout; before that, a
 //! failure is an ordinary failed attempt and the next target is tried. After it, events are
-//! relayed one by one: a malformed event is skipped and logged, a stream that ends without
-//! `data: [DONE]` is finished with one, and a stream that is cut or goes silent for
-//! `stream_idle_timeout_ms` ends with an SSE error event, never with what looks like a
-//! clean end. A client that goes away drops the receiver, which ends the relay task and
-//! with it the upstream request.
+//! relayed one by one; a malformed event is skipped and logged; an answer that finished
+//! (`finish_reason`) but ends without `data: [DONE]` is closed with one. A stream that is
+//! cut or goes silent for `stream_idle_timeout_ms` mid-answer is continued on the next
+//! target: the text relayed so far goes as an assistant prefill and only the continuation
+//! is relayed; a target that rejects the prefill (400) is asked again without it, and its
+//! answer is relayed from where the relayed text ends, if it repeats that text exactly. If
+//! nothing can continue, the stream ends with an SSE error event carrying the original
+//! failure, never with what looks like a clean end. A client that goes away drops the
+//! receiver, which ends the relay task and with it the upstream request.
 
 use super::verdict::Outcome;
-use crate::config::Backend;
+use super::{ChatRequest, Dispatcher};
+use crate::config::{Backend, BackendId};
 use bytes::Bytes;
-use futures_util::StreamExt;
-use std::time::Duration;
+use futures_util::{Stream, StreamExt};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Events buffered between the upstream and the client.
@@ -70,16 +77,31 @@ pub fn error_event(message: &str) -> Bytes {
     frame(&body.to_string())
 }
 
-/// Waits for the first event, then relays the rest from a task.
-pub async fn start(
-    response: reqwest::Response,
-    backend: &Backend,
-) -> Result<mpsc::Receiver<Bytes>, Outcome> {
-    let mut upstream = response.bytes_stream();
+/// An upstream stream whose first event has arrived.
+pub struct Opened {
+    upstream: Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>,
+    buffer: Vec<u8>,
+    first: Vec<Event>,
+}
+
+/// What a relay needs to continue a broken stream on the next targets.
+pub struct Continuation {
+    pub dispatcher: Arc<Dispatcher>,
+    pub request: ChatRequest,
+    /// The backend streaming now.
+    pub backend: BackendId,
+    /// The targets after it, in order.
+    pub rest: Vec<BackendId>,
+}
+
+/// Waits (up to the first-byte timeout) for the first event of a 2xx streaming response.
+pub async fn open(response: reqwest::Response, backend: &Backend) -> Result<Opened, Outcome> {
+    let mut upstream: Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>> =
+        Box::pin(response.bytes_stream());
     let mut buffer = Vec::new();
-    let mut ready: Vec<Event> = Vec::new();
+    let mut first: Vec<Event> = Vec::new();
     let deadline = tokio::time::Instant::now() + backend.first_byte_timeout;
-    while !ready
+    while !first
         .iter()
         .any(|e| matches!(e, Event::Data(_) | Event::Done))
     {
@@ -89,84 +111,207 @@ pub async fn start(
             Ok(Some(Err(err))) => return Err(Outcome::Connect(err.to_string())),
             Ok(Some(Ok(chunk))) => {
                 buffer.extend(chunk.iter().filter(|&&b| b != b'\r'));
-                ready.extend(take_events(&mut buffer));
+                first.extend(take_events(&mut buffer));
             }
         }
     }
-    let (tx, rx) = mpsc::channel(RELAY_BUFFER);
-    let name = backend.name.clone();
-    let idle = backend.stream_idle_timeout;
-    tokio::spawn(async move {
-        relay(upstream, buffer, ready, tx, &name, idle).await;
-    });
-    Ok(rx)
+    Ok(Opened {
+        upstream,
+        buffer,
+        first,
+    })
 }
 
-async fn relay<S>(
-    mut upstream: S,
-    mut buffer: Vec<u8>,
-    first: Vec<Event>,
-    tx: mpsc::Sender<Bytes>,
-    backend: &str,
-    idle: Duration,
-) where
-    S: futures_util::Stream<Item = Result<Bytes, reqwest::Error>> + Unpin,
-{
+/// Relays `opened` from a task; the receiver yields SSE frames for the client.
+pub fn relay(opened: Opened, continuation: Continuation) -> mpsc::Receiver<Bytes> {
+    let (tx, rx) = mpsc::channel(RELAY_BUFFER);
+    tokio::spawn(run(opened, continuation, tx));
+    rx
+}
+
+/// The assistant text of a chunk, and whether it finishes the answer.
+fn delta(data: &str) -> (Option<String>, bool) {
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(data) else {
+        return (None, false);
+    };
+    let choice = &json["choices"][0];
+    let text = choice["delta"]["content"].as_str().map(str::to_string);
+    let finished = choice["finish_reason"].as_str().is_some();
+    (text, finished)
+}
+
+/// `data` with its first choice's content replaced.
+fn with_content(data: &str, content: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(data) {
+        Ok(mut json) => {
+            json["choices"][0]["delta"]["content"] = content.into();
+            json.to_string()
+        }
+        Err(_) => data.to_string(),
+    }
+}
+
+/// How the current upstream broke.
+enum Break {
+    Cut(String),
+    Stalled(Duration),
+}
+
+async fn run(opened: Opened, ctx: Continuation, tx: mpsc::Sender<Bytes>) {
+    let Opened {
+        mut upstream,
+        mut buffer,
+        first,
+    } = opened;
+    let mut backend = ctx.backend;
+    let mut rest = ctx.rest.clone();
     let mut pending = first;
+    // The assistant text relayed so far, and (after a restart without prefill) the part of
+    // it the new answer must repeat before anything new is relayed.
+    let mut relayed = String::new();
+    let mut expect: Option<String> = None;
+    let mut finished = false;
+    let mut original_failure: Option<String> = None;
     loop {
+        let name = ctx.dispatcher.config.backend(backend).name.clone();
         for event in pending.drain(..) {
-            let out = match event {
-                Event::Data(data) => frame(&data),
+            let data = match event {
+                Event::Data(data) => data,
                 Event::Done => {
+                    if let Some(missing) = expect.take().filter(|e| !e.is_empty()) {
+                        let failure = original_failure.clone().unwrap_or_default();
+                        tracing::warn!(backend = %name, missing = missing.len(), "the restarted answer ended before repeating what was relayed");
+                        let _ = tx.send(error_event(&failure)).await;
+                        return;
+                    }
                     let _ = tx.send(frame("[DONE]")).await;
                     return;
                 }
                 Event::Malformed(data) => {
-                    tracing::warn!(backend, event = %data.chars().take(200).collect::<String>(), "skipping a malformed stream event");
+                    tracing::warn!(backend = %name, event = %data.chars().take(200).collect::<String>(), "skipping a malformed stream event");
                     continue;
                 }
                 Event::Empty => continue,
             };
-            if tx.send(out).await.is_err() {
-                tracing::info!(
-                    backend,
-                    "the client went away; cancelling the upstream stream"
-                );
+            let (text, done) = delta(&data);
+            finished |= done;
+            let out = match (&mut expect, text) {
+                (Some(expected), Some(piece)) => {
+                    if expected.starts_with(piece.as_str()) {
+                        expected.drain(..piece.len());
+                        if expected.is_empty() {
+                            expect = None;
+                        }
+                        continue;
+                    } else if let Some(new) = piece.strip_prefix(expected.as_str()) {
+                        let new = new.to_string();
+                        expect = None;
+                        relayed.push_str(&new);
+                        with_content(&data, &new)
+                    } else {
+                        tracing::warn!(backend = %name, "the restarted answer differs from what was relayed");
+                        let failure = original_failure.clone().unwrap_or_default();
+                        let _ = tx.send(error_event(&failure)).await;
+                        return;
+                    }
+                }
+                // Role-only or usage chunks of a restarted answer: nothing new yet.
+                (Some(_), None) => continue,
+                (None, text) => {
+                    relayed.push_str(text.as_deref().unwrap_or(""));
+                    data
+                }
+            };
+            if tx.send(frame(&out)).await.is_err() {
+                tracing::info!(backend = %name, "the client went away; cancelling the upstream stream");
                 return;
             }
         }
-        match tokio::time::timeout(idle, upstream.next()).await {
+        let idle = ctx.dispatcher.config.backend(backend).stream_idle_timeout;
+        let next = tokio::select! {
+            () = tx.closed() => {
+                tracing::info!(backend = %name, "the client went away; cancelling the upstream stream");
+                return;
+            }
+            next = tokio::time::timeout(idle, upstream.next()) => next,
+        };
+        let broken = match next {
             Ok(Some(Ok(chunk))) => {
                 buffer.extend(chunk.iter().filter(|&&b| b != b'\r'));
                 pending = take_events(&mut buffer);
+                continue;
             }
-            Ok(None) => {
-                // Ended without [DONE]: finish promptly rather than leave the client waiting.
-                tracing::warn!(backend, "the upstream stream ended without [DONE]");
+            // A clean end after the answer finished but without [DONE]: finish it promptly.
+            Ok(None) if finished && expect.is_none() => {
+                tracing::warn!(backend = %name, "the upstream stream ended without [DONE]");
                 let _ = tx.send(frame("[DONE]")).await;
                 return;
             }
-            Ok(Some(Err(err))) => {
-                tracing::warn!(backend, error = %err, "the upstream stream was cut");
-                let _ = tx
-                    .send(error_event(&format!(
-                        "the stream from {backend} was cut: {err}"
-                    )))
-                    .await;
-                return;
+            Ok(None) => Break::Cut("the stream ended mid-answer".into()),
+            Ok(Some(Err(err))) => Break::Cut(err.to_string()),
+            Err(_) => Break::Stalled(idle),
+        };
+        let failure = match broken {
+            Break::Cut(reason) => format!("the stream from {name} was cut: {reason}"),
+            Break::Stalled(idle) => {
+                format!("the stream from {name} stalled for {} ms", idle.as_millis())
             }
-            Err(_) => {
-                tracing::warn!(backend, "the upstream stream stalled");
-                let _ = tx
-                    .send(error_event(&format!(
-                        "the stream from {backend} stalled for {} ms",
-                        idle.as_millis()
-                    )))
-                    .await;
+        };
+        tracing::warn!(backend = %name, relayed = relayed.len(), %failure, "continuing on the next target");
+        ctx.dispatcher.health(backend).failed(Instant::now());
+        let failure = original_failure.get_or_insert(failure).clone();
+        match continue_stream(&ctx, &mut rest, &relayed).await {
+            Some((next, opened, restarted)) => {
+                backend = next;
+                upstream = opened.upstream;
+                buffer = opened.buffer;
+                pending = opened.first;
+                finished = false;
+                expect = restarted.then(|| relayed.clone()).filter(|e| !e.is_empty());
+            }
+            None => {
+                let _ = tx.send(error_event(&failure)).await;
                 return;
             }
         }
     }
+}
+
+/// Opens the continuation of an answer on the next usable target: with the relayed text as
+/// an assistant prefill, or, if the target rejects that (400), restarted from the start
+/// (`true`: the caller must check that it repeats `relayed`).
+async fn continue_stream(
+    ctx: &Continuation,
+    rest: &mut Vec<BackendId>,
+    relayed: &str,
+) -> Option<(BackendId, Opened, bool)> {
+    let class = ctx.request.data_class.as_deref();
+    while !rest.is_empty() {
+        let b = rest.remove(0);
+        let config = &ctx.dispatcher.config;
+        if !config.backend(b).accepts(class) || !ctx.dispatcher.usable(b, Instant::now()) {
+            continue;
+        }
+        let mut prefilled = ctx.request.body.clone();
+        if !relayed.is_empty()
+            && let Some(serde_json::Value::Array(messages)) = prefilled.get_mut("messages")
+        {
+            messages.push(serde_json::json!({"role": "assistant", "content": relayed}));
+        }
+        match ctx.dispatcher.open_stream(b, &prefilled).await {
+            Ok(opened) => return Some((b, opened, false)),
+            Err(Outcome::Status { status: 400, .. }) if !relayed.is_empty() => {
+                tracing::info!(backend = %config.backend(b).name, "the prefill was rejected; restarting without it");
+                if let Ok(opened) = ctx.dispatcher.open_stream(b, &ctx.request.body).await {
+                    return Some((b, opened, true));
+                }
+            }
+            Err(outcome) => {
+                tracing::warn!(backend = %config.backend(b).name, outcome = %outcome.describe(), "cannot continue the stream here");
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

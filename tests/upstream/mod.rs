@@ -34,6 +34,9 @@ pub enum Behaviour {
         pieces: Vec<&'static str>,
         end: StreamEnd,
     },
+    /// Stream `text` in 4-character pieces. A request ending in an assistant message (a
+    /// prefill) gets the rest of `text` after it when `prefill` is true, a 400 otherwise.
+    Text { text: &'static str, prefill: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,6 +74,8 @@ struct Shared {
     script: Mutex<VecDeque<Behaviour>>,
     fallback: Mutex<Behaviour>,
     received: Mutex<Vec<Received>>,
+    /// Stalled streams whose client closed the connection.
+    closed: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -89,6 +94,7 @@ impl Upstream {
             script: Mutex::new(VecDeque::new()),
             fallback: Mutex::new(fallback),
             received: Mutex::new(Vec::new()),
+            closed: std::sync::atomic::AtomicUsize::new(0),
         });
         let serving = shared.clone();
         tokio::spawn(async move {
@@ -113,6 +119,11 @@ impl Upstream {
 
     pub fn received(&self) -> Vec<Received> {
         self.shared.received.lock().unwrap().clone()
+    }
+
+    /// How many stalled streams saw their client (semroute) close the connection.
+    pub fn closed(&self) -> usize {
+        self.shared.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn count(&self) -> usize {
@@ -169,6 +180,7 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
         Behaviour::Answer if stream => {
             stream_pieces(
                 &mut socket,
+                &shared,
                 &model,
                 &["Hello", " from ", &name],
                 StreamEnd::Done,
@@ -216,7 +228,27 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Ok(())
         }
-        Behaviour::Stream { pieces, end } => stream_pieces(&mut socket, &model, &pieces, end).await,
+        Behaviour::Stream { pieces, end } => {
+            stream_pieces(&mut socket, &shared, &model, &pieces, end).await
+        }
+        Behaviour::Text { text, prefill } => {
+            let last = body["messages"].as_array().and_then(|m| m.last()).cloned();
+            let prefix = last
+                .filter(|m| m["role"] == "assistant")
+                .and_then(|m| m["content"].as_str().map(str::to_string));
+            let rest = match prefix {
+                Some(_) if !prefill => {
+                    let reply = json!({"error": {"message": "assistant prefill is not supported", "type": "invalid_request_error", "code": "invalid_request_error"}});
+                    return respond(&mut socket, 400, &[], &reply.to_string()).await;
+                }
+                Some(p) => text.strip_prefix(p.as_str()).unwrap_or(text).to_string(),
+                None => text.to_string(),
+            };
+            let chars: Vec<char> = rest.chars().collect();
+            let pieces: Vec<String> = chars.chunks(4).map(|c| c.iter().collect()).collect();
+            let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+            stream_pieces(&mut socket, &shared, &model, &pieces, StreamEnd::Done).await
+        }
     }
 }
 
@@ -247,6 +279,7 @@ fn chunk(model: &str, content: &str) -> String {
 
 async fn stream_pieces(
     socket: &mut TcpStream,
+    shared: &Shared,
     model: &str,
     pieces: &[&str],
     end: StreamEnd,
@@ -274,14 +307,26 @@ async fn stream_pieces(
                 .await?;
             socket.shutdown().await
         }
-        StreamEnd::NoDone => socket.shutdown().await,
+        StreamEnd::NoDone => {
+            let last = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+            socket
+                .write_all(format!("data: {last}\n\n").as_bytes())
+                .await?;
+            socket.shutdown().await
+        }
         StreamEnd::Cut => {
             #[allow(deprecated)]
             socket.set_linger(Some(Duration::ZERO))?;
             Ok(())
         }
         StreamEnd::Stall => {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
+            // Wait for the other side to close, and count it.
+            let mut byte = [0u8; 1];
+            let _ = tokio::time::timeout(Duration::from_secs(3600), socket.read(&mut byte)).await;
+            shared
+                .closed
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok(())
         }
     }
