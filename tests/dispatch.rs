@@ -710,3 +710,83 @@ async fn a_client_that_goes_away_cancels_the_upstream_stream() {
         started.elapsed()
     );
 }
+
+async fn metrics_text(s: &AppState) -> String {
+    let response = app(s.clone())
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[tokio::test]
+async fn metrics_count_requests_attempts_fallbacks_tokens_and_cost() {
+    let a = Upstream::start("a", Behaviour::status(503)).await;
+    let b = Upstream::start("b", Behaviour::Answer).await;
+    let s = state(
+        &(backend("a", &a.url, "")
+            + &backend(
+                "b",
+                &b.url,
+                "    cost: {input_per_mtok: 1.0, output_per_mtok: 2.0}\n",
+            )),
+        "a, b",
+        "",
+    );
+    assert_eq!(chat(&s, request("chat")).await.status, StatusCode::OK);
+    let streamed = chat(&s, stream_request("code")).await;
+    assert_eq!(streamed.status, StatusCode::OK);
+    let text = metrics_text(&s).await;
+    for line in [
+        "semroute_requests_total{route=\"chat\",backend=\"b\",status=\"200\"} 1",
+        "semroute_requests_total{route=\"code\",backend=\"b\",status=\"200\"} 1",
+        // Failed attempts are attempts, never completions.
+        "semroute_upstream_attempts_total{backend=\"a\",outcome=\"http_503\"} 4",
+        "semroute_upstream_attempts_total{backend=\"b\",outcome=\"ok\"} 2",
+        "semroute_fallbacks_total{route=\"chat\",backend=\"a\"} 1",
+        // Non-streamed usage (10 + 5) and a streamed usage chunk (10 + 3).
+        "semroute_tokens_total{route=\"chat\",backend=\"b\",kind=\"prompt\"} 10",
+        "semroute_tokens_total{route=\"chat\",backend=\"b\",kind=\"completion\"} 5",
+        "semroute_tokens_total{route=\"code\",backend=\"b\",kind=\"completion\"} 3",
+        "semroute_cost_usd_total{route=\"chat\",backend=\"b\"} 0.00002",
+        "semroute_upstream_ttfb_seconds_count{backend=\"a\"} 4",
+    ] {
+        assert!(
+            text.contains(&format!("{line}\n")),
+            "missing {line}:\n{text}"
+        );
+    }
+    assert!(!text.contains("backend=\"a\",status=\"200\""));
+}
+
+#[tokio::test]
+async fn with_every_target_cooling_down_for_long_the_answer_is_503_with_retry_after() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    a.script([Behaviour::Status {
+        status: 429,
+        retry_after: Some("120".into()),
+        code: "rate_limit_exceeded",
+    }]);
+    let s = state(&backend("a", &a.url, ""), "a", "");
+    assert_eq!(
+        chat(&s, request("chat")).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    let started = Instant::now();
+    let reply = chat(&s, request("chat")).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    let retry: u64 = reply.header("retry-after").parse().unwrap();
+    assert!((110..=150).contains(&retry), "{retry}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "answered at once"
+    );
+    assert_eq!(a.count(), 1, "the cooling backend was not asked again");
+    let text = metrics_text(&s).await;
+    assert!(
+        text.contains("semroute_cooldowns_total{backend=\"a\"} 1\n"),
+        "{text}"
+    );
+}

@@ -13,6 +13,8 @@ pub const FAILURES_TO_OPEN: u32 = 3;
 /// First cooldown after opening; doubles on each further failure.
 pub const BASE_COOLDOWN: Duration = Duration::from_secs(1);
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(60);
+/// Longest `Retry-After` honoured.
+pub const MAX_RATE_LIMIT_COOLDOWN: Duration = Duration::from_secs(3600);
 /// Cooldown for a 429 without a usable `Retry-After`.
 pub const DEFAULT_RATE_LIMIT_COOLDOWN: Duration = Duration::from_secs(5);
 /// Decay time of the latency average.
@@ -95,7 +97,7 @@ impl Health {
         if let Ok(mut b) = self.breaker.lock() {
             let wait = retry_after
                 .unwrap_or(DEFAULT_RATE_LIMIT_COOLDOWN)
-                .min(MAX_COOLDOWN);
+                .min(MAX_RATE_LIMIT_COOLDOWN);
             b.probing = false;
             b.until = Some(b.until.map_or(now + wait, |u| u.max(now + wait)));
         }

@@ -5,12 +5,14 @@
 
 mod balance;
 pub mod health;
+pub mod metrics;
 mod stream;
 pub mod verdict;
 
 use crate::config::{BackendId, Config, RouteId};
 use bytes::Bytes;
 use health::{Availability, Health};
+use metrics::Metrics;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -86,10 +88,11 @@ pub struct Dispatcher {
     /// Round-robin position per route.
     counters: Vec<AtomicUsize>,
     seed: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
-    pub fn new(config: Arc<Config>) -> Result<Dispatcher, reqwest::Error> {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Dispatcher, reqwest::Error> {
         // reqwest is built without a default TLS provider; install ring's once.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let clients = config
@@ -120,6 +123,7 @@ impl Dispatcher {
             config,
             clients,
             keys,
+            metrics,
         })
     }
 
@@ -129,6 +133,49 @@ impl Dispatcher {
 
     pub fn health(&self, backend: BackendId) -> &Health {
         &self.health[backend.0]
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The route a request counts under in metrics (`-` for a backend named directly).
+    fn route_label(&self, request: &ChatRequest) -> String {
+        match request.destination {
+            Destination::Route(r) => self.config.route(r).name.to_string(),
+            Destination::Backend(_) => "-".into(),
+        }
+    }
+
+    /// Adds an upstream `usage` object's tokens and their cost.
+    fn record_usage(&self, route: &str, b: BackendId, usage: &serde_json::Value) {
+        let backend = self.config.backend(b);
+        let tokens = |key: &str| {
+            usage
+                .get(key)
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(0.0)
+        };
+        let (input, output) = (tokens("prompt_tokens"), tokens("completion_tokens"));
+        let labels = |kind| {
+            [
+                ("route", route),
+                ("backend", backend.name.as_str()),
+                ("kind", kind),
+            ]
+        };
+        self.metrics
+            .add("semroute_tokens_total", &labels("prompt"), input);
+        self.metrics
+            .add("semroute_tokens_total", &labels("completion"), output);
+        if let Some(cost) = backend.cost {
+            let usd = (input * cost.input_per_mtok + output * cost.output_per_mtok) / 1e6;
+            self.metrics.add(
+                "semroute_cost_usd_total",
+                &[("route", route), ("backend", backend.name.as_str())],
+                usd,
+            );
+        }
     }
 
     fn random(&self) -> u64 {
@@ -144,6 +191,14 @@ impl Dispatcher {
 
     fn jitter(&self) -> f64 {
         (self.random() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn cooled(&self, b: BackendId) {
+        self.metrics.add(
+            "semroute_cooldowns_total",
+            &[("backend", self.config.backend(b).name.as_str())],
+            1.0,
+        );
     }
 
     /// Whether `b` may be tried now: not cooling down and not at its concurrency limit.
@@ -258,6 +313,16 @@ impl Dispatcher {
                 let started = Instant::now();
                 let outcome = match self.attempt(b, request, &order[i + 1..]).await {
                     Ok(mut answer) => {
+                        self.metrics.add(
+                            "semroute_upstream_attempts_total",
+                            &[("backend", backend.name.as_str()), ("outcome", "ok")],
+                            1.0,
+                        );
+                        self.metrics.observe(
+                            "semroute_upstream_latency_seconds",
+                            &[("backend", backend.name.as_str())],
+                            started.elapsed(),
+                        );
                         health.succeeded();
                         health.observe_latency(Instant::now(), started.elapsed());
                         tracing::info!(backend = %backend.name, attempts, status = answer.status, "answered");
@@ -266,6 +331,16 @@ impl Dispatcher {
                     }
                     Err(outcome) => outcome,
                 };
+                let label = match &outcome {
+                    Outcome::Connect(_) => "connect".to_string(),
+                    Outcome::Silent => "silent".to_string(),
+                    Outcome::Status { status, .. } => format!("http_{status}"),
+                };
+                self.metrics.add(
+                    "semroute_upstream_attempts_total",
+                    &[("backend", backend.name.as_str()), ("outcome", &label)],
+                    1.0,
+                );
                 let verdict = judge(&outcome, tries_here, backend, self.jitter());
                 tracing::warn!(backend = %backend.name, attempt = tries_here, outcome = %outcome.describe(), ?verdict, "attempt failed");
                 match verdict {
@@ -289,14 +364,24 @@ impl Dispatcher {
                             Cooldown::Failure => {
                                 if health.failed(now) {
                                     tracing::warn!(backend = %backend.name, "backend cooling down");
+                                    self.cooled(b);
                                 }
                             }
                             Cooldown::RateLimited(wait) => {
                                 // Jittered, so a herd of clients does not return at once.
                                 let wait = wait.map(|w| w.mul_f64(1.0 + 0.2 * self.jitter()));
                                 health.rate_limited(now, wait);
+                                self.cooled(b);
                             }
                         }
+                        self.metrics.add(
+                            "semroute_fallbacks_total",
+                            &[
+                                ("route", &self.route_label(request)),
+                                ("backend", backend.name.as_str()),
+                            ],
+                            1.0,
+                        );
                         failures.push(format!("{}: {}", backend.name, outcome.describe()));
                         break;
                     }
@@ -344,6 +429,11 @@ impl Dispatcher {
             .bytes()
             .await
             .map_err(|e| Outcome::Connect(format!("reading the body: {}", error_chain(&e))))?;
+        if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            && let Some(usage) = json.get("usage").filter(|u| u.is_object())
+        {
+            self.record_usage(&self.route_label(request), b, usage);
+        }
         Ok(Answer {
             status,
             content_type,
@@ -371,6 +461,7 @@ impl Dispatcher {
         if let Some(key) = &self.keys[b.0] {
             builder = builder.bearer_auth(key);
         }
+        let started = Instant::now();
         let response = match tokio::time::timeout(backend.first_byte_timeout, builder.send()).await
         {
             Err(_) => return Err(Outcome::Silent),
@@ -378,6 +469,11 @@ impl Dispatcher {
             Ok(Err(err)) => return Err(Outcome::Connect(error_chain(&err))),
             Ok(Ok(response)) => response,
         };
+        self.metrics.observe(
+            "semroute_upstream_ttfb_seconds",
+            &[("backend", backend.name.as_str())],
+            started.elapsed(),
+        );
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
             return Ok(response);

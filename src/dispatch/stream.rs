@@ -195,6 +195,12 @@ async fn run(opened: Opened, ctx: Continuation, tx: mpsc::Sender<Bytes>) {
             };
             let (text, done) = delta(&data);
             finished |= done;
+            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&data)
+                && let Some(usage) = json.get("usage").filter(|u| u.is_object())
+            {
+                let route = ctx.dispatcher.route_label(&ctx.request);
+                ctx.dispatcher.record_usage(&route, backend, usage);
+            }
             let out = match (&mut expect, text) {
                 (Some(expected), Some(piece)) => {
                     if expected.starts_with(piece.as_str()) {

@@ -56,21 +56,35 @@ pub async fn chat_completions(
         destination: routing.destination,
         data_class: header_class.or(route_class),
     };
-    let answer = dispatcher
-        .dispatch(&request)
-        .await
-        .map_err(|err| match err {
-            DispatchError::NotEligible { .. } => {
-                ApiError::new(ErrorKind::DataClassRefused, err.to_string())
-            }
-            DispatchError::AllCooling { retry_after } => {
-                ApiError::new(ErrorKind::UpstreamUnavailable, err.to_string())
-                    .with_retry_after(retry_after.as_secs_f64().ceil().max(1.0) as u64)
-            }
-            DispatchError::Exhausted { .. } => {
-                ApiError::new(ErrorKind::UpstreamFailed, err.to_string())
-            }
-        })?;
+    let route_label = routing.route.clone().unwrap_or_else(|| "-".into());
+    let result = dispatcher.dispatch(&request).await;
+    let (status_label, backend_label) = match &result {
+        Ok(a) => (a.status.to_string(), config.backend(a.backend).name.clone()),
+        Err(DispatchError::NotEligible { .. }) => ("403".into(), "-".into()),
+        Err(DispatchError::AllCooling { .. }) => ("503".into(), "-".into()),
+        Err(DispatchError::Exhausted { .. }) => ("502".into(), "-".into()),
+    };
+    state.metrics.add(
+        "semroute_requests_total",
+        &[
+            ("route", &route_label),
+            ("backend", &backend_label),
+            ("status", &status_label),
+        ],
+        1.0,
+    );
+    let answer = result.map_err(|err| match err {
+        DispatchError::NotEligible { .. } => {
+            ApiError::new(ErrorKind::DataClassRefused, err.to_string())
+        }
+        DispatchError::AllCooling { retry_after } => {
+            ApiError::new(ErrorKind::UpstreamUnavailable, err.to_string())
+                .with_retry_after(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+        }
+        DispatchError::Exhausted { .. } => {
+            ApiError::new(ErrorKind::UpstreamFailed, err.to_string())
+        }
+    })?;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let body = match answer.body {
         AnswerBody::Full(bytes) => Body::from(bytes),
@@ -159,8 +173,12 @@ async fn resolve(
             )
         })?;
     let engine = state.engine()?;
+    let started = std::time::Instant::now();
     let embedding = engine.worker.embed(text.clone()).await?;
     let c = engine.router.classify(&text, &embedding, None);
+    state
+        .metrics
+        .observe("semroute_classification_seconds", &[], started.elapsed());
     let route = c
         .route
         .clone()
@@ -199,4 +217,12 @@ pub async fn models(State(state): State<AppState>) -> impl IntoResponse {
     );
     data.extend(config.backends.iter().map(|b| entry(&b.name, "backend")));
     Json(json!({"object": "list", "data": data}))
+}
+
+/// `GET /metrics`: Prometheus' text format.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }

@@ -10,6 +10,7 @@ pub use classify::{ClassifyRequest, Message};
 
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
+use crate::dispatch::metrics::Metrics;
 use crate::embed::EmbedWorker;
 use crate::error::{ApiError, ErrorKind};
 use crate::router::Router as RouteIndex;
@@ -34,16 +35,18 @@ pub struct AppState {
     engine: Arc<OnceLock<Engine>>,
     /// Present when the config defines backends.
     dispatcher: Option<Arc<Dispatcher>>,
+    metrics: Arc<Metrics>,
     body_limit: usize,
 }
 
 impl AppState {
     /// A state that answers `/healthz` and `/routes` at once and the rest after `set_ready`.
     pub fn new(config: Arc<Config>, body_limit: usize) -> AppState {
+        let metrics = Arc::new(Metrics::default());
         let dispatcher = if config.backends.is_empty() {
             None
         } else {
-            match Dispatcher::new(config.clone()) {
+            match Dispatcher::new(config.clone(), metrics.clone()) {
                 Ok(d) => Some(Arc::new(d)),
                 Err(err) => {
                     tracing::error!(error = %err, "cannot start the HTTP client for the backends");
@@ -55,6 +58,7 @@ impl AppState {
             config,
             engine: Arc::new(OnceLock::new()),
             dispatcher,
+            metrics,
             body_limit,
         }
     }
@@ -91,6 +95,7 @@ pub fn app(state: AppState) -> Router {
         .route("/classify", post(classify::classify))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(chat::models))
+        .route("/metrics", get(chat::metrics))
         .route("/routes", get(health::routes))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -104,7 +109,7 @@ pub fn app(state: AppState) -> Router {
 async fn not_found() -> ApiError {
     ApiError::new(
         ErrorKind::NotFound,
-        "no such endpoint; see POST /classify, POST /v1/chat/completions, GET /v1/models, /routes, /healthz, /readyz",
+        "no such endpoint; see POST /classify, POST /v1/chat/completions, GET /v1/models, /metrics, /routes, /healthz, /readyz",
     )
 }
 
