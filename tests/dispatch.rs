@@ -790,3 +790,127 @@ async fn with_every_target_cooling_down_for_long_the_answer_is_503_with_retry_af
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn active_health_checks_take_a_down_backend_out_and_bring_it_back() {
+    let a = Upstream::start("a", Behaviour::Reset).await;
+    let b = Upstream::start("b", Behaviour::Answer).await;
+    let s = state(
+        &(backend("a", &a.url, "    health_check_interval_ms: 100\n") + &backend("b", &b.url, "")),
+        "a, b",
+        "",
+    );
+    // Three failed checks open the breaker before any request arrives.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let reply = chat(&s, request("chat")).await;
+    assert_eq!(reply.header("x-semroute-backend"), "b");
+    assert_eq!(reply.header("x-semroute-attempts"), "1");
+    assert_eq!(a.count(), 0, "requests never reached the down backend");
+    // It recovers: the next passing check lets it back in, well before the cooldown's end.
+    a.set(Behaviour::Answer);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        chat(&s, request("chat")).await.header("x-semroute-backend"),
+        "a"
+    );
+}
+
+async fn concurrently(s: &AppState, n: usize) -> Vec<String> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                chat(&s, request("chat"))
+                    .await
+                    .header("x-semroute-backend")
+                    .to_string()
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn least_busy_spreads_concurrent_requests() {
+    let slow = Behaviour::Slow(Duration::from_millis(200));
+    let a = Upstream::start("a", slow.clone()).await;
+    let b = Upstream::start("b", slow).await;
+    let s = state(
+        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+        "a, b",
+        "    strategy: least_busy\n",
+    );
+    concurrently(&s, 6).await;
+    assert_eq!((a.count(), b.count()), (3, 3));
+}
+
+#[tokio::test]
+async fn latency_prefers_the_faster_backend() {
+    let a = Upstream::start("a", Behaviour::Slow(Duration::from_millis(60))).await;
+    let b = Upstream::start("b", Behaviour::Answer).await;
+    let s = state(
+        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+        "a, b",
+        "    strategy: latency\n",
+    );
+    // One request to each (by name) seeds the latency estimates.
+    chat(&s, request("a")).await;
+    chat(&s, request("b")).await;
+    for _ in 0..10 {
+        assert_eq!(
+            chat(&s, request("chat")).await.header("x-semroute-backend"),
+            "b"
+        );
+    }
+    assert_eq!(a.count(), 1);
+}
+
+#[tokio::test]
+async fn max_concurrent_sends_the_overflow_to_the_next_target() {
+    let a = Upstream::start("a", Behaviour::Slow(Duration::from_millis(200))).await;
+    let b = Upstream::start("b", Behaviour::Answer).await;
+    let s = state(
+        &(backend("a", &a.url, "    max_concurrent: 1\n") + &backend("b", &b.url, "")),
+        "a, b",
+        "",
+    );
+    let answered = concurrently(&s, 3).await;
+    assert_eq!(
+        answered.iter().filter(|b| *b == "a").count(),
+        1,
+        "{answered:?}"
+    );
+    assert_eq!((a.count(), b.count()), (1, 2));
+}
+
+#[tokio::test]
+async fn a_flapping_primary_never_costs_a_request() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    let b = Upstream::start("b", Behaviour::Answer).await;
+    a.script([
+        Behaviour::status(503),
+        Behaviour::Answer,
+        Behaviour::Reset,
+        Behaviour::Answer,
+        Behaviour::status(502),
+        Behaviour::status(502),
+        Behaviour::Answer,
+    ]);
+    let s = state(
+        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+        "a, b",
+        "",
+    );
+    let mut served = Vec::new();
+    for _ in 0..5 {
+        let reply = chat(&s, request("chat")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        served.push(reply.header("x-semroute-backend").to_string());
+    }
+    // 503 then ok (retry), reset then ok (retry), 502 twice (fall over to b), ok, ok.
+    assert_eq!(served, ["a", "a", "b", "a", "a"]);
+}

@@ -201,6 +201,50 @@ impl Dispatcher {
         );
     }
 
+    /// Starts the active health checks (`GET {url}/models` every `health_check_interval_ms`)
+    /// of the backends that ask for them. Each task stops when the dispatcher is dropped.
+    pub fn start_health_checks(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        for (i, backend) in self.config.backends.iter().enumerate() {
+            let Some(interval) = backend.health_check_interval else {
+                continue;
+            };
+            let weak = Arc::downgrade(self);
+            runtime.spawn(async move {
+                let mut ticks = tokio::time::interval(interval);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    let Some(dispatcher) = weak.upgrade() else {
+                        return;
+                    };
+                    dispatcher.check_health(BackendId(i)).await;
+                }
+            });
+        }
+    }
+
+    async fn check_health(&self, b: BackendId) {
+        let backend = self.config.backend(b);
+        let mut request = self.clients[b.0]
+            .get(format!("{}/models", backend.url))
+            .timeout(backend.first_byte_timeout);
+        if let Some(key) = &self.keys[b.0] {
+            request = request.bearer_auth(key);
+        }
+        let healthy = matches!(request.send().await, Ok(r) if r.status().is_success());
+        let health = &self.health[b.0];
+        if healthy {
+            // Back in at once, without waiting for a probe request.
+            if health.availability(Instant::now()) != Availability::Ready {
+                tracing::info!(backend = %backend.name, "health check passed; backend back in");
+            }
+            health.succeeded();
+        } else if health.failed(Instant::now()) {
+            tracing::warn!(backend = %backend.name, "health check failed; backend cooling down");
+            self.cooled(b);
+        }
+    }
+
     /// Whether `b` may be tried now: not cooling down and not at its concurrency limit.
     fn usable(&self, b: BackendId, now: Instant) -> bool {
         let full = self

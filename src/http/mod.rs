@@ -47,7 +47,14 @@ impl AppState {
             None
         } else {
             match Dispatcher::new(config.clone(), metrics.clone()) {
-                Ok(d) => Some(Arc::new(d)),
+                Ok(d) => {
+                    let d = Arc::new(d);
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(runtime) => d.start_health_checks(&runtime),
+                        Err(_) => tracing::warn!("no async runtime: active health checks are off"),
+                    }
+                    Some(d)
+                }
                 Err(err) => {
                     tracing::error!(error = %err, "cannot start the HTTP client for the backends");
                     None

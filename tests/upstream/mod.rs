@@ -34,6 +34,8 @@ pub enum Behaviour {
         pieces: Vec<&'static str>,
         end: StreamEnd,
     },
+    /// Answer after this long.
+    Slow(Duration),
     /// Stream `text` in 4-character pieces. A request ending in an assistant message (a
     /// prefill) gets the rest of `text` after it when `prefill` is true, a 400 otherwise.
     Text { text: &'static str, prefill: bool },
@@ -164,6 +166,28 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
         }
         data.extend_from_slice(&buf[..n]);
     }
+    if head.starts_with("GET ") {
+        // Health checks: `GET /v1/models` answers as the fallback behaviour would (200 for
+        // Answer, the status for Status, nothing for Silent ...), and is not recorded.
+        let fallback = shared.fallback.lock().unwrap().clone();
+        return match fallback {
+            Behaviour::Answer | Behaviour::Slow(_) | Behaviour::Text { .. } => {
+                respond(
+                    &mut socket,
+                    200,
+                    &[],
+                    "{\"object\": \"list\", \"data\": []}",
+                )
+                .await
+            }
+            Behaviour::Status { status, .. } => respond(&mut socket, status, &[], "{}").await,
+            _ => {
+                #[allow(deprecated)]
+                socket.set_linger(Some(Duration::ZERO))?;
+                Ok(())
+            }
+        };
+    }
     let body: Value = serde_json::from_slice(&data[head_end..]).unwrap_or(Value::Null);
     let stream = body["stream"] == json!(true);
     let model = body["model"].as_str().unwrap_or("").to_string();
@@ -187,7 +211,10 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
             )
             .await
         }
-        Behaviour::Answer => {
+        Behaviour::Answer | Behaviour::Slow(_) => {
+            if let Behaviour::Slow(delay) = behaviour {
+                tokio::time::sleep(delay).await;
+            }
             let reply = json!({
                 "id": "chatcmpl-1",
                 "object": "chat.completion",
