@@ -32,8 +32,13 @@ fn worker() -> EmbedWorker {
 
 /// Backend `name` at `url`, with short timeouts so failures show quickly.
 fn backend(name: &str, url: &str, extra: &str) -> String {
+    let idle = if extra.contains("stream_idle_timeout_ms") {
+        ""
+    } else {
+        "    stream_idle_timeout_ms: 400\n"
+    };
     format!(
-        "  - name: {name}\n    url: {url}\n    model: {name}-model\n    first_byte_timeout_ms: 400\n    stream_idle_timeout_ms: 400\n{extra}"
+        "  - name: {name}\n    url: {url}\n    model: {name}-model\n    first_byte_timeout_ms: 400\n{idle}{extra}"
     )
 }
 
@@ -686,7 +691,7 @@ async fn a_client_that_goes_away_cancels_the_upstream_stream() {
         pieces: vec!["Hello"],
         end: StreamEnd::Stall,
     }]);
-    let s = state(&backend("a", &a.url, ""), "a", "");
+    let s = state(&backend("a", &a.url, "    stream_idle_timeout_ms: 10000\n"), "a", "");
     let streaming = Request::post("/v1/chat/completions")
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(stream_request("chat").to_string()))
@@ -698,17 +703,13 @@ async fn a_client_that_goes_away_cancels_the_upstream_stream() {
     assert_eq!(a.closed(), 0);
     drop(body);
     // The relay sees the client go and drops the upstream request: the mock's connection
-    // closes well before the 400 ms idle timeout could have ended it.
+    // closes long before the 10 s idle timeout could have ended it.
     let started = Instant::now();
     while a.closed() == 0 && started.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(a.closed(), 1);
-    assert!(
-        started.elapsed() < Duration::from_millis(300),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 }
 
 async fn metrics_text(s: &AppState) -> String {
@@ -779,10 +780,7 @@ async fn with_every_target_cooling_down_for_long_the_answer_is_503_with_retry_af
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     let retry: u64 = reply.header("retry-after").parse().unwrap();
     assert!((110..=150).contains(&retry), "{retry}");
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "answered at once"
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "answered at once");
     assert_eq!(a.count(), 1, "the cooling backend was not asked again");
     let text = metrics_text(&s).await;
     assert!(
