@@ -206,7 +206,7 @@ fn serve_answers_over_http_and_shuts_down_on_sigterm() {
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let client = reqwest::Client::new();
+        let client = common::http_client();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let ready = client

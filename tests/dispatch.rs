@@ -691,7 +691,11 @@ async fn a_client_that_goes_away_cancels_the_upstream_stream() {
         pieces: vec!["Hello"],
         end: StreamEnd::Stall,
     }]);
-    let s = state(&backend("a", &a.url, "    stream_idle_timeout_ms: 10000\n"), "a", "");
+    let s = state(
+        &backend("a", &a.url, "    stream_idle_timeout_ms: 10000\n"),
+        "a",
+        "",
+    );
     let streaming = Request::post("/v1/chat/completions")
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(stream_request("chat").to_string()))
@@ -709,7 +713,11 @@ async fn a_client_that_goes_away_cancels_the_upstream_stream() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(a.closed(), 1);
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 async fn metrics_text(s: &AppState) -> String {
@@ -780,7 +788,10 @@ async fn with_every_target_cooling_down_for_long_the_answer_is_503_with_retry_af
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     let retry: u64 = reply.header("retry-after").parse().unwrap();
     assert!((110..=150).contains(&retry), "{retry}");
-    assert!(started.elapsed() < Duration::from_secs(2), "answered at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered at once"
+    );
     assert_eq!(a.count(), 1, "the cooling backend was not asked again");
     let text = metrics_text(&s).await;
     assert!(

@@ -234,7 +234,7 @@ async fn the_same_app_over_a_real_socket() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(axum::serve(listener, app(ready_state())).into_future());
-    let client = reqwest::Client::new();
+    let client = common::http_client();
     let response = client
         .post(format!("http://{addr}/classify"))
         .json(&json!({"text": "my order hasn't arrived, where is it?"}))

@@ -88,3 +88,10 @@ pub fn route_of(router: &Router, text: &str) -> Option<String> {
     let embedding = encoder().embed_one(text).expect("embed");
     router.classify(text, &embedding, None).route
 }
+
+/// An HTTP client for talking to a served semroute (reqwest is built without a default TLS
+/// provider; semroute installs ring's, and so do the tests before building a client).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
