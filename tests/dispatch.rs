@@ -923,3 +923,33 @@ async fn a_flapping_primary_never_costs_a_request() {
     // 503 then ok (retry), reset then ok (retry), 502 twice (fall over to b), ok, ok.
     assert_eq!(served, ["a", "a", "b", "a", "a"]);
 }
+
+#[tokio::test]
+async fn with_every_target_cooling_down_briefly_the_request_waits_for_the_first_to_recover() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    a.script([Behaviour::Status {
+        status: 429,
+        retry_after: Some("1".into()),
+        code: "rate_limit_exceeded",
+    }]);
+    // max_retry_after_ms 0: even a 1 s Retry-After cools the backend down instead of being
+    // waited out within the request.
+    let s = state(
+        &backend("a", &a.url, "    max_retry_after_ms: 0\n"),
+        "a",
+        "",
+    );
+    assert_eq!(
+        chat(&s, request("chat")).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    let started = Instant::now();
+    let reply = chat(&s, request("chat")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(a.count(), 2);
+}
