@@ -953,3 +953,26 @@ async fn with_every_target_cooling_down_briefly_the_request_waits_for_the_first_
     );
     assert_eq!(a.count(), 2);
 }
+
+#[tokio::test]
+async fn a_target_that_ignores_the_prefill_and_starts_over_is_not_relayed_twice() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    let b = Upstream::start(
+        "b",
+        Behaviour::TextIgnoringPrefill("Hello world, all is well. And more."),
+    )
+    .await;
+    a.script([Behaviour::Stream {
+        pieces: vec!["Hello", " wor"],
+        end: StreamEnd::Cut,
+    }]);
+    let s = state(
+        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+        "a, b",
+        "",
+    );
+    let seen = events(&chat(&s, stream_request("chat")).await.body);
+    assert_eq!(content(&seen), "Hello world, all is well. And more.");
+    assert_eq!(seen.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(b.count(), 1);
+}

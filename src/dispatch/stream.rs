@@ -16,6 +16,7 @@ use super::{ChatRequest, Dispatcher};
 use crate::config::{Backend, BackendId};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +24,9 @@ use tokio::sync::mpsc;
 
 /// Events buffered between the upstream and the client.
 const RELAY_BUFFER: usize = 64;
+/// Bytes of a prefilled continuation's opening compared with the relayed text to tell a
+/// continuation from a target that ignored the prefill and started over.
+const SNIFF_BYTES: usize = 24;
 
 /// One parsed event.
 #[derive(Debug, PartialEq)]
@@ -165,16 +169,53 @@ async fn run(opened: Opened, ctx: Continuation, tx: mpsc::Sender<Bytes>) {
     } = opened;
     let mut backend = ctx.backend;
     let mut rest = ctx.rest.clone();
-    let mut pending = first;
+    let mut pending: VecDeque<Event> = first.into();
     // The assistant text relayed so far, and (after a restart without prefill) the part of
     // it the new answer must repeat before anything new is relayed.
     let mut relayed = String::new();
     let mut expect: Option<String> = None;
+    // After a prefilled continuation: events held back until the answer's opening shows
+    // whether the target continued the text or (ignoring the prefill) started over.
+    let mut sniff: Option<Vec<(String, String)>> = None;
     let mut finished = false;
     let mut original_failure: Option<String> = None;
     loop {
         let name = ctx.dispatcher.config.backend(backend).name.clone();
-        for event in pending.drain(..) {
+        while let Some(event) = pending.pop_front() {
+            if let Some(held) = &mut sniff {
+                let seen: String = held.iter().map(|(_, t)| t.as_str()).collect();
+                let decided = match &event {
+                    Event::Data(data) => {
+                        let text = delta(data).0.unwrap_or_default();
+                        held.push((data.clone(), text));
+                        let seen: String = held.iter().map(|(_, t)| t.as_str()).collect();
+                        (seen.len() >= relayed.len().min(SNIFF_BYTES)).then_some(seen)
+                    }
+                    Event::Done => Some(seen),
+                    _ => None,
+                };
+                let Some(seen) = decided else {
+                    continue;
+                };
+                let held = sniff.take().unwrap_or_default();
+                let restarted = !seen.is_empty()
+                    && (relayed.starts_with(seen.as_str()) || seen.starts_with(relayed.as_str()));
+                if restarted {
+                    tracing::info!(backend = %name, "the target ignored the prefill and started over; relaying only what is new");
+                    expect = Some(relayed.clone()).filter(|e| !e.is_empty());
+                }
+                // Replay the held events (the current one included) through the normal path.
+                let mut replay: VecDeque<Event> = held
+                    .into_iter()
+                    .map(|(data, _)| Event::Data(data))
+                    .collect();
+                if matches!(event, Event::Done) {
+                    replay.push_back(Event::Done);
+                }
+                replay.extend(pending.drain(..));
+                pending = replay;
+                continue;
+            }
             let data = match event {
                 Event::Data(data) => data,
                 Event::Done => {
@@ -244,7 +285,7 @@ async fn run(opened: Opened, ctx: Continuation, tx: mpsc::Sender<Bytes>) {
         let broken = match next {
             Ok(Some(Ok(chunk))) => {
                 buffer.extend(chunk.iter().filter(|&&b| b != b'\r'));
-                pending = take_events(&mut buffer);
+                pending = take_events(&mut buffer).into();
                 continue;
             }
             // A clean end after the answer finished but without [DONE]: finish it promptly.
@@ -271,9 +312,10 @@ async fn run(opened: Opened, ctx: Continuation, tx: mpsc::Sender<Bytes>) {
                 backend = next;
                 upstream = opened.upstream;
                 buffer = opened.buffer;
-                pending = opened.first;
+                pending = opened.first.into();
                 finished = false;
                 expect = restarted.then(|| relayed.clone()).filter(|e| !e.is_empty());
+                sniff = (!restarted && !relayed.is_empty()).then(Vec::new);
             }
             None => {
                 let _ = tx.send(error_event(&failure)).await;

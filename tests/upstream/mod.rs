@@ -39,6 +39,9 @@ pub enum Behaviour {
     /// Stream `text` in 4-character pieces. A request ending in an assistant message (a
     /// prefill) gets the rest of `text` after it when `prefill` is true, a 400 otherwise.
     Text { text: &'static str, prefill: bool },
+    /// Stream `text` from its start whatever the request holds (a provider that accepts a
+    /// prefill but answers from scratch).
+    TextIgnoringPrefill(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -257,6 +260,12 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
         }
         Behaviour::Stream { pieces, end } => {
             stream_pieces(&mut socket, &shared, &model, &pieces, end).await
+        }
+        Behaviour::TextIgnoringPrefill(text) => {
+            let chars: Vec<char> = text.chars().collect();
+            let pieces: Vec<String> = chars.chunks(4).map(|c| c.iter().collect()).collect();
+            let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+            stream_pieces(&mut socket, &shared, &model, &pieces, StreamEnd::Done).await
         }
         Behaviour::Text { text, prefill } => {
             let last = body["messages"].as_array().and_then(|m| m.last()).cloned();
