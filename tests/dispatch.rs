@@ -976,3 +976,20 @@ async fn a_target_that_ignores_the_prefill_and_starts_over_is_not_relayed_twice(
     assert_eq!(seen.last().map(String::as_str), Some("[DONE]"));
     assert_eq!(b.count(), 1);
 }
+
+#[tokio::test]
+async fn a_long_conversation_is_proxied_past_the_classify_body_limit() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    let s = state(&backend("a", &a.url, ""), "a", "");
+    let mut body = request("chat");
+    body["messages"][0]["content"] = json!("x".repeat(3 * 1024 * 1024));
+    let reply = chat(&s, body).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        a.received()[0].body["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .len(),
+        3 * 1024 * 1024
+    );
+}

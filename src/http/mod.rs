@@ -22,6 +22,9 @@ use tower_http::trace::TraceLayer;
 
 /// Request bodies larger than this are refused with 413 unless configured otherwise.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// `/v1/chat/completions` carries whole conversations (and images): its limit is at least
+/// this, whatever `--max-body-bytes` says for the rest.
+pub const CHAT_BODY_LIMIT: usize = 32 * 1024 * 1024;
 
 /// What a handler needs once the service is ready.
 pub struct Engine {
@@ -100,7 +103,11 @@ pub fn app(state: AppState) -> Router {
     let body_limit = state.body_limit;
     Router::new()
         .route("/classify", post(classify::classify))
-        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route(
+            "/v1/chat/completions",
+            post(chat::chat_completions)
+                .layer(DefaultBodyLimit::max(body_limit.max(CHAT_BODY_LIMIT))),
+        )
         .route("/v1/models", get(chat::models))
         .route("/metrics", get(chat::metrics))
         .route("/routes", get(health::routes))
