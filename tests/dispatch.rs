@@ -52,6 +52,18 @@ fn state(backends: &str, targets: &str, route_extra: &str) -> AppState {
     AppState::ready(Arc::new(router), worker(), DEFAULT_BODY_LIMIT)
 }
 
+/// Two upstreams, `a` then `b`, as both routes' targets, with the default settings.
+async fn pair(a: Behaviour, b: Behaviour) -> (Upstream, Upstream, AppState) {
+    let a = Upstream::start("a", a).await;
+    let b = Upstream::start("b", b).await;
+    let s = state(
+        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
+        "a, b",
+        "",
+    );
+    (a, b, s)
+}
+
 struct Reply {
     status: StatusCode,
     headers: axum::http::HeaderMap,
@@ -101,13 +113,7 @@ fn request(model: &str) -> Value {
 
 #[tokio::test]
 async fn the_first_target_answers_with_the_body_passed_through_and_the_headers_set() {
-    let a = Upstream::start("a", Behaviour::Answer).await;
-    let b = Upstream::start("b", Behaviour::Answer).await;
-    let s = state(
-        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
-        "a, b",
-        "",
-    );
+    let (a, b, s) = pair(Behaviour::Answer, Behaviour::Answer).await;
     let reply = chat(&s, request("chat")).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(reply.header("x-semroute-route"), "chat");
@@ -143,14 +149,8 @@ async fn auto_classifies_the_last_user_message() {
 
 #[tokio::test]
 async fn a_500_once_is_retried_on_the_same_backend() {
-    let a = Upstream::start("a", Behaviour::Answer).await;
-    let b = Upstream::start("b", Behaviour::Answer).await;
+    let (a, b, s) = pair(Behaviour::Answer, Behaviour::Answer).await;
     a.script([Behaviour::status(500)]);
-    let s = state(
-        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
-        "a, b",
-        "",
-    );
     let reply = chat(&s, request("chat")).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.header("x-semroute-backend"), "a");
@@ -161,13 +161,7 @@ async fn a_500_once_is_retried_on_the_same_backend() {
 #[tokio::test]
 async fn a_persistent_503_or_a_reset_falls_over_after_one_retry() {
     for failure in [Behaviour::status(503), Behaviour::Reset] {
-        let a = Upstream::start("a", failure).await;
-        let b = Upstream::start("b", Behaviour::Answer).await;
-        let s = state(
-            &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
-            "a, b",
-            "",
-        );
+        let (a, b, s) = pair(failure, Behaviour::Answer).await;
         let reply = chat(&s, request("chat")).await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
         assert_eq!(reply.header("x-semroute-backend"), "b");
@@ -179,18 +173,12 @@ async fn a_persistent_503_or_a_reset_falls_over_after_one_retry() {
 
 #[tokio::test]
 async fn a_429_with_a_short_retry_after_is_waited_out_on_the_same_backend() {
-    let a = Upstream::start("a", Behaviour::Answer).await;
-    let b = Upstream::start("b", Behaviour::Answer).await;
+    let (a, b, s) = pair(Behaviour::Answer, Behaviour::Answer).await;
     a.script([Behaviour::Status {
         status: 429,
         retry_after: Some("1".into()),
         code: "rate_limit_exceeded",
     }]);
-    let s = state(
-        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
-        "a, b",
-        "",
-    );
     let started = Instant::now();
     let reply = chat(&s, request("chat")).await;
     assert_eq!(reply.header("x-semroute-backend"), "a");
@@ -204,18 +192,12 @@ async fn a_429_with_a_short_retry_after_is_waited_out_on_the_same_backend() {
 #[tokio::test]
 async fn a_429_with_a_long_or_no_retry_after_cools_the_backend_down() {
     for retry_after in [Some("120".to_string()), None] {
-        let a = Upstream::start("a", Behaviour::Answer).await;
-        let b = Upstream::start("b", Behaviour::Answer).await;
+        let (a, _b, s) = pair(Behaviour::Answer, Behaviour::Answer).await;
         a.script([Behaviour::Status {
             status: 429,
             retry_after: retry_after.clone(),
             code: "rate_limit_exceeded",
         }]);
-        let s = state(
-            &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
-            "a, b",
-            "",
-        );
         let started = Instant::now();
         let reply = chat(&s, request("chat")).await;
         assert_eq!(reply.header("x-semroute-backend"), "b", "{retry_after:?}");
@@ -234,13 +216,7 @@ async fn a_429_with_a_long_or_no_retry_after_cools_the_backend_down() {
 #[tokio::test]
 async fn a_silent_backend_is_left_after_the_first_byte_timeout_without_a_retry() {
     for silence in [Behaviour::Silent] {
-        let a = Upstream::start("a", silence).await;
-        let b = Upstream::start("b", Behaviour::Answer).await;
-        let s = state(
-            &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
-            "a, b",
-            "",
-        );
+        let (a, _b, s) = pair(silence, Behaviour::Answer).await;
         let started = Instant::now();
         let reply = chat(&s, request("chat")).await;
         assert_eq!(reply.header("x-semroute-backend"), "b");
@@ -251,13 +227,7 @@ async fn a_silent_backend_is_left_after_the_first_byte_timeout_without_a_retry()
 
 #[tokio::test]
 async fn context_length_falls_over_and_a_content_policy_400_goes_back_to_the_client() {
-    let a = Upstream::start("a", Behaviour::Answer).await;
-    let b = Upstream::start("b", Behaviour::Answer).await;
-    let s = state(
-        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
-        "a, b",
-        "",
-    );
+    let (a, b, s) = pair(Behaviour::Answer, Behaviour::Answer).await;
     a.script([Behaviour::Status {
         status: 400,
         retry_after: None,
@@ -289,13 +259,7 @@ async fn context_length_falls_over_and_a_content_policy_400_goes_back_to_the_cli
 
 #[tokio::test]
 async fn when_every_target_fails_the_client_gets_one_combined_error() {
-    let a = Upstream::start("a", Behaviour::status(503)).await;
-    let b = Upstream::start("b", Behaviour::Reset).await;
-    let s = state(
-        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
-        "a, b",
-        "",
-    );
+    let (_a, _b, s) = pair(Behaviour::status(503), Behaviour::Reset).await;
     let reply = chat(&s, request("chat")).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     let message = reply.json()["error"]["message"]
@@ -351,13 +315,7 @@ async fn a_route_data_class_applies_when_the_request_has_no_header() {
 
 #[tokio::test]
 async fn a_backend_that_keeps_failing_cools_down_and_is_probed_back_in() {
-    let a = Upstream::start("a", Behaviour::Reset).await;
-    let b = Upstream::start("b", Behaviour::Answer).await;
-    let s = state(
-        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
-        "a, b",
-        "",
-    );
+    let (a, _b, s) = pair(Behaviour::Reset, Behaviour::Answer).await;
     for _ in 0..3 {
         assert_eq!(
             chat(&s, request("chat")).await.header("x-semroute-backend"),
@@ -407,13 +365,7 @@ async fn round_robin_spreads_requests_by_weight() {
 
 #[tokio::test]
 async fn a_backend_named_as_model_is_used_directly_and_unknown_models_are_refused() {
-    let a = Upstream::start("a", Behaviour::Answer).await;
-    let b = Upstream::start("b", Behaviour::Answer).await;
-    let s = state(
-        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
-        "a, b",
-        "",
-    );
+    let (_a, _b, s) = pair(Behaviour::Answer, Behaviour::Answer).await;
     let reply = chat(&s, request("b")).await;
     assert_eq!(reply.header("x-semroute-backend"), "b");
     assert_eq!(reply.header("x-semroute-route"), "-");
@@ -529,13 +481,7 @@ async fn a_malformed_event_is_skipped_and_a_missing_done_is_supplied() {
 
 #[tokio::test]
 async fn a_stream_silent_before_its_first_event_falls_over() {
-    let a = Upstream::start("a", Behaviour::HeadersThenStall).await;
-    let b = Upstream::start("b", Behaviour::Answer).await;
-    let s = state(
-        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
-        "a, b",
-        "",
-    );
+    let (_a, _b, s) = pair(Behaviour::HeadersThenStall, Behaviour::Answer).await;
     let reply = chat(&s, stream_request("chat")).await;
     assert_eq!(reply.header("x-semroute-backend"), "b");
     assert_eq!(content(&events(&reply.body)), "Hello from b");
@@ -543,13 +489,7 @@ async fn a_stream_silent_before_its_first_event_falls_over() {
 
 #[tokio::test]
 async fn hundreds_of_concurrent_requests_with_a_failing_primary_are_all_answered() {
-    let a = Upstream::start("a", Behaviour::status(503)).await;
-    let b = Upstream::start("b", Behaviour::Answer).await;
-    let s = state(
-        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
-        "a, b",
-        "",
-    );
+    let (_a, b, s) = pair(Behaviour::status(503), Behaviour::Answer).await;
     let tasks: Vec<_> = (0..300)
         .map(|_| {
             let s = s.clone();
@@ -573,9 +513,8 @@ fn stream_error(events: &[String]) -> Option<Value> {
 #[tokio::test]
 async fn a_stream_cut_mid_answer_is_continued_on_the_next_target_with_a_prefill() {
     for end in [StreamEnd::Cut, StreamEnd::Stall] {
-        let a = Upstream::start("a", Behaviour::Answer).await;
-        let b = Upstream::start(
-            "b",
+        let (a, b, s) = pair(
+            Behaviour::Answer,
             Behaviour::Text {
                 text: "Hello world, all is well.",
                 prefill: true,
@@ -586,11 +525,6 @@ async fn a_stream_cut_mid_answer_is_continued_on_the_next_target_with_a_prefill(
             pieces: vec!["Hello", " wor"],
             end,
         }]);
-        let s = state(
-            &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
-            "a, b",
-            "",
-        );
         let reply = chat(&s, stream_request("chat")).await;
         let seen = events(&reply.body);
         assert_eq!(
@@ -612,9 +546,8 @@ async fn a_stream_cut_mid_answer_is_continued_on_the_next_target_with_a_prefill(
 
 #[tokio::test]
 async fn a_target_that_rejects_the_prefill_restarts_and_only_the_new_part_is_relayed() {
-    let a = Upstream::start("a", Behaviour::Answer).await;
-    let b = Upstream::start(
-        "b",
+    let (a, b, s) = pair(
+        Behaviour::Answer,
         Behaviour::Text {
             text: "Hello world, all is well.",
             prefill: false,
@@ -625,11 +558,6 @@ async fn a_target_that_rejects_the_prefill_restarts_and_only_the_new_part_is_rel
         pieces: vec!["Hello", " wor"],
         end: StreamEnd::Cut,
     }]);
-    let s = state(
-        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
-        "a, b",
-        "",
-    );
     let seen = events(&chat(&s, stream_request("chat")).await.body);
     assert_eq!(content(&seen), "Hello world, all is well.");
     assert_eq!(seen.last().map(String::as_str), Some("[DONE]"));
@@ -638,25 +566,19 @@ async fn a_target_that_rejects_the_prefill_restarts_and_only_the_new_part_is_rel
 
 #[tokio::test]
 async fn a_stream_nothing_can_continue_ends_with_the_original_failure_not_a_clean_end() {
-    let a = Upstream::start("a", Behaviour::Answer).await;
-    // b restarts with a different answer: continuing would garble the text.
-    let b = Upstream::start(
-        "b",
+    let (a, _b, s) = pair(
+        Behaviour::Answer,
         Behaviour::Text {
             text: "Goodbye.",
             prefill: false,
         },
     )
     .await;
+    // b restarts with a different answer: continuing would garble the text.
     a.script([Behaviour::Stream {
         pieces: vec!["Hello", " wor"],
         end: StreamEnd::Cut,
     }]);
-    let s = state(
-        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
-        "a, b",
-        "",
-    );
     let seen = events(&chat(&s, stream_request("chat")).await.body);
     assert_eq!(content(&seen), "Hello wor");
     let error = stream_error(&seen).expect("an error event");
@@ -898,8 +820,7 @@ async fn max_concurrent_sends_the_overflow_to_the_next_target() {
 
 #[tokio::test]
 async fn a_flapping_primary_never_costs_a_request() {
-    let a = Upstream::start("a", Behaviour::Answer).await;
-    let b = Upstream::start("b", Behaviour::Answer).await;
+    let (a, _b, s) = pair(Behaviour::Answer, Behaviour::Answer).await;
     a.script([
         Behaviour::status(503),
         Behaviour::Answer,
@@ -909,11 +830,6 @@ async fn a_flapping_primary_never_costs_a_request() {
         Behaviour::status(502),
         Behaviour::Answer,
     ]);
-    let s = state(
-        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
-        "a, b",
-        "",
-    );
     let mut served = Vec::new();
     for _ in 0..5 {
         let reply = chat(&s, request("chat")).await;
@@ -956,9 +872,8 @@ async fn with_every_target_cooling_down_briefly_the_request_waits_for_the_first_
 
 #[tokio::test]
 async fn a_target_that_ignores_the_prefill_and_starts_over_is_not_relayed_twice() {
-    let a = Upstream::start("a", Behaviour::Answer).await;
-    let b = Upstream::start(
-        "b",
+    let (a, b, s) = pair(
+        Behaviour::Answer,
         Behaviour::TextIgnoringPrefill("Hello world, all is well. And more."),
     )
     .await;
@@ -966,11 +881,6 @@ async fn a_target_that_ignores_the_prefill_and_starts_over_is_not_relayed_twice(
         pieces: vec!["Hello", " wor"],
         end: StreamEnd::Cut,
     }]);
-    let s = state(
-        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
-        "a, b",
-        "",
-    );
     let seen = events(&chat(&s, stream_request("chat")).await.body);
     assert_eq!(content(&seen), "Hello world, all is well. And more.");
     assert_eq!(seen.last().map(String::as_str), Some("[DONE]"));
