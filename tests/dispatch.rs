@@ -75,6 +75,14 @@ impl Reply {
         serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
     }
 
+    fn error_message(&self) -> String {
+        let body = self.json();
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error message: {body}"))
+            .to_string()
+    }
+
     fn header(&self, name: &str) -> &str {
         self.headers
             .get(name)
@@ -262,10 +270,7 @@ async fn when_every_target_fails_the_client_gets_one_combined_error() {
     let (_a, _b, s) = pair(Behaviour::status(503), Behaviour::Reset).await;
     let reply = chat(&s, request("chat")).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
-    let message = reply.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let message = reply.error_message();
     assert!(
         message.contains("a: HTTP 503") && message.contains("b: connection failed"),
         "{message}"
@@ -289,12 +294,7 @@ async fn a_data_class_keeps_the_request_away_from_backends_that_do_not_list_it()
     assert_eq!(a.count(), 0, "the disallowed backend received nothing");
     let reply = chat_with(&s, request("chat"), Some("secret")).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
-    assert!(
-        reply.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("`secret`")
-    );
+    assert!(reply.error_message().contains("`secret`"));
     assert_eq!((a.count(), b.count()), (0, 2));
 }
 
@@ -371,10 +371,7 @@ async fn a_backend_named_as_model_is_used_directly_and_unknown_models_are_refuse
     assert_eq!(reply.header("x-semroute-route"), "-");
     let reply = chat(&s, request("gpt-9")).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
-    let message = reply.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let message = reply.error_message();
     assert!(
         message.contains("chat, code") && message.contains("a, b"),
         "{message}"

@@ -432,6 +432,13 @@ impl Dispatcher {
                 }
             }
         }
+        if attempts == 0 {
+            // Every target was taken by another request's probe: nothing failed, ask the
+            // client to come back shortly.
+            return Err(DispatchError::AllCooling {
+                retry_after: Duration::from_secs(1),
+            });
+        }
         Err(DispatchError::Exhausted { attempts: failures })
     }
 
