@@ -36,6 +36,8 @@ struct Breaker {
     probing: bool,
     /// How many times it has opened in a row (for the exponential backoff).
     opened: u32,
+    /// The cooldown is a provider's rate limit (a health check cannot lift it).
+    rate_limited: bool,
 }
 
 #[derive(Debug, Default)]
@@ -74,6 +76,17 @@ impl Health {
         }
     }
 
+    /// An active health check passed: lifts a failure cooldown at once, but not a rate
+    /// limit's (the models endpoint answering says nothing about the chat quota).
+    pub fn check_passed(&self, now: Instant) {
+        if let Ok(mut b) = self.breaker.lock() {
+            if b.rate_limited && b.until.is_some_and(|u| now < u) {
+                return;
+            }
+            *b = Breaker::default();
+        }
+    }
+
     /// Records a failure; returns whether the backend entered a cooldown.
     pub fn failed(&self, now: Instant) -> bool {
         let Ok(mut b) = self.breaker.lock() else {
@@ -99,6 +112,7 @@ impl Health {
                 .unwrap_or(DEFAULT_RATE_LIMIT_COOLDOWN)
                 .min(MAX_RATE_LIMIT_COOLDOWN);
             b.probing = false;
+            b.rate_limited = true;
             b.until = Some(b.until.map_or(now + wait, |u| u.max(now + wait)));
         }
     }
@@ -207,6 +221,21 @@ mod tests {
             other.availability(t),
             Availability::Cooling(t + DEFAULT_RATE_LIMIT_COOLDOWN)
         );
+    }
+
+    #[test]
+    fn a_passing_health_check_lifts_a_failure_cooldown_but_not_a_rate_limit() {
+        let t = Instant::now();
+        let failing = Health::default();
+        for _ in 0..FAILURES_TO_OPEN {
+            failing.failed(t);
+        }
+        failing.check_passed(t);
+        assert_eq!(failing.availability(t), Availability::Ready);
+        let limited = Health::default();
+        limited.rate_limited(t, Some(Duration::from_secs(30)));
+        limited.check_passed(t);
+        assert!(matches!(limited.availability(t), Availability::Cooling(_)));
     }
 
     #[test]

@@ -235,10 +235,12 @@ impl Dispatcher {
         let health = &self.health[b.0];
         if healthy {
             // Back in at once, without waiting for a probe request.
-            if health.availability(Instant::now()) != Availability::Ready {
+            let now = Instant::now();
+            let was_out = health.availability(now) != Availability::Ready;
+            health.check_passed(now);
+            if was_out && health.availability(now) == Availability::Ready {
                 tracing::info!(backend = %backend.name, "health check passed; backend back in");
             }
-            health.succeeded();
         } else if health.failed(Instant::now()) {
             tracing::warn!(backend = %backend.name, "health check failed; backend cooling down");
             self.cooled(b);
