@@ -24,6 +24,14 @@ fn run(args: &[&str]) -> Output {
     semroute().args(args).output().expect("run semroute")
 }
 
+/// `semroute COMMAND --config routes.yaml --data DATA EXTRA...`
+fn on_shipped_routes(command: &str, data: &std::path::Path, extra: &[&str]) -> Output {
+    let data = data.to_str().unwrap();
+    let mut args = vec![command, "--config", "routes.yaml", "--data", data];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -263,14 +271,7 @@ fn bench_reports_the_quoted_numbers_as_json() {
         "{\"text\": \"hi there\"}\n{\"text\": \"refund my order\", \"route\": \"billing\"}\n",
     )
     .unwrap();
-    let out = run(&[
-        "bench",
-        "--config",
-        "routes.yaml",
-        "--data",
-        data.to_str().unwrap(),
-        "--json",
-    ]);
+    let out = on_shipped_routes("bench", &data, &["--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     for key in [
@@ -293,13 +294,7 @@ fn bench_names_the_line_of_a_bad_data_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("bad.jsonl");
     std::fs::write(&data, "{\"text\": \"ok\"}\n{\"txt\": \"oops\"}\n").unwrap();
-    let out = run(&[
-        "bench",
-        "--config",
-        "routes.yaml",
-        "--data",
-        data.to_str().unwrap(),
-    ]);
+    let out = on_shipped_routes("bench", &data, &[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("bad.jsonl:2"), "{}", stderr(&out));
 }
@@ -317,14 +312,7 @@ fn eval_reports_exactly_the_documented_keys() {
         ),
     )
     .unwrap();
-    let out = run(&[
-        "eval",
-        "--config",
-        "routes.yaml",
-        "--data",
-        data.to_str().unwrap(),
-        "--json",
-    ]);
+    let out = on_shipped_routes("eval", &data, &["--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     let mut keys: Vec<&str> = report
@@ -351,13 +339,7 @@ fn eval_reports_exactly_the_documented_keys() {
     assert_eq!(report["oos_recall"], 1.0);
     assert!(report["confusions"].as_array().unwrap().is_empty());
 
-    let out = run(&[
-        "eval",
-        "--config",
-        "routes.yaml",
-        "--data",
-        data.to_str().unwrap(),
-    ]);
+    let out = on_shipped_routes("eval", &data, &[]);
     assert!(out.status.success());
     assert!(
         stdout(&out).contains("overall accuracy 100.0%"),
@@ -371,23 +353,11 @@ fn eval_refuses_labels_the_config_does_not_know_and_lines_without_route() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("labelled.jsonl");
     std::fs::write(&data, "{\"text\": \"hi\", \"route\": \"weather\"}\n").unwrap();
-    let out = run(&[
-        "eval",
-        "--config",
-        "routes.yaml",
-        "--data",
-        data.to_str().unwrap(),
-    ]);
+    let out = on_shipped_routes("eval", &data, &[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("`weather`"), "{}", stderr(&out));
     std::fs::write(&data, "{\"text\": \"hi\"}\n").unwrap();
-    let out = run(&[
-        "eval",
-        "--config",
-        "routes.yaml",
-        "--data",
-        data.to_str().unwrap(),
-    ]);
+    let out = on_shipped_routes("eval", &data, &[]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("labelled.jsonl:1"),
@@ -460,15 +430,7 @@ fn fit_refuses_data_it_cannot_fit_and_will_not_overwrite_the_config() {
         .collect();
     std::fs::write(&data, lines).unwrap();
     let out_file = dir.path().join("out.yaml");
-    let out = run(&[
-        "fit",
-        "--config",
-        "routes.yaml",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out_file.to_str().unwrap(),
-    ]);
+    let out = on_shipped_routes("fit", &data, &["--out", out_file.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("labelled null"), "{}", stderr(&out));
     assert!(
@@ -476,15 +438,7 @@ fn fit_refuses_data_it_cannot_fit_and_will_not_overwrite_the_config() {
         "nothing is written when the fit is refused"
     );
 
-    let out = run(&[
-        "fit",
-        "--config",
-        "routes.yaml",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        "./routes.yaml",
-    ]);
+    let out = on_shipped_routes("fit", &data, &["--out", "./routes.yaml"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("new file"), "{}", stderr(&out));
 }

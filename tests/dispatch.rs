@@ -499,6 +499,16 @@ async fn hundreds_of_concurrent_requests_with_a_failing_primary_are_all_answered
     assert_eq!(b.count(), 300);
 }
 
+/// `a` streams "Hello wor" and then breaks as `end` says; `b` is the next target.
+async fn cut_after_hello_wor(end: StreamEnd, b: Behaviour) -> (Upstream, Upstream, AppState) {
+    let (a, b, s) = pair(Behaviour::Answer, b).await;
+    a.script([Behaviour::Stream {
+        pieces: vec!["Hello", " wor"],
+        end,
+    }]);
+    (a, b, s)
+}
+
 /// The error event a broken stream ends with, if any.
 fn stream_error(events: &[String]) -> Option<Value> {
     events
@@ -510,18 +520,14 @@ fn stream_error(events: &[String]) -> Option<Value> {
 #[tokio::test]
 async fn a_stream_cut_mid_answer_is_continued_on_the_next_target_with_a_prefill() {
     for end in [StreamEnd::Cut, StreamEnd::Stall] {
-        let (a, b, s) = pair(
-            Behaviour::Answer,
+        let (_a, b, s) = cut_after_hello_wor(
+            end,
             Behaviour::Text {
                 text: "Hello world, all is well.",
                 prefill: true,
             },
         )
         .await;
-        a.script([Behaviour::Stream {
-            pieces: vec!["Hello", " wor"],
-            end,
-        }]);
         let reply = chat(&s, stream_request("chat")).await;
         let seen = events(&reply.body);
         assert_eq!(
@@ -543,18 +549,14 @@ async fn a_stream_cut_mid_answer_is_continued_on_the_next_target_with_a_prefill(
 
 #[tokio::test]
 async fn a_target_that_rejects_the_prefill_restarts_and_only_the_new_part_is_relayed() {
-    let (a, b, s) = pair(
-        Behaviour::Answer,
+    let (_a, b, s) = cut_after_hello_wor(
+        StreamEnd::Cut,
         Behaviour::Text {
             text: "Hello world, all is well.",
             prefill: false,
         },
     )
     .await;
-    a.script([Behaviour::Stream {
-        pieces: vec!["Hello", " wor"],
-        end: StreamEnd::Cut,
-    }]);
     let seen = events(&chat(&s, stream_request("chat")).await.body);
     assert_eq!(content(&seen), "Hello world, all is well.");
     assert_eq!(seen.last().map(String::as_str), Some("[DONE]"));
@@ -563,19 +565,15 @@ async fn a_target_that_rejects_the_prefill_restarts_and_only_the_new_part_is_rel
 
 #[tokio::test]
 async fn a_stream_nothing_can_continue_ends_with_the_original_failure_not_a_clean_end() {
-    let (a, _b, s) = pair(
-        Behaviour::Answer,
+    // b restarts with a different answer: continuing would garble the text.
+    let (_a, _b, s) = cut_after_hello_wor(
+        StreamEnd::Cut,
         Behaviour::Text {
             text: "Goodbye.",
             prefill: false,
         },
     )
     .await;
-    // b restarts with a different answer: continuing would garble the text.
-    a.script([Behaviour::Stream {
-        pieces: vec!["Hello", " wor"],
-        end: StreamEnd::Cut,
-    }]);
     let seen = events(&chat(&s, stream_request("chat")).await.body);
     assert_eq!(content(&seen), "Hello wor");
     let error = stream_error(&seen).expect("an error event");
@@ -869,15 +867,11 @@ async fn with_every_target_cooling_down_briefly_the_request_waits_for_the_first_
 
 #[tokio::test]
 async fn a_target_that_ignores_the_prefill_and_starts_over_is_not_relayed_twice() {
-    let (a, b, s) = pair(
-        Behaviour::Answer,
+    let (_a, b, s) = cut_after_hello_wor(
+        StreamEnd::Cut,
         Behaviour::TextIgnoringPrefill("Hello world, all is well. And more."),
     )
     .await;
-    a.script([Behaviour::Stream {
-        pieces: vec!["Hello", " wor"],
-        end: StreamEnd::Cut,
-    }]);
     let seen = events(&chat(&s, stream_request("chat")).await.body);
     assert_eq!(content(&seen), "Hello world, all is well. And more.");
     assert_eq!(seen.last().map(String::as_str), Some("[DONE]"));
