@@ -17,6 +17,8 @@ pub enum ErrorKind {
     InvalidRequest,
     UnsupportedMediaType,
     PayloadTooLarge,
+    /// The body did not arrive in time.
+    RequestTimeout,
     NotFound,
     MethodNotAllowed,
     /// Too many requests are waiting for the model.
@@ -41,6 +43,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,

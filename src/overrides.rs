@@ -1,58 +1,33 @@
 //! Keyword and pattern overrides: one pass over the prompt finds every route whose keywords
 //! or patterns match (all of them, so `/classify` can explain; `decide` picks the winner).
 
-use crate::config::{Config, RouteId};
+use crate::config::{Config, Rules};
 use crate::decide::{OverrideHit, OverrideKind};
-use regex::RegexSet;
 
+/// The config's compiled keywords and patterns (compiled once, by validation).
 pub struct OverrideMatcher {
-    set: Option<RegexSet>,
-    /// For each regex in `set`: its route, kind and rule text.
-    rules: Vec<(RouteId, OverrideKind, String)>,
+    rules: Rules,
 }
 
 impl OverrideMatcher {
-    pub fn new(config: &Config) -> Result<OverrideMatcher, regex::Error> {
-        let mut sources = Vec::new();
-        let mut rules = Vec::new();
-        for (i, route) in config.routes.iter().enumerate() {
-            for keyword in &route.keywords {
-                sources.push(keyword.regex_source().to_string());
-                rules.push((
-                    RouteId(i),
-                    OverrideKind::Keyword,
-                    keyword.as_str().to_string(),
-                ));
-            }
-            for pattern in &route.patterns {
-                sources.push(pattern.as_str().to_string());
-                rules.push((
-                    RouteId(i),
-                    OverrideKind::Pattern,
-                    pattern.as_str().to_string(),
-                ));
-            }
+    pub fn new(config: &Config) -> OverrideMatcher {
+        OverrideMatcher {
+            rules: config.overrides.clone(),
         }
-        let set = if sources.is_empty() {
-            None
-        } else {
-            Some(RegexSet::new(&sources)?)
-        };
-        Ok(OverrideMatcher { set, rules })
     }
 
     /// Every keyword and pattern that matches `text`, in file order.
     pub fn hits(&self, text: &str) -> Vec<OverrideHit> {
-        let Some(set) = &self.set else {
-            return Vec::new();
-        };
-        set.matches(text)
-            .into_iter()
-            .filter_map(|i| self.rules.get(i))
-            .map(|(route, kind, rule)| OverrideHit {
-                route: *route,
-                kind: *kind,
-                rule: rule.clone(),
+        self.rules
+            .hits(text)
+            .map(|source| OverrideHit {
+                route: source.route,
+                kind: if source.pattern {
+                    OverrideKind::Pattern
+                } else {
+                    OverrideKind::Keyword
+                },
+                rule: source.text.clone(),
             })
             .collect()
     }
@@ -61,12 +36,13 @@ impl OverrideMatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RouteId;
     use std::path::Path;
 
     fn matcher(yaml: &str) -> OverrideMatcher {
         let config = Config::parse(yaml, "t.yaml", Path::new("."))
             .unwrap_or_else(|err| panic!("invalid test config: {err}"));
-        OverrideMatcher::new(&config).unwrap_or_else(|err| panic!("{err}"))
+        OverrideMatcher::new(&config)
     }
 
     const YAML: &str = r#"

@@ -3,7 +3,7 @@
 
 use crate::config::Aggregation;
 use crate::config::{Config, MAX_TOP_K, RouteId};
-use crate::decide::{MatchedBy, OverrideKind, RouteScore, decide};
+use crate::decide::{MatchedBy, OverrideHit, OverrideKind, RouteScore, decide};
 use crate::embed::cache::{EmbeddingCache, HeadCache, TextKey, text_key};
 use crate::embed::{EmbedError, Embedding, Encoder};
 use crate::head::{Head, INVERSE_REGULARIZATION};
@@ -40,8 +40,6 @@ pub enum BuildError {
     Embed(#[from] EmbedError),
     #[error("building the utterance index failed: {0}")]
     Index(#[from] IndexError),
-    #[error("compiling keywords and patterns failed: {0}")]
-    Overrides(#[from] regex::Error),
     #[error("{got} embeddings for {expected} utterances")]
     Count { got: usize, expected: usize },
 }
@@ -193,7 +191,7 @@ impl Router {
         let owners: Vec<RouteId> = utterances.iter().map(|(r, _)| *r).collect();
         let prototypes = prototypes(&vectors, &owners);
         let index = UtteranceIndex::build(&vectors, &owners)?;
-        let overrides = OverrideMatcher::new(&config)?;
+        let overrides = OverrideMatcher::new(&config);
         Ok(Router {
             config: Arc::new(config),
             index,
@@ -214,6 +212,22 @@ impl Router {
 
     /// Classifies a prompt from its embedding. `top_k` overrides the config's for this query.
     pub fn classify(&self, text: &str, query: &Embedding, top_k: Option<usize>) -> Classification {
+        self.classify_with_hits(self.override_hits(text), query, top_k)
+    }
+
+    /// The keywords and patterns that match `text` (the part of `classify` that reads the
+    /// whole text: run it off the async runtime for a large one).
+    pub fn override_hits(&self, text: &str) -> Vec<OverrideHit> {
+        self.overrides.hits(text)
+    }
+
+    /// `classify` with the override hits already found.
+    pub fn classify_with_hits(
+        &self,
+        override_hits: Vec<OverrideHit>,
+        query: &Embedding,
+        top_k: Option<usize>,
+    ) -> Classification {
         let started = Instant::now();
         let config = &self.config;
         let k = top_k.unwrap_or(config.top_k).clamp(1, MAX_TOP_K);
@@ -239,7 +253,6 @@ impl Router {
         apply_head(&mut scores, &probabilities, config.head_weight);
         // As many candidates as neighbours searched.
         scores.truncate(k);
-        let override_hits = self.overrides.hits(text);
         // A route selected by an override gets its exact score even if none of its
         // utterances was retrieved, so the answer always carries one.
         for hit in &override_hits {

@@ -19,11 +19,14 @@ pub fn level() -> Level {
         let cap = std::env::var("SEMROUTE_SIMD").unwrap_or_default();
         #[cfg(target_arch = "x86_64")]
         {
-            if cap != "base" && cap != "avx2" && is_x86_feature_detected!("avx512f") {
+            // Each level is checked for every extension its `simd_fn!` variant enables.
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            let avx512 =
+                avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl");
+            if cap != "base" && cap != "avx2" && avx512 {
                 return Level::Avx512;
             }
-            if cap != "base" && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-            {
+            if cap != "base" && avx2 {
                 return Level::Avx2;
             }
         }
@@ -46,7 +49,8 @@ macro_rules! simd_fn {
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn medium($($arg: $ty),*) $(-> $ret)? { $body($($arg),*) }
                 match $crate::vector::level() {
-                    // SAFETY: `level()` reports only extensions this CPU has.
+                    // SAFETY: `level()` reports a level only when this CPU has every
+                    // extension the variant enables (avx512f, avx512vl, avx2, fma).
                     $crate::vector::Level::Avx512 => return unsafe { wide($($arg),*) },
                     // SAFETY: as above.
                     $crate::vector::Level::Avx2 => return unsafe { medium($($arg),*) },

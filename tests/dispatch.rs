@@ -672,10 +672,11 @@ async fn metrics_count_requests_attempts_fallbacks_tokens_and_cost() {
         "semroute_upstream_attempts_total{backend=\"a\",outcome=\"http_503\"} 4",
         "semroute_upstream_attempts_total{backend=\"b\",outcome=\"ok\"} 2",
         "semroute_fallbacks_total{route=\"chat\",backend=\"a\"} 1",
-        // Non-streamed usage (10 + 5) and a streamed usage chunk (10 + 3).
+        // Usage of a non-streaming request (sent upstream as a stream, 10 + 5) and of a
+        // streamed one (10 + 5).
         "semroute_tokens_total{route=\"chat\",backend=\"b\",kind=\"prompt\"} 10",
         "semroute_tokens_total{route=\"chat\",backend=\"b\",kind=\"completion\"} 5",
-        "semroute_tokens_total{route=\"code\",backend=\"b\",kind=\"completion\"} 3",
+        "semroute_tokens_total{route=\"code\",backend=\"b\",kind=\"completion\"} 5",
         "semroute_cost_usd_total{route=\"chat\",backend=\"b\"} 0.00002",
         "semroute_upstream_ttfb_seconds_count{backend=\"a\"} 4",
     ] {

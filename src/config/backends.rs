@@ -3,6 +3,7 @@
 //! config.
 
 use super::Checker;
+use super::classes::{Accepted, DataClasses};
 use super::raw::{RawBackend, RawRoute};
 use serde::Serialize;
 use serde_saphyr::Spanned;
@@ -56,16 +57,25 @@ pub struct Backend {
     pub max_concurrent: Option<usize>,
     pub weight: u32,
     pub cost: Option<Cost>,
-    /// Data classes it may receive; `None`: any.
+    /// Data classes it may receive, as written (`None`: not given).
     pub data_classes: Option<Vec<String>>,
+    /// What it accepts: its `data_classes`; without them every class when the config uses
+    /// none, else only the lowest class.
+    pub accepted: Accepted,
     /// Active health checks (`GET {url}/models`); `None`: off.
     pub health_check_interval: Option<Duration>,
+    /// Non-streaming requests are sent upstream as streams and reassembled (so the
+    /// first-byte and idle timeouts apply); `false` sends them as they are.
+    pub upstream_stream: bool,
+    /// A stream (one attempt) running longer than this is broken off; `None`: no limit.
+    pub max_stream: Option<Duration>,
 }
 
 impl Backend {
+    /// Whether a request of `data_class` (`None`: unclassified) may be sent here.
     pub fn accepts(&self, data_class: Option<&str>) -> bool {
-        match (data_class, &self.data_classes) {
-            (Some(class), Some(allowed)) => allowed.iter().any(|a| a == class),
+        match (data_class, &self.accepted) {
+            (Some(class), Accepted::Only(allowed)) => allowed.iter().any(|a| a == class),
             _ => true,
         }
     }
@@ -89,7 +99,11 @@ pub struct Dispatch {
 }
 
 impl Checker<'_> {
-    pub(super) fn backends(&mut self, raw: Vec<RawBackend>) -> Option<Vec<Backend>> {
+    pub(super) fn backends(
+        &mut self,
+        raw: Vec<RawBackend>,
+        classes: &DataClasses,
+    ) -> Option<Vec<Backend>> {
         let mut seen: HashMap<String, u64> = HashMap::new();
         let mut backends = Vec::with_capacity(raw.len());
         let mut all_valid = true;
@@ -109,7 +123,7 @@ impl Checker<'_> {
             } else {
                 seen.insert(raw.name.value.clone(), raw.name.referenced.line());
             }
-            match self.backend(&at, raw) {
+            match self.backend(&at, raw, classes) {
                 Some(b) => backends.push(b),
                 None => all_valid = false,
             }
@@ -117,7 +131,7 @@ impl Checker<'_> {
         all_valid.then_some(backends)
     }
 
-    fn backend(&mut self, at: &str, raw: RawBackend) -> Option<Backend> {
+    fn backend(&mut self, at: &str, raw: RawBackend, classes: &DataClasses) -> Option<Backend> {
         let mut valid = true;
         if raw.name.value.trim().is_empty() {
             self.issue(
@@ -241,12 +255,46 @@ impl Checker<'_> {
             }
             None => Some(None),
         };
-        let data_classes = raw.data_classes.map(|classes| {
-            classes
-                .into_iter()
-                .map(|c| c.value.trim().to_string())
-                .collect::<Vec<_>>()
-        });
+        let max_stream = match &raw.max_stream_ms {
+            Some(v) => self
+                .bounded(&format!("{at}.max_stream_ms"), v, 1, MAX_MS)
+                .map(|v| Some(Duration::from_millis(v as u64))),
+            None => Some(None),
+        };
+        let data_classes = match &raw.data_classes {
+            Some(list) => {
+                let mut names = Vec::with_capacity(list.len());
+                for (j, class) in list.iter().enumerate() {
+                    match self.known_class(format!("{at}.data_classes[{j}]"), class, classes) {
+                        Some(name) => names.push(name),
+                        None => valid = false,
+                    }
+                }
+                Some(names)
+            }
+            None => None,
+        };
+        let accepted =
+            match &data_classes {
+                Some(list) => Accepted::Only(list.clone()),
+                None if classes.in_use() => {
+                    self.notes.push(super::ConfigIssue {
+                    path: format!("{at}.data_classes"),
+                    line: Some(raw.name.referenced.line()).filter(|&l| l > 0),
+                    message: format!(
+                        "backend `{}` lists no `data_classes`, so it receives only `{}` requests",
+                        raw.name.value,
+                        classes.lowest()
+                    ),
+                    hint: Some(format!(
+                        "list every class it may receive, e.g. `data_classes: [{}]`",
+                        classes.names().iter().take(2).cloned().collect::<Vec<_>>().join(", ")
+                    )),
+                });
+                    Accepted::Only(vec![classes.lowest().to_string()])
+                }
+                None => Accepted::Any,
+            };
         if !valid {
             return None;
         }
@@ -265,7 +313,10 @@ impl Checker<'_> {
             weight: weight?,
             cost: cost?,
             data_classes,
+            accepted,
             health_check_interval: health_check_interval?,
+            upstream_stream: raw.upstream_stream.unwrap_or(true),
+            max_stream: max_stream?,
         })
     }
 
@@ -302,6 +353,7 @@ impl Checker<'_> {
         at: &str,
         raw: &RawRoute,
         backends: Option<&[Backend]>,
+        classes: &DataClasses,
     ) -> Option<Dispatch> {
         let mut valid = true;
         let checked = backends.is_some();
@@ -363,7 +415,14 @@ impl Checker<'_> {
                 }
             },
         };
-        let data_class = raw.data_class.as_ref().map(|c| c.value.trim().to_string());
+        let data_class = match &raw.data_class {
+            Some(class) => {
+                let known = self.known_class(format!("{at}.data_class"), class, classes);
+                valid &= known.is_some();
+                known
+            }
+            None => None,
+        };
         if let (Some(class), Some(line)) = (&data_class, raw.data_class.as_ref()) {
             let eligible = targets.iter().any(|t| backends[t.0].accepts(Some(class)));
             if valid && !targets.is_empty() && !eligible {

@@ -2,13 +2,17 @@
 //! invalid. Every check on the config lives here; the router and the handlers never re-check.
 
 mod backends;
+mod classes;
 mod error;
 mod raw;
+pub mod rules;
 mod types;
 mod write;
 
 pub use backends::{Backend, BackendId, Cost, Dispatch, Strategy};
+pub use classes::{Accepted, DataClasses};
 pub use error::{ConfigError, ConfigIssue};
+pub use rules::RuleSet;
 pub use types::{
     Aggregation, DeviceChoice, EncoderConfig, Keyword, Pattern, Precision, Route, RouteId,
     RouteName, Threshold,
@@ -55,6 +59,44 @@ pub struct Config {
     /// The LLM endpoints routes dispatch to (none: classification only).
     pub backends: Vec<Backend>,
     pub routes: Vec<Route>,
+    /// The data classes, least sensitive first.
+    pub data_classes: DataClasses,
+    /// Every route's keywords and patterns, compiled once (file order: per route, its
+    /// keywords then its patterns).
+    pub overrides: Rules,
+    /// The patterns of routes that have a `data_class`: a match anywhere in a request gives
+    /// it that class.
+    pub class_patterns: Rules,
+    /// Things that are valid but worth telling the user (printed by `validate`, logged by
+    /// `serve`).
+    pub notes: Vec<ConfigIssue>,
+}
+
+/// Route rules (keywords, patterns) compiled together, with where each came from.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    pub set: RuleSet,
+    pub sources: Vec<RuleSource>,
+}
+
+/// One keyword or pattern of a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleSource {
+    pub route: RouteId,
+    /// A pattern (a regex as written), else a keyword.
+    pub pattern: bool,
+    /// The keyword or the pattern's source.
+    pub text: String,
+}
+
+impl Rules {
+    /// The sources of the rules that match `text`, in order.
+    pub fn hits<'a>(&'a self, text: &str) -> impl Iterator<Item = &'a RuleSource> + 'a {
+        self.set
+            .matches(text)
+            .into_iter()
+            .filter_map(|i| self.sources.get(i))
+    }
 }
 
 impl Config {
@@ -75,10 +117,15 @@ impl Config {
         let mut checker = Checker {
             source,
             issues: Vec::new(),
+            notes: Vec::new(),
+            rule_sites: Vec::new(),
         };
         let config = checker.config(raw, base_dir);
         match config {
-            Some(config) if checker.issues.is_empty() => Ok(config),
+            Some(mut config) if checker.issues.is_empty() => {
+                config.notes = checker.notes;
+                Ok(config)
+            }
             _ => Err(ConfigError::Invalid {
                 file: source.to_string(),
                 issues: checker.issues,
@@ -189,6 +236,10 @@ fn hint_for_parse_error(message: &str) -> Option<String> {
 struct Checker<'a> {
     source: &'a str,
     issues: Vec<ConfigIssue>,
+    notes: Vec<ConfigIssue>,
+    /// Where each keyword and pattern was written, in the order `Config::overrides` lists
+    /// them.
+    rule_sites: Vec<(String, Location)>,
 }
 
 impl Checker<'_> {
@@ -233,8 +284,16 @@ impl Checker<'_> {
             ),
             None => Some(DEFAULT_HEAD_WEIGHT),
         };
-        let backends = self.backends(raw.backends);
-        let routes = self.routes(raw.routes, backends.as_deref());
+        let classes_in_use = raw.data_classes_order.is_some()
+            || raw.backends.iter().any(|b| b.data_classes.is_some())
+            || raw.routes.value.iter().any(|r| r.data_class.is_some());
+        let data_classes = self.data_classes(raw.data_classes_order, classes_in_use)?;
+        let backends = self.backends(raw.backends, &data_classes);
+        let routes = self.routes(raw.routes, backends.as_deref(), &data_classes);
+        let (overrides, class_patterns) = match &routes {
+            Some(routes) => self.rules(routes)?,
+            None => (Rules::default(), Rules::default()),
+        };
         let default_route = match (&raw.default_route, &routes) {
             (Some(name), Some(routes)) => self.default_route(name, routes),
             _ => Some(None),
@@ -253,7 +312,73 @@ impl Checker<'_> {
             head_weight: head_weight?,
             backends: backends?,
             routes: routes?,
+            data_classes,
+            overrides,
+            class_patterns,
+            notes: Vec::new(),
         })
+    }
+
+    /// Compiles the routes' keywords and patterns as `serve` runs them: all of them
+    /// together, and the patterns of classed routes together.
+    fn rules(&mut self, routes: &[Route]) -> Option<(Rules, Rules)> {
+        let mut all = Rules::default();
+        let mut regexes = Vec::new();
+        let mut classed = Vec::new();
+        for (r, route) in routes.iter().enumerate() {
+            for keyword in &route.keywords {
+                regexes.push(keyword.regex_source().to_string());
+                all.sources.push(RuleSource {
+                    route: RouteId(r),
+                    pattern: false,
+                    text: keyword.as_str().to_string(),
+                });
+            }
+            for pattern in &route.patterns {
+                if route.dispatch.data_class.is_some() {
+                    classed.push(all.sources.len());
+                }
+                regexes.push(pattern.as_str().to_string());
+                all.sources.push(RuleSource {
+                    route: RouteId(r),
+                    pattern: true,
+                    text: pattern.as_str().to_string(),
+                });
+            }
+        }
+        all.set = match RuleSet::new(&regexes) {
+            Ok(set) => set,
+            Err(err) => {
+                self.rule_failed(err.index, &err.reason);
+                return None;
+            }
+        };
+        let class_regexes: Vec<String> = classed.iter().map(|&i| regexes[i].clone()).collect();
+        let class_patterns = match RuleSet::new(&class_regexes) {
+            Ok(set) => Rules {
+                set,
+                sources: classed.iter().map(|&i| all.sources[i].clone()).collect(),
+            },
+            Err(err) => {
+                self.rule_failed(classed.get(err.index).copied().unwrap_or(0), &err.reason);
+                return None;
+            }
+        };
+        Some((all, class_patterns))
+    }
+
+    fn rule_failed(&mut self, site: usize, reason: &str) {
+        let (path, at) = self
+            .rule_sites
+            .get(site)
+            .cloned()
+            .unwrap_or_else(|| ("routes".to_string(), Location::UNKNOWN));
+        self.issue(
+            path,
+            at,
+            format!("the routes' keywords and patterns cannot be compiled together from this one on: {reason}"),
+            "simplify this pattern (bounded repetitions such as {1000} and large Unicode classes such as \\w make it big), or split the routes",
+        );
     }
 
     /// A number in `[0, max]`.
@@ -380,6 +505,7 @@ impl Checker<'_> {
         &mut self,
         raw: Spanned<Vec<RawRoute>>,
         backends: Option<&[Backend]>,
+        classes: &DataClasses,
     ) -> Option<Vec<Route>> {
         if raw.value.is_empty() {
             self.issue(
@@ -410,7 +536,7 @@ impl Checker<'_> {
             } else {
                 seen.insert(name.value.clone(), name.referenced.line());
             }
-            match self.route(&at, raw_route, backends) {
+            match self.route(&at, raw_route, backends, classes) {
                 Some(route) => routes.push(route),
                 None => all_valid = false,
             }
@@ -418,7 +544,13 @@ impl Checker<'_> {
         all_valid.then_some(routes)
     }
 
-    fn route(&mut self, at: &str, raw: RawRoute, backends: Option<&[Backend]>) -> Option<Route> {
+    fn route(
+        &mut self,
+        at: &str,
+        raw: RawRoute,
+        backends: Option<&[Backend]>,
+        classes: &DataClasses,
+    ) -> Option<Route> {
         let name = RouteName::new(&raw.name.value);
         if name.is_none() {
             self.issue(
@@ -428,7 +560,7 @@ impl Checker<'_> {
                 "write a short name such as `billing` or `code`",
             );
         }
-        let dispatch = self.dispatch(at, &raw, backends);
+        let dispatch = self.dispatch(at, &raw, backends, classes);
         let mut valid = name.is_some() && dispatch.is_some();
         let mut utterances = Vec::with_capacity(raw.utterances.len());
         for (j, utterance) in raw.utterances.into_iter().enumerate() {
@@ -446,7 +578,11 @@ impl Checker<'_> {
         let mut keywords = Vec::with_capacity(raw.keywords.len());
         for (j, keyword) in raw.keywords.iter().enumerate() {
             match Keyword::new(&keyword.value) {
-                Some(k) => keywords.push(k),
+                Some(k) => {
+                    self.rule_sites
+                        .push((format!("{at}.keywords[{j}]"), keyword.referenced));
+                    keywords.push(k);
+                }
                 None => {
                     self.issue(
                         format!("{at}.keywords[{j}]"),
@@ -461,7 +597,11 @@ impl Checker<'_> {
         let mut patterns = Vec::with_capacity(raw.patterns.len());
         for (j, pattern) in raw.patterns.iter().enumerate() {
             match Pattern::new(&pattern.value) {
-                Ok(p) => patterns.push(p),
+                Ok(p) => {
+                    self.rule_sites
+                        .push((format!("{at}.patterns[{j}]"), pattern.referenced));
+                    patterns.push(p);
+                }
                 Err(reason) => {
                     self.issue(
                         format!("{at}.patterns[{j}]"),

@@ -23,6 +23,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub head_weight: Option<Spanned<f64>>,
     #[serde(default)]
+    pub data_classes_order: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
     pub backends: Vec<RawBackend>,
     pub routes: Spanned<Vec<RawRoute>>,
 }
@@ -109,6 +111,10 @@ pub(crate) struct RawBackend {
     pub data_classes: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub health_check_interval_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub upstream_stream: Option<bool>,
+    #[serde(default)]
+    pub max_stream_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -345,6 +345,7 @@ backends:
   - name: big
     url: https://api.example.com/v1
     model: large
+    data_classes: [public, internal]
 "#;
 
 #[test]
@@ -367,6 +368,7 @@ fn backends_and_route_targets_are_resolved_with_their_defaults() {
     assert_eq!(fast.weight, 3);
     assert!(fast.accepts(Some("public")) && !fast.accepts(Some("internal")));
     assert!(config.backends[1].accepts(Some("internal")));
+    assert!(!config.backends[1].accepts(Some("pii")));
     let a = &config.routes[0].dispatch;
     assert_eq!(a.targets, vec![BackendId(0), BackendId(1)]);
     assert_eq!(a.strategy, Strategy::RoundRobin);
@@ -455,4 +457,58 @@ fn a_data_class_no_target_accepts_is_refused() {
     ));
     assert_eq!(problem.path, "routes[0].data_class");
     assert!(problem.message.contains("`secret`"));
+}
+
+#[test]
+fn once_data_classes_are_used_a_backend_without_a_list_takes_only_the_lowest_and_validate_says_so()
+{
+    let yaml = "backends:\n  - name: open\n    url: http://127.0.0.1:1/v1\n    model: m\n  - name: local\n    url: http://127.0.0.1:2/v1\n    model: m\n    data_classes: [public, pii]\nroutes:\n  - name: a\n    utterances: [x]\n    targets: [open, local]\n    data_class: pii\n";
+    let config = valid(yaml);
+    let open = &config.backends[0];
+    assert!(open.accepts(Some("public")));
+    assert!(!open.accepts(Some("internal")) && !open.accepts(Some("pii")));
+    assert!(open.accepts(None), "an unclassified request goes anywhere");
+    assert_eq!(config.notes.len(), 1, "{:?}", config.notes);
+    assert_eq!(config.notes[0].path, "backends[0].data_classes");
+    assert!(config.notes[0].message.contains("only `public`"));
+    // Without any class in the file, a backend without a list takes everything.
+    let plain = valid(
+        "backends:\n  - name: open\n    url: http://127.0.0.1:1/v1\n    model: m\nroutes:\n  - name: a\n    utterances: [x]\n    targets: [open]\n",
+    );
+    assert!(plain.backends[0].accepts(Some("restricted")));
+    assert!(plain.notes.is_empty());
+}
+
+#[test]
+fn the_class_order_is_the_default_or_the_files_and_unknown_classes_are_refused() {
+    let config = valid("routes:\n  - name: a\n    utterances: [x]\n");
+    assert_eq!(
+        config.data_classes.describe(),
+        "public < internal < pii < restricted"
+    );
+    let custom =
+        valid("data_classes_order: [open, secret]\nroutes:\n  - name: a\n    utterances: [x]\n");
+    assert_eq!(custom.data_classes.stricter("open", "secret"), "secret");
+    assert_eq!(custom.data_classes.lowest(), "open");
+    let problem = issue("data_classes_order: [a, a]\nroutes:\n  - name: a\n    utterances: [x]\n");
+    assert_eq!(problem.path, "data_classes_order[1]");
+    let problem = issue(
+        "backends:\n  - name: b\n    url: http://127.0.0.1:1/v1\n    model: m\n    data_classes: [public, topsecret]\nroutes:\n  - name: a\n    utterances: [x]\n    targets: [b]\n",
+    );
+    assert_eq!(problem.path, "backends[0].data_classes[1]");
+    assert_eq!(problem.line, Some(5));
+    assert!(problem.message.contains("`topsecret`"));
+}
+
+#[test]
+fn patterns_that_serve_could_not_compile_together_are_refused_with_their_line() {
+    // Each pattern compiles alone; together they pass the compiled-size limit.
+    let patterns: Vec<String> = (0..10)
+        .map(|_| "      - '\\w{1,30}'\n".to_string())
+        .collect();
+    let yaml = format!("routes:\n  - name: a\n    patterns:\n{}", patterns.concat());
+    let problem = issue(&yaml);
+    assert_eq!(problem.path, "routes[0].patterns[6]", "{problem:?}");
+    assert_eq!(problem.line, Some(10), "{problem:?}");
+    assert!(problem.message.contains("size limit"), "{problem:?}");
 }

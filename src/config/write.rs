@@ -16,6 +16,8 @@ struct OutConfig<'a> {
     default_route: Option<&'a str>,
     ambiguity_margin: f32,
     head_weight: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_classes_order: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     backends: Vec<OutBackend<'a>>,
     routes: Vec<OutRoute<'a>>,
@@ -43,6 +45,10 @@ struct OutBackend<'a> {
     data_classes: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     health_check_interval_ms: Option<u128>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_stream_ms: Option<u128>,
 }
 
 impl<'a> OutBackend<'a> {
@@ -63,6 +69,8 @@ impl<'a> OutBackend<'a> {
             cost: b.cost,
             data_classes: b.data_classes.as_deref(),
             health_check_interval_ms: b.health_check_interval.map(|d| d.as_millis()),
+            upstream_stream: (!b.upstream_stream).then_some(false),
+            max_stream_ms: b.max_stream.map(|d| d.as_millis()),
         }
     }
 }
@@ -135,6 +143,10 @@ impl Config {
             default_route: self.default_route.map(|r| self.route(r).name.as_str()),
             ambiguity_margin: self.ambiguity_margin,
             head_weight: self.head_weight,
+            data_classes_order: self
+                .data_classes
+                .in_use()
+                .then(|| self.data_classes.names()),
             backends: self.backends.iter().map(OutBackend::new).collect(),
             routes: self
                 .routes

@@ -4,6 +4,7 @@
 
 use super::health::Health;
 use crate::config::{Backend, BackendId, Strategy};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// `targets` reordered for one request. `counter` is the route's round-robin position;
@@ -12,7 +13,7 @@ pub fn order(
     strategy: Strategy,
     targets: &[BackendId],
     backends: &[Backend],
-    health: &[Health],
+    health: &[Arc<Health>],
     counter: &AtomicUsize,
     random: u64,
 ) -> Vec<BackendId> {
@@ -91,7 +92,7 @@ mod tests {
     #[test]
     fn weighted_round_robin_follows_the_weights() {
         let b = backends(&[3, 1]);
-        let health: Vec<Health> = (0..2).map(|_| Health::default()).collect();
+        let health: Vec<Arc<Health>> = (0..2).map(|_| Arc::default()).collect();
         let counter = AtomicUsize::new(0);
         let firsts: Vec<usize> = (0..8)
             .map(|_| order(Strategy::RoundRobin, &ids(2), &b, &health, &counter, 0)[0].0)
@@ -107,7 +108,7 @@ mod tests {
     #[test]
     fn least_busy_prefers_the_fewest_in_flight() {
         let b = backends(&[1, 1, 1]);
-        let health: Vec<Health> = (0..3).map(|_| Health::default()).collect();
+        let health: Vec<Arc<Health>> = (0..3).map(|_| Arc::default()).collect();
         let _a = health[0].enter();
         let _b = health[0].enter();
         let _c = health[1].enter();
@@ -125,7 +126,7 @@ mod tests {
     #[test]
     fn latency_picks_the_faster_of_two() {
         let b = backends(&[1, 1]);
-        let health: Vec<Health> = (0..2).map(|_| Health::default()).collect();
+        let health: Vec<Arc<Health>> = (0..2).map(|_| Arc::default()).collect();
         let now = Instant::now();
         health[0].observe_latency(now, Duration::from_millis(50));
         health[1].observe_latency(now, Duration::from_millis(5));
@@ -145,7 +146,7 @@ mod tests {
     #[test]
     fn fallback_keeps_the_written_order() {
         let b = backends(&[1, 1, 1]);
-        let health: Vec<Health> = (0..3).map(|_| Health::default()).collect();
+        let health: Vec<Arc<Health>> = (0..3).map(|_| Arc::default()).collect();
         let got = order(
             Strategy::Fallback,
             &ids(3),

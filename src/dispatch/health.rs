@@ -1,18 +1,26 @@
 //! Passive health per backend: a circuit breaker. Consecutive failures open it for an
-//! exponentially growing cooldown (capped); a 429 opens it for its `Retry-After`. When the
-//! cooldown ends, one request is let through as a probe (half-open): success closes the
-//! breaker, failure opens it again for longer. Also the load figures the balancers read:
-//! requests in flight and a peak-EWMA of latency.
+//! exponentially growing cooldown, capped at 15 s so a recovered backend is back in use
+//! within seconds of its recovery however long it was down; a 429 opens it for its
+//! `Retry-After`, a refused credential for a minute. When the cooldown ends, one request
+//! at a time is let through as a probe (half-open), holding a `ProbeSlot` that frees the
+//! slot whatever becomes of the request: success closes the breaker, failure opens it
+//! again. Also the load figures the balancers read: requests in flight (held by an
+//! `InFlight` guard for as long as the answer, streams included, lasts) and a peak-EWMA of
+//! latency.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Consecutive failures that open the breaker.
 pub const FAILURES_TO_OPEN: u32 = 3;
 /// First cooldown after opening; doubles on each further failure.
 pub const BASE_COOLDOWN: Duration = Duration::from_secs(1);
-pub const MAX_COOLDOWN: Duration = Duration::from_secs(60);
+/// Longest failure cooldown: a backend that recovers is probed again within this.
+pub const MAX_COOLDOWN: Duration = Duration::from_secs(15);
+/// Cooldown after the backend refused its own credential (401/403): retrying sooner
+/// cannot help until its key is fixed.
+pub const CREDENTIAL_COOLDOWN: Duration = Duration::from_secs(60);
 /// Longest `Retry-After` honoured.
 pub const MAX_RATE_LIMIT_COOLDOWN: Duration = Duration::from_secs(3600);
 /// Cooldown for a 429 without a usable `Retry-After`.
@@ -33,17 +41,21 @@ pub enum Availability {
 struct Breaker {
     failures: u32,
     until: Option<Instant>,
-    probing: bool,
+    /// The probe in progress, by its slot number.
+    probing: Option<u64>,
     /// How many times it has opened in a row (for the exponential backoff).
     opened: u32,
-    /// The cooldown is a provider's rate limit (a health check cannot lift it).
-    rate_limited: bool,
+    /// The cooldown is a provider's rate limit or a refused credential: a health check
+    /// (which says nothing about either) cannot lift it.
+    pinned: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct Health {
     breaker: Mutex<Breaker>,
     in_flight: AtomicUsize,
+    /// Numbers probe slots, so a stale slot never frees a newer probe's.
+    probes: AtomicU64,
     /// (latency estimate in µs, when last updated)
     latency: Mutex<(f64, Option<Instant>)>,
 }
@@ -57,17 +69,26 @@ impl Health {
             None => Availability::Ready,
             Some(until) if now < until => Availability::Cooling(until),
             // One probe at a time: the others wait for its verdict a little.
-            Some(_) if b.probing => Availability::Cooling(now + Duration::from_millis(100)),
+            Some(_) if b.probing.is_some() => {
+                Availability::Cooling(now + Duration::from_millis(100))
+            }
             Some(_) => Availability::Probe,
         }
     }
 
-    /// Claims the probe slot; false if another request holds it.
-    pub fn start_probe(&self) -> bool {
-        let Ok(mut b) = self.breaker.lock() else {
-            return false;
-        };
-        !std::mem::replace(&mut b.probing, true)
+    /// Claims the probe slot; `None` if another request holds it. The slot is freed when
+    /// the returned guard drops, whether or not a verdict was recorded.
+    pub fn start_probe(self: &Arc<Self>) -> Option<ProbeSlot> {
+        let mut b = self.breaker.lock().ok()?;
+        if b.probing.is_some() {
+            return None;
+        }
+        let id = self.probes.fetch_add(1, Ordering::Relaxed);
+        b.probing = Some(id);
+        Some(ProbeSlot {
+            health: self.clone(),
+            id,
+        })
     }
 
     pub fn succeeded(&self) {
@@ -80,7 +101,7 @@ impl Health {
     /// limit's (the models endpoint answering says nothing about the chat quota).
     pub fn check_passed(&self, now: Instant) {
         if let Ok(mut b) = self.breaker.lock() {
-            if b.rate_limited && b.until.is_some_and(|u| now < u) {
+            if b.pinned && b.until.is_some_and(|u| now < u) {
                 return;
             }
             *b = Breaker::default();
@@ -93,7 +114,7 @@ impl Health {
             return false;
         };
         b.failures += 1;
-        let was_probing = std::mem::replace(&mut b.probing, false);
+        let was_probing = b.probing.take().is_some();
         if b.failures < FAILURES_TO_OPEN && !was_probing {
             return false;
         }
@@ -107,12 +128,21 @@ impl Health {
 
     /// A 429: cool down for `retry_after` (or the default); always enters a cooldown.
     pub fn rate_limited(&self, now: Instant, retry_after: Option<Duration>) {
+        let wait = retry_after
+            .unwrap_or(DEFAULT_RATE_LIMIT_COOLDOWN)
+            .min(MAX_RATE_LIMIT_COOLDOWN);
+        self.pin(now, wait);
+    }
+
+    /// The backend refused its own credential: out for `CREDENTIAL_COOLDOWN`.
+    pub fn credential_refused(&self, now: Instant) {
+        self.pin(now, CREDENTIAL_COOLDOWN);
+    }
+
+    fn pin(&self, now: Instant, wait: Duration) {
         if let Ok(mut b) = self.breaker.lock() {
-            let wait = retry_after
-                .unwrap_or(DEFAULT_RATE_LIMIT_COOLDOWN)
-                .min(MAX_RATE_LIMIT_COOLDOWN);
-            b.probing = false;
-            b.rate_limited = true;
+            b.probing = None;
+            b.pinned = true;
             b.until = Some(b.until.map_or(now + wait, |u| u.max(now + wait)));
         }
     }
@@ -122,9 +152,9 @@ impl Health {
     }
 
     /// Counts a request in flight until the guard drops.
-    pub fn enter(&self) -> InFlight<'_> {
+    pub fn enter(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self)
+        InFlight(self.clone())
     }
 
     /// Peak-EWMA: a slower sample replaces the estimate at once, faster ones decay into it.
@@ -152,12 +182,33 @@ impl Health {
     }
 }
 
-/// Decrements the in-flight count on drop.
-pub struct InFlight<'a>(&'a Health);
+/// Decrements the in-flight count on drop; a stream's relay holds it to the stream's end.
+#[derive(Debug)]
+pub struct InFlight(Arc<Health>);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The half-open probe slot of one backend, held by the request probing it. Dropping it
+/// frees the slot if no verdict did (a 4xx for the client, a context-length error, a client
+/// that went away): the next request may probe, instead of the backend staying "probing"
+/// and unused forever.
+#[derive(Debug)]
+pub struct ProbeSlot {
+    health: Arc<Health>,
+    id: u64,
+}
+
+impl Drop for ProbeSlot {
+    fn drop(&mut self) {
+        if let Ok(mut b) = self.health.breaker.lock()
+            && b.probing == Some(self.id)
+        {
+            b.probing = None;
+        }
     }
 }
 
@@ -167,7 +218,7 @@ mod tests {
 
     #[test]
     fn the_breaker_opens_after_consecutive_failures_and_backs_off_exponentially() {
-        let h = Health::default();
+        let h = Arc::new(Health::default());
         let t0 = Instant::now();
         assert!(!h.failed(t0));
         assert!(!h.failed(t0));
@@ -179,20 +230,61 @@ mod tests {
         // Cooldown over: one probe is let through, the others wait.
         let t1 = t0 + BASE_COOLDOWN;
         assert_eq!(h.availability(t1), Availability::Probe);
-        assert!(h.start_probe());
-        assert!(!h.start_probe());
+        let probe = h.start_probe();
+        assert!(probe.is_some());
+        assert!(h.start_probe().is_none());
         assert!(matches!(h.availability(t1), Availability::Cooling(_)));
         // The probe fails: open again, for twice as long.
         assert!(h.failed(t1));
+        drop(probe);
         assert_eq!(
             h.availability(t1),
             Availability::Cooling(t1 + 2 * BASE_COOLDOWN)
         );
         // A successful probe closes it.
         let t2 = t1 + 2 * BASE_COOLDOWN;
-        assert!(h.start_probe());
+        let _probe = h.start_probe();
         h.succeeded();
         assert_eq!(h.availability(t2), Availability::Ready);
+    }
+
+    #[test]
+    fn a_probe_that_ends_without_a_verdict_frees_the_slot() {
+        let h = Arc::new(Health::default());
+        let t0 = Instant::now();
+        for _ in 0..FAILURES_TO_OPEN {
+            h.failed(t0);
+        }
+        let t1 = t0 + BASE_COOLDOWN;
+        let probe = h.start_probe();
+        assert!(probe.is_some());
+        // Say the client got a 404 and left: no success, no failure.
+        drop(probe);
+        assert_eq!(h.availability(t1), Availability::Probe);
+        // A stale slot never frees a newer probe's.
+        let first = h.start_probe();
+        h.failed(t1);
+        let t2 = t1 + 2 * BASE_COOLDOWN;
+        let second = h.start_probe();
+        assert!(second.is_some());
+        drop(first);
+        assert!(matches!(h.availability(t2), Availability::Cooling(_)));
+        drop(second);
+    }
+
+    #[test]
+    fn however_long_the_outage_the_cooldown_stays_short() {
+        let h = Health::default();
+        let mut t = Instant::now();
+        // An hour of failures, probed every time a cooldown ends.
+        for _ in 0..1000 {
+            h.failed(t);
+            if let Availability::Cooling(until) = h.availability(t) {
+                assert!(until - t <= MAX_COOLDOWN);
+                t = until;
+            }
+        }
+        assert!(MAX_COOLDOWN <= Duration::from_secs(15));
     }
 
     #[test]
@@ -240,7 +332,7 @@ mod tests {
 
     #[test]
     fn peak_ewma_jumps_up_and_decays_down() {
-        let h = Health::default();
+        let h = Arc::new(Health::default());
         let t = Instant::now();
         h.observe_latency(t, Duration::from_millis(10));
         h.observe_latency(t, Duration::from_millis(100));

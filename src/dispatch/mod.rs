@@ -1,22 +1,38 @@
 //! Dispatch: sends a chat request to its route's backends, in the order the route's
 //! strategy gives, skipping backends in cooldown and any backend not allowed the request's
 //! data class, retrying and falling over by the rules in `verdict.rs`, and relaying the
-//! answer (a whole body, or a stream of server-sent events, see `stream.rs`).
+//! answer. Requests go upstream as streams (a non-streaming one too, reassembled by
+//! `assemble.rs`, unless the backend says `upstream_stream: false`), so first-byte and
+//! stall detection and mid-answer continuation (`relay.rs`) work for every answer.
 
+mod assemble;
 mod balance;
+mod body;
+pub mod classes;
 pub mod health;
 pub mod metrics;
-mod stream;
+pub mod relay;
+mod sse;
 pub mod verdict;
 
 use crate::config::{BackendId, Config, RouteId};
+use body::UpstreamBody;
 use bytes::Bytes;
 use health::{Availability, Health};
 use metrics::Metrics;
+use relay::{Piece, Relay};
+use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use verdict::{Cooldown, Outcome, Verdict, judge, parse_retry_after};
+
+/// Client bodies larger than this are serialized for upstream on a blocking thread, so a
+/// huge conversation never stalls the async runtime.
+const BLOCKING_SERIALIZE_BYTES: usize = 256 * 1024;
+/// Most bytes read of an upstream error body or a non-streamed answer.
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+const MAX_ERROR_BYTES: usize = 64 * 1024;
 
 /// When every target is cooling down, wait at most this long for the first to recover.
 pub const MAX_RECOVERY_WAIT: Duration = Duration::from_secs(3);
@@ -30,12 +46,16 @@ pub enum Destination {
     Backend(BackendId),
 }
 
-/// A chat request to dispatch: the client's JSON body, passed through except for `model`.
+/// A chat request to dispatch: the client's JSON body, passed through except for `model`
+/// (shared, never copied: a conversation can be tens of megabytes).
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
-    pub body: serde_json::Map<String, serde_json::Value>,
+    pub body: Arc<Map<String, Value>>,
     pub destination: Destination,
-    pub data_class: Option<String>,
+    /// The strictest data class that applies (see `classes.rs`); `None`: unclassified.
+    pub data_class: Option<classes::Classed>,
+    /// The client's body size in bytes.
+    pub size: usize,
 }
 
 impl ChatRequest {
@@ -57,8 +77,8 @@ pub struct Answer {
 
 pub enum AnswerBody {
     Full(Bytes),
-    /// Server-sent events, relayed as they arrive.
-    Stream(tokio::sync::mpsc::Receiver<Bytes>),
+    /// A streamed answer, relayed as it arrives (see `relay::frame`).
+    Stream(tokio::sync::mpsc::Receiver<Piece>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,11 +104,13 @@ pub struct Dispatcher {
     clients: Vec<reqwest::Client>,
     /// API keys, read from the environment once.
     keys: Vec<Option<String>>,
-    health: Vec<Health>,
+    health: Vec<Arc<Health>>,
     /// Round-robin position per route.
     counters: Vec<AtomicUsize>,
     seed: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Set when the server's drain time is over: open streams end with an error event.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Dispatcher {
@@ -117,7 +139,8 @@ impl Dispatcher {
             })
             .collect();
         Ok(Dispatcher {
-            health: config.backends.iter().map(|_| Health::default()).collect(),
+            health: config.backends.iter().map(|_| Arc::default()).collect(),
+            closing: tokio::sync::watch::Sender::new(false),
             counters: config.routes.iter().map(|_| AtomicUsize::new(0)).collect(),
             seed: AtomicU64::new(0x853c_49e6_748f_ea9b ^ std::process::id() as u64),
             config,
@@ -131,8 +154,13 @@ impl Dispatcher {
         &self.config
     }
 
-    pub fn health(&self, backend: BackendId) -> &Health {
+    pub fn health(&self, backend: BackendId) -> &Arc<Health> {
         &self.health[backend.0]
+    }
+
+    /// Ends every stream still open with an error event (the server's drain time is over).
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -231,7 +259,11 @@ impl Dispatcher {
         if let Some(key) = &self.keys[b.0] {
             request = request.bearer_auth(key);
         }
-        let healthy = matches!(request.send().await, Ok(r) if r.status().is_success());
+        let status = request.send().await.map(|r| r.status().as_u16());
+        if let Ok(401 | 403) = status {
+            tracing::error!(backend = %backend.name, api_key_env = backend.api_key_env.as_deref().unwrap_or("-"), "the backend refuses its credential; check the key in this variable");
+        }
+        let healthy = matches!(status, Ok(200..=299));
         let health = &self.health[b.0];
         if healthy {
             // Back in at once, without waiting for a probe request.
@@ -266,21 +298,26 @@ impl Dispatcher {
                 (d.targets.clone(), self.counters.get(r.0), d.strategy)
             }
         };
-        let class = request.data_class.as_deref();
+        let class = request.data_class.as_ref();
         let eligible: Vec<BackendId> = targets
             .iter()
             .copied()
-            .filter(|&t| self.config.backend(t).accepts(class))
+            .filter(|&t| {
+                self.config
+                    .backend(t)
+                    .accepts(class.map(|c| c.class.as_str()))
+            })
             .collect();
-        if eligible.is_empty() {
+        if let (true, Some(class)) = (eligible.is_empty(), class) {
             let names: Vec<&str> = targets
                 .iter()
                 .map(|&t| self.config.backend(t).name.as_str())
                 .collect();
             return Err(DispatchError::NotEligible {
-                class: class.unwrap_or_default().to_string(),
+                class: class.class.clone(),
                 reason: format!(
-                    "none of the targets ({}) lists it in `data_classes`",
+                    "it was set by {}, and none of the targets ({}) accepts it in `data_classes`",
+                    class.because,
                     names.join(", ")
                 ),
             });
@@ -296,7 +333,8 @@ impl Dispatcher {
         ))
     }
 
-    /// Sends `request` and returns the answer to relay.
+    /// Sends `request` and returns the answer to relay: a stream for a streaming client, else
+    /// one body (a streamed upstream answer reassembled into one completion).
     pub async fn dispatch(
         self: &Arc<Self>,
         request: &ChatRequest,
@@ -333,7 +371,24 @@ impl Dispatcher {
         } else {
             usable
         };
-        self.try_in_order(request, &order).await
+        let answer = self.try_in_order(request, &order).await?;
+        match answer.body {
+            AnswerBody::Stream(pieces) if !request.is_stream() => {
+                let (completion, backend) = collect(pieces).await?;
+                let bytes =
+                    serde_json::to_vec(&completion).map_err(|e| DispatchError::Exhausted {
+                        attempts: vec![format!("cannot write the answer: {e}")],
+                    })?;
+                Ok(Answer {
+                    status: 200,
+                    content_type: Some("application/json".into()),
+                    body: AnswerBody::Full(Bytes::from(bytes)),
+                    backend,
+                    attempts: answer.attempts,
+                })
+            }
+            _ => Ok(answer),
+        }
     }
 
     async fn try_in_order(
@@ -345,13 +400,15 @@ impl Dispatcher {
         let mut failures = Vec::new();
         for (i, &b) in order.iter().enumerate() {
             let health = &self.health[b.0];
-            if let Availability::Probe = health.availability(Instant::now())
-                && !health.start_probe()
-            {
-                continue;
-            }
+            // A probe holds the slot until this target is done with, whatever happens.
+            let _probe = match health.availability(Instant::now()) {
+                Availability::Probe => match health.start_probe() {
+                    Some(slot) => Some(slot),
+                    None => continue,
+                },
+                _ => None,
+            };
             let backend = self.config.backend(b);
-            let _in_flight = health.enter();
             let mut tries_here = 0u32;
             loop {
                 tries_here += 1;
@@ -377,14 +434,12 @@ impl Dispatcher {
                     }
                     Err(outcome) => outcome,
                 };
-                let label = match &outcome {
-                    Outcome::Connect(_) => "connect".to_string(),
-                    Outcome::Silent => "silent".to_string(),
-                    Outcome::Status { status, .. } => format!("http_{status}"),
-                };
                 self.metrics.add(
                     "semroute_upstream_attempts_total",
-                    &[("backend", backend.name.as_str()), ("outcome", &label)],
+                    &[
+                        ("backend", backend.name.as_str()),
+                        ("outcome", &outcome.label()),
+                    ],
                     1.0,
                 );
                 let verdict = judge(&outcome, tries_here, backend, self.jitter());
@@ -419,6 +474,16 @@ impl Dispatcher {
                                 health.rate_limited(now, wait);
                                 self.cooled(b);
                             }
+                            Cooldown::Credential => {
+                                tracing::error!(
+                                    backend = %backend.name,
+                                    api_key_env = backend.api_key_env.as_deref().unwrap_or("-"),
+                                    cooldown_s = health::CREDENTIAL_COOLDOWN.as_secs(),
+                                    "the backend refused its own credential (HTTP 401/403); check the key in this variable"
+                                );
+                                health.credential_refused(now);
+                                self.cooled(b);
+                            }
                         }
                         self.metrics.add(
                             "semroute_fallbacks_total",
@@ -444,83 +509,127 @@ impl Dispatcher {
         Err(DispatchError::Exhausted { attempts: failures })
     }
 
-    /// One attempt on one backend: the answer, or how it failed. A stream's relay gets the
-    /// targets after this one (`rest`) to continue on if the stream breaks.
+    /// One attempt on one backend: the answer, or how it failed. A streamed answer's relay
+    /// gets the targets after this one (`rest`) to continue on if the stream breaks, and
+    /// holds the backend's in-flight count until the stream ends.
     async fn attempt(
         self: &Arc<Self>,
         b: BackendId,
         request: &ChatRequest,
         rest: &[BackendId],
     ) -> Result<Answer, Outcome> {
-        if request.is_stream() {
-            let opened = self.open_stream(b, &request.body).await?;
-            let events = stream::relay(
+        let backend = self.config.backend(b);
+        let in_flight = self.health[b.0].enter();
+        if request.is_stream() || backend.upstream_stream {
+            let opened = self.open_stream(b, request, None).await?;
+            let pieces = Relay::spawn(
+                self.clone(),
+                request.clone(),
+                b,
+                rest.to_vec(),
                 opened,
-                stream::Continuation {
-                    dispatcher: self.clone(),
-                    request: request.clone(),
-                    backend: b,
-                    rest: rest.to_vec(),
-                },
+                in_flight,
             );
             return Ok(Answer {
                 status: 200,
                 content_type: Some("text/event-stream".into()),
-                body: AnswerBody::Stream(events),
+                body: AnswerBody::Stream(pieces),
                 backend: b,
                 attempts: 0,
             });
         }
-        let response = self.send(b, &request.body).await?;
-        let status = response.status().as_u16();
+        // A plain request: only `timeout_ms` bounds it.
+        let response = self.send(b, request, None, false).await?;
         let content_type = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| Outcome::Connect(format!("reading the body: {}", error_chain(&e))))?;
-        if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes)
-            && let Some(usage) = json.get("usage").filter(|u| u.is_object())
-        {
+        let bytes = read_body(response, MAX_ANSWER_BYTES).await?;
+        let json: Value = serde_json::from_slice(&bytes).map_err(|_| {
+            Outcome::Invalid(format!(
+                "the body ({}) is not JSON",
+                content_type.as_deref().unwrap_or("no content-type")
+            ))
+        })?;
+        if !assemble::is_completion(&json) {
+            return Err(match json.get("error").filter(|e| !e.is_null()) {
+                Some(_) => Outcome::Invalid("a 2xx answer carrying an `error`".into()),
+                None => Outcome::Invalid("the JSON answer has no `choices`".into()),
+            });
+        }
+        if let Some(usage) = json.get("usage").filter(|u| u.is_object()) {
             self.record_usage(&self.route_label(request), b, usage);
         }
+        drop(in_flight);
         Ok(Answer {
-            status,
-            content_type,
+            status: 200,
+            content_type: Some("application/json".into()),
             body: AnswerBody::Full(bytes),
             backend: b,
             attempts: 0,
         })
     }
 
-    /// Sends `body` (with the backend's model) and waits for a 2xx response's headers.
+    /// Sends `request` to `b` (with the backend's model, and `prefill` appended) and waits
+    /// for a 2xx response's headers. Streams (`stream`) are bounded by the first-byte
+    /// timeout and never by `timeout_ms`, which bounds only plain requests.
     async fn send(
         &self,
         b: BackendId,
-        body: &serde_json::Map<String, serde_json::Value>,
+        request: &ChatRequest,
+        prefill: Option<&str>,
+        stream: bool,
     ) -> Result<reqwest::Response, Outcome> {
         let backend = self.config.backend(b);
-        let mut body = body.clone();
-        body.insert("model".into(), backend.model.clone().into());
-        let payload = serde_json::to_vec(&body).map_err(|e| Outcome::Connect(e.to_string()))?;
+        let force_stream = stream && !request.is_stream();
+        let payload = if request.size > BLOCKING_SERIALIZE_BYTES {
+            let (client, model) = (request.body.clone(), backend.model.clone());
+            let prefill = prefill.map(str::to_string);
+            tokio::task::spawn_blocking(move || {
+                UpstreamBody {
+                    client: &client,
+                    model: &model,
+                    force_stream,
+                    prefill: prefill.as_deref(),
+                }
+                .to_vec()
+            })
+            .await
+            .map_err(|e| Outcome::Connect(format!("writing the request: {e}")))?
+        } else {
+            UpstreamBody {
+                client: &request.body,
+                model: &backend.model,
+                force_stream,
+                prefill,
+            }
+            .to_vec()
+        }
+        .map_err(|e| Outcome::Connect(format!("writing the request: {e}")))?;
         let mut builder = self.clients[b.0]
             .post(format!("{}/chat/completions", backend.url))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .timeout(backend.timeout)
             .body(payload);
+        if !stream {
+            builder = builder.timeout(backend.timeout);
+        }
         if let Some(key) = &self.keys[b.0] {
             builder = builder.bearer_auth(key);
         }
         let started = Instant::now();
-        let response = match tokio::time::timeout(backend.first_byte_timeout, builder.send()).await
-        {
-            Err(_) => return Err(Outcome::Silent),
-            Ok(Err(err)) if err.is_timeout() => return Err(Outcome::Silent),
-            Ok(Err(err)) => return Err(Outcome::Connect(error_chain(&err))),
-            Ok(Ok(response)) => response,
+        let sent = if stream {
+            match tokio::time::timeout(backend.first_byte_timeout, builder.send()).await {
+                Err(_) => return Err(Outcome::Silent),
+                Ok(sent) => sent,
+            }
+        } else {
+            builder.send().await
+        };
+        let response = match sent {
+            Err(err) if err.is_timeout() => return Err(Outcome::Silent),
+            Err(err) => return Err(Outcome::Connect(error_chain(&err.without_url()))),
+            Ok(response) => response,
         };
         self.metrics.observe(
             "semroute_upstream_ttfb_seconds",
@@ -536,27 +645,96 @@ impl Dispatcher {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let body = response
-            .bytes()
+        let body = read_body(response, MAX_ERROR_BYTES)
             .await
             .map(|b| b.to_vec())
             .unwrap_or_default();
         Err(Outcome::Status {
             status,
             retry_after,
-            body,
+            body: self.withhold_key(b, body),
         })
     }
 
-    /// Sends a streaming request and waits for its first event.
+    /// An upstream error body that contains the backend's key is replaced: it may be
+    /// relayed to the client or logged.
+    fn withhold_key(&self, b: BackendId, body: Vec<u8>) -> Vec<u8> {
+        let Some(key) = self.keys[b.0].as_deref().filter(|k| !k.is_empty()) else {
+            return body;
+        };
+        if !body.windows(key.len()).any(|w| w == key.as_bytes()) {
+            return body;
+        }
+        serde_json::json!({"error": {
+            "message": "the backend's error message was withheld: it contained the backend's credential",
+            "type": "upstream_error",
+            "code": "upstream_error_withheld",
+        }})
+        .to_string()
+        .into_bytes()
+    }
+
+    /// Sends a request as a stream (with `prefill` appended) and waits for its first event,
+    /// both within the first-byte timeout.
     async fn open_stream(
         &self,
         b: BackendId,
-        body: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<stream::Opened, Outcome> {
-        let response = self.send(b, body).await?;
-        stream::open(response, self.config.backend(b)).await
+        request: &ChatRequest,
+        prefill: Option<&str>,
+    ) -> Result<relay::Opened, Outcome> {
+        let backend = self.config.backend(b);
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + backend.first_byte_timeout;
+        let response = self.send(b, request, prefill, true).await?;
+        relay::open(response, deadline, started).await
     }
+}
+
+/// Reads a body of at most `limit` bytes.
+async fn read_body(response: reqwest::Response, limit: usize) -> Result<Bytes, Outcome> {
+    use futures_util::StreamExt;
+    let mut body = bytes::BytesMut::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            if e.is_timeout() {
+                Outcome::Silent
+            } else {
+                Outcome::Connect(format!(
+                    "reading the body: {}",
+                    error_chain(&e.without_url())
+                ))
+            }
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(Outcome::Invalid(format!(
+                "the body is larger than {limit} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Folds a relay's pieces into one completion, or the failure that ended it.
+async fn collect(
+    mut pieces: tokio::sync::mpsc::Receiver<Piece>,
+) -> Result<(Value, BackendId), DispatchError> {
+    let mut assembler = assemble::Assembler::default();
+    while let Some(piece) = pieces.recv().await {
+        match piece {
+            Piece::Chunk(chunk) => assembler.add(&chunk),
+            Piece::Done { backend } => return Ok((assembler.finish(), backend)),
+            Piece::Failed(failure) => {
+                return Err(DispatchError::Exhausted {
+                    attempts: vec![failure],
+                });
+            }
+        }
+    }
+    Err(DispatchError::Exhausted {
+        attempts: vec!["the answer ended without finishing".into()],
+    })
 }
 
 /// An error with its causes, for logs (reqwest's top-level message is often just

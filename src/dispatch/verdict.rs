@@ -17,6 +17,13 @@ pub enum Outcome {
         retry_after: Option<Duration>,
         body: Vec<u8>,
     },
+    /// An error event (`data: {"error": ...}`) in place of the answer.
+    InBand {
+        code: Option<String>,
+        message: String,
+    },
+    /// A 2xx whose body is not a chat completion (an HTML page, a stream without events).
+    Invalid(String),
 }
 
 impl Outcome {
@@ -25,7 +32,29 @@ impl Outcome {
         match self {
             Outcome::Connect(reason) => format!("connection failed: {reason}"),
             Outcome::Silent => "no response within first_byte_timeout_ms".into(),
+            Outcome::Status {
+                status: 401 | 403, ..
+            } => "its credential was refused (HTTP 401/403)".into(),
             Outcome::Status { status, .. } => format!("HTTP {status}"),
+            Outcome::InBand { code, message } => {
+                let short: String = message.chars().take(200).collect();
+                match code {
+                    Some(code) => format!("an error event in the stream ({code}): {short}"),
+                    None => format!("an error event in the stream: {short}"),
+                }
+            }
+            Outcome::Invalid(reason) => format!("not a chat completion: {reason}"),
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn label(&self) -> String {
+        match self {
+            Outcome::Connect(_) => "connect".into(),
+            Outcome::Silent => "silent".into(),
+            Outcome::Status { status, .. } => format!("http_{status}"),
+            Outcome::InBand { .. } => "error_event".into(),
+            Outcome::Invalid(_) => "invalid".into(),
         }
     }
 }
@@ -49,6 +78,8 @@ pub enum Cooldown {
     Failure,
     /// Rate limited: cool down for this long (the `Retry-After`, or a default).
     RateLimited(Option<Duration>),
+    /// The backend refused its own credential: a long cooldown, and an error in the log.
+    Credential,
 }
 
 /// Decides after attempt number `tries_here` (1-based) on `backend`; `jitter` in [0, 1).
@@ -57,7 +88,15 @@ pub fn judge(outcome: &Outcome, tries_here: u32, backend: &Backend, jitter: f64)
     let backoff = Duration::from_millis(50 + (jitter * 100.0) as u64);
     match outcome {
         Outcome::Connect(_) if may_retry => Verdict::Retry(backoff),
-        Outcome::Connect(_) | Outcome::Silent => Verdict::FallOver(Cooldown::Failure),
+        Outcome::Connect(_) | Outcome::Silent | Outcome::Invalid(_) => {
+            Verdict::FallOver(Cooldown::Failure)
+        }
+        Outcome::InBand { code, .. } => match code.as_deref() {
+            Some("context_length_exceeded") => Verdict::FallOver(Cooldown::None),
+            Some("rate_limit_exceeded") => Verdict::FallOver(Cooldown::RateLimited(None)),
+            _ if may_retry => Verdict::Retry(backoff),
+            _ => Verdict::FallOver(Cooldown::Failure),
+        },
         Outcome::Status {
             status,
             retry_after,
@@ -74,6 +113,8 @@ pub fn judge(outcome: &Outcome, tries_here: u32, backend: &Backend, jitter: f64)
             400 if error_code(body).as_deref() == Some("context_length_exceeded") => {
                 Verdict::FallOver(Cooldown::None)
             }
+            // The backend's own key, not the client's request: never the client's problem.
+            401 | 403 => Verdict::FallOver(Cooldown::Credential),
             400..=499 => Verdict::ToClient,
             _ => Verdict::FallOver(Cooldown::Failure),
         },
@@ -173,12 +214,40 @@ mod tests {
             Verdict::FallOver(Cooldown::None)
         );
         let policy = r#"{"error": {"message": "no", "code": "content_policy_violation"}}"#;
-        for code in [400, 401, 403, 404, 413, 422] {
+        for code in [400, 404, 413, 422] {
             assert_eq!(
                 judge(&status(code, None, policy), 1, &b, 0.0),
                 Verdict::ToClient
             );
         }
+    }
+
+    #[test]
+    fn a_refused_credential_is_the_backends_failure_not_the_clients() {
+        for code in [401, 403] {
+            assert_eq!(
+                judge(&status(code, None, ""), 1, &backend(), 0.0),
+                Verdict::FallOver(Cooldown::Credential)
+            );
+        }
+    }
+
+    #[test]
+    fn an_error_event_or_an_invalid_answer_is_a_failed_attempt() {
+        let b = backend();
+        let overloaded = Outcome::InBand {
+            code: Some("server_error".into()),
+            message: "overloaded".into(),
+        };
+        assert!(matches!(judge(&overloaded, 1, &b, 0.0), Verdict::Retry(_)));
+        assert_eq!(
+            judge(&overloaded, 2, &b, 0.0),
+            Verdict::FallOver(Cooldown::Failure)
+        );
+        assert_eq!(
+            judge(&Outcome::Invalid("text/html".into()), 1, &b, 0.0),
+            Verdict::FallOver(Cooldown::Failure)
+        );
     }
 
     #[test]

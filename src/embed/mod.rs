@@ -5,9 +5,11 @@ pub mod cache;
 mod device;
 pub mod files;
 pub mod native;
+pub mod text;
 pub mod worker;
 
 pub use files::{ModelFiles, NotFound};
+pub use text::{Truncator, has_visible_text};
 pub use worker::{EmbedWorker, WorkerError};
 
 use crate::config::EncoderConfig;
@@ -76,7 +78,7 @@ pub struct Encoder {
     cache_key: std::sync::OnceLock<String>,
     max_tokens: usize,
     model: Model,
-    tokenizer: Tokenizer,
+    tokenizer: std::sync::Arc<Tokenizer>,
     device: Device,
     dim: usize,
     files: ModelFiles,
@@ -155,7 +157,7 @@ impl Encoder {
             cache_key: std::sync::OnceLock::new(),
             max_tokens: config.max_tokens,
             model,
-            tokenizer,
+            tokenizer: std::sync::Arc::new(tokenizer),
             device,
             dim: bert_config.hidden_size,
             files,
@@ -206,9 +208,18 @@ impl Encoder {
             .ok_or_else(|| EmbedError::Inference("no embedding produced".into()))
     }
 
+    /// Cuts texts to what truncation keeps, without tokenizing the rest.
+    pub fn truncator(&self) -> Truncator {
+        Truncator::new(self.tokenizer.clone(), self.max_tokens)
+    }
+
     /// Embeds texts in order. Sequences of similar length are padded into shared forward
     /// passes, so mixed lengths waste little work.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>, EmbedError> {
+        // Only what truncation keeps is tokenized, however long the text.
+        let truncator = self.truncator();
+        let texts: Vec<&str> = texts.iter().map(|t| truncator.prefix(t)).collect();
+        let texts = texts.as_slice();
         // One text is tokenized in place: encode_batch would hand it to the thread pool.
         let encodings = match texts {
             [one] => self.tokenizer.encode(*one, true).map(|e| vec![e]),

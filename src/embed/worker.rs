@@ -4,7 +4,7 @@
 //! concurrent prompts share forward passes. A full queue is refused at once (overload),
 //! never grown without bound.
 
-use super::{EmbedError, Embedding, Encoder};
+use super::{EmbedError, Embedding, Encoder, Truncator};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,6 +31,7 @@ pub enum WorkerError {
 pub struct EmbedWorker {
     jobs: mpsc::Sender<Job>,
     capacity: usize,
+    truncator: Truncator,
 }
 
 impl EmbedWorker {
@@ -38,10 +39,21 @@ impl EmbedWorker {
     pub fn spawn(encoder: Encoder, queue_capacity: usize) -> std::io::Result<EmbedWorker> {
         let capacity = queue_capacity.max(1);
         let (jobs, receiver) = mpsc::channel(capacity);
+        let truncator = encoder.truncator();
         std::thread::Builder::new()
             .name("semroute-embed".into())
             .spawn(move || run(encoder, receiver))?;
-        Ok(EmbedWorker { jobs, capacity })
+        Ok(EmbedWorker {
+            jobs,
+            capacity,
+            truncator,
+        })
+    }
+
+    /// The part of `text` the model will see (see `Truncator::prefix`): send that, not a
+    /// copy of a huge prompt.
+    pub fn prefix<'a>(&self, text: &'a str) -> &'a str {
+        self.truncator.prefix(text)
     }
 
     pub async fn embed(&self, text: String) -> Result<Embedding, WorkerError> {

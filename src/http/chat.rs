@@ -1,34 +1,47 @@
-//! `POST /v1/chat/completions` (the OpenAI-compatible proxy) and `GET /v1/models`. The
-//! body passes through untouched apart from `model`; `model` of `auto` (or none) routes by
-//! classifying the last user message, a route's or a backend's name goes straight there.
+//! `POST /v1/chat/completions` (the OpenAI-compatible proxy), `GET /v1/models` and
+//! `GET /v1/models/{id}`. The body passes through untouched apart from `model`: `auto` (or
+//! none) routes by classifying the last user message, a route's or a backend's name goes
+//! straight there. Whatever `model` says, the request carries the strictest data class of
+//! its header, its route and every class-bearing pattern that matches it. A large body is
+//! parsed, scanned and prepared on a blocking thread, never on the async runtime.
 
 use super::AppState;
-use super::classify::{Message, last_user_text};
-use super::json::ApiJson;
-use crate::config::Config;
+use super::classify::last_user_text;
+use super::json::read_json_body;
+use crate::config::{Config, RouteId};
+use crate::decide::OverrideHit;
+use crate::dispatch::classes::{self, Classed};
+use crate::dispatch::relay::{Piece, frame};
 use crate::dispatch::{AnswerBody, ChatRequest, Destination, DispatchError};
+use crate::embed::has_visible_text;
 use crate::error::{ApiError, ErrorKind};
 use axum::Json;
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
+use std::sync::Arc;
 
-/// The request header that sets a request's data class.
+/// The request header that raises a request's data class.
 pub const DATA_CLASS_HEADER: &str = "x-semroute-data-class";
+/// Bodies larger than this are prepared on a blocking thread.
+const BLOCKING_BYTES: usize = 64 * 1024;
 
-/// What the proxy decided before dispatching, for the response headers.
-struct Routing {
-    destination: Destination,
-    route: Option<String>,
-    score: Option<f32>,
+/// The request, parsed and scanned.
+struct Prepared {
+    body: Arc<Map<String, Value>>,
+    destination: Option<Destination>,
+    /// Routes whose class-bearing patterns matched somewhere in the request.
+    class_hits: Vec<RouteId>,
+    /// With `model: auto`: the text to embed and the keyword and pattern hits of the last
+    /// user message.
+    prompt: Option<(String, Vec<OverrideHit>)>,
 }
 
 pub async fn chat_completions(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    ApiJson(body): ApiJson<Map<String, Value>>,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let Some(dispatcher) = state.dispatcher.clone() else {
         return Err(ApiError::new(
@@ -36,9 +49,8 @@ pub async fn chat_completions(
             "this config defines no backends to proxy to; add `backends:` and route `targets:`",
         ));
     };
-    let config = dispatcher.config();
-    let routing = resolve(&state, config, &body).await?;
-    let header_class = match headers.get(DATA_CLASS_HEADER) {
+    let config = dispatcher.config().clone();
+    let header_class = match request.headers().get(DATA_CLASS_HEADER) {
         Some(v) => Some(
             v.to_str()
                 .map_err(|_| ApiError::invalid(format!("{DATA_CLASS_HEADER} must be ASCII")))?
@@ -47,16 +59,65 @@ pub async fn chat_completions(
         ),
         None => None,
     };
-    let route_class = match routing.destination {
-        Destination::Route(r) => config.route(r).dispatch.data_class.clone(),
+    let limit = state.body_limit.max(super::CHAT_BODY_LIMIT);
+    let bytes = read_json_body(request, limit, state.body_timeout).await?;
+    let size = bytes.len();
+    let engine = state
+        .engine
+        .get()
+        .map(|e| (e.router.clone(), e.worker.clone()));
+    let prepared = {
+        let config = config.clone();
+        let work = move || prepare(&bytes, &config, engine.as_ref());
+        if size > BLOCKING_BYTES {
+            tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))??
+        } else {
+            work()?
+        }
+    };
+    let (destination, route, score) = match (prepared.destination, prepared.prompt) {
+        (Some(destination), _) => {
+            let route = match destination {
+                Destination::Route(r) => Some(config.route(r).name.to_string()),
+                Destination::Backend(_) => None,
+            };
+            (destination, route, None)
+        }
+        (None, Some((prefix, hits))) => classify(&state, &config, prefix, hits).await?,
+        (None, None) => return Err(ApiError::new(ErrorKind::Internal, "nothing to route by")),
+    };
+    let route_id = match destination {
+        Destination::Route(r) => Some(r),
         Destination::Backend(_) => None,
     };
+    let data_class = classes::request_class(
+        &config,
+        header_class.as_deref(),
+        route_id,
+        &prepared.class_hits,
+    )
+    .map_err(|reason| {
+        ApiError::new(
+            ErrorKind::DataClassRefused,
+            DispatchError::NotEligible {
+                class: header_class.clone().unwrap_or_default(),
+                reason,
+            }
+            .to_string(),
+        )
+    })?;
+    if let Some(Classed { class, because }) = &data_class {
+        tracing::debug!(%class, %because, "data class");
+    }
     let request = ChatRequest {
-        body,
-        destination: routing.destination,
-        data_class: header_class.or(route_class),
+        body: prepared.body,
+        destination,
+        data_class,
+        size,
     };
-    let route_label = routing.route.clone().unwrap_or_else(|| "-".into());
+    let route_label = route.clone().unwrap_or_else(|| "-".into());
     let result = dispatcher.dispatch(&request).await;
     let (status_label, backend_label) = match &result {
         Ok(a) => (a.status.to_string(), config.backend(a.backend).name.clone()),
@@ -88,7 +149,7 @@ pub async fn chat_completions(
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let body = match answer.body {
         AnswerBody::Full(bytes) => Body::from(bytes),
-        AnswerBody::Stream(events) => Body::from_stream(tokio_stream_of(events)),
+        AnswerBody::Stream(pieces) => Body::from_stream(framed(pieces)),
     };
     let mut response = Response::builder()
         .status(status)
@@ -102,93 +163,117 @@ pub async fn chat_completions(
         h.insert(header::CONTENT_TYPE, ct);
     }
     let text = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("-"));
-    h.insert(
-        "x-semroute-route",
-        text(routing.route.as_deref().unwrap_or("-")),
-    );
+    h.insert("x-semroute-route", text(route.as_deref().unwrap_or("-")));
     h.insert(
         "x-semroute-backend",
         text(&config.backend(answer.backend).name),
     );
     h.insert(
         "x-semroute-score",
-        text(&routing.score.map_or("-".to_string(), |s| format!("{s:.4}"))),
+        text(&score.map_or("-".to_string(), |s: f32| format!("{s:.4}"))),
     );
     h.insert("x-semroute-attempts", HeaderValue::from(answer.attempts));
     Ok(response)
 }
 
-/// Turns the relay's channel into a body stream.
-fn tokio_stream_of(
-    mut events: tokio::sync::mpsc::Receiver<bytes::Bytes>,
-) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> {
-    futures_util::stream::poll_fn(move |cx| events.poll_recv(cx).map(|e| e.map(Ok)))
+/// The relay's pieces as SSE frames.
+fn framed(
+    mut pieces: tokio::sync::mpsc::Receiver<Piece>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> {
+    futures_util::stream::poll_fn(move |cx| pieces.poll_recv(cx).map(|p| p.map(|p| Ok(frame(&p)))))
 }
 
-/// Where `model` sends the request.
-async fn resolve(
-    state: &AppState,
+/// Parses the body and does everything that reads all of it: the data-class scan, and with
+/// `model: auto` the last user message's override hits and the part of it to embed.
+fn prepare(
+    bytes: &[u8],
     config: &Config,
-    body: &Map<String, Value>,
-) -> Result<Routing, ApiError> {
+    engine: Option<&(Arc<crate::Router>, crate::embed::EmbedWorker)>,
+) -> Result<Prepared, ApiError> {
+    let body: Map<String, Value> = super::json::parse(bytes)?;
     let model = match body.get("model") {
         None | Some(Value::Null) => "auto",
         Some(Value::String(m)) => m.as_str(),
         Some(_) => return Err(ApiError::invalid("`model` must be a string")),
     };
-    if model != "auto" {
-        if let Some(r) = config.route_id(model) {
-            return Ok(Routing {
-                destination: Destination::Route(r),
-                route: Some(model.to_string()),
-                score: None,
-            });
-        }
-        if let Some(b) = config.backend_id(model) {
-            return Ok(Routing {
-                destination: Destination::Backend(b),
-                route: None,
-                score: None,
-            });
-        }
-        return Err(ApiError::new(
-            ErrorKind::ModelNotFound,
-            format!(
-                "`model` is `{model}`: use `auto`, a route ({}) or a backend ({})",
-                names(config.routes.iter().map(|r| r.name.as_str())),
-                names(config.backends.iter().map(|b| b.name.as_str())),
-            ),
-        ));
-    }
-    let messages: Vec<Message> = match body.get("messages") {
-        Some(m) => serde_json::from_value(m.clone())
-            .map_err(|e| ApiError::invalid(format!("`messages` is not a list of messages: {e}")))?,
+    let messages = match body.get("messages") {
+        Some(Value::Array(messages)) => messages,
+        Some(_) => return Err(ApiError::invalid("`messages` must be a list of messages")),
         None => return Err(ApiError::invalid("missing `messages`")),
     };
-    let text = last_user_text(&messages)
-        .filter(|t| !t.trim().is_empty())
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "with `model: auto`, `messages` needs a user message with text to route by",
-            )
-        })?;
+    if let Some(i) = messages
+        .iter()
+        .position(|m| !m.get("role").is_some_and(Value::is_string))
+    {
+        return Err(ApiError::invalid(format!(
+            "`messages[{i}]` is not a message with a string `role`"
+        )));
+    }
+    let destination = named(config, model)?;
+    let prompt = match destination {
+        Some(_) => None,
+        None => {
+            let text = last_user_text(messages)
+                .filter(|t| has_visible_text(t))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "with `model: auto`, `messages` needs a user message with visible text to route by",
+                    )
+                })?;
+            let (router, worker) = engine.ok_or_else(super::not_ready)?;
+            let hits = router.override_hits(&text);
+            Some((worker.prefix(&text).to_string(), hits))
+        }
+    };
+    let class_hits = classes::pattern_hits(config, &body);
+    Ok(Prepared {
+        body: Arc::new(body),
+        destination,
+        class_hits,
+        prompt,
+    })
+}
+
+/// The destination `model` names (`None`: `auto`).
+fn named(config: &Config, model: &str) -> Result<Option<Destination>, ApiError> {
+    if model == "auto" {
+        return Ok(None);
+    }
+    if let Some(r) = config.route_id(model) {
+        return Ok(Some(Destination::Route(r)));
+    }
+    if let Some(b) = config.backend_id(model) {
+        return Ok(Some(Destination::Backend(b)));
+    }
+    Err(ApiError::new(
+        ErrorKind::ModelNotFound,
+        format!(
+            "`model` is `{model}`: use `auto`, a route ({}) or a backend ({})",
+            names(config.routes.iter().map(|r| r.name.as_str())),
+            names(config.backends.iter().map(|b| b.name.as_str())),
+        ),
+    ))
+}
+
+/// Embeds the prompt and decides the route.
+async fn classify(
+    state: &AppState,
+    config: &Config,
+    prefix: String,
+    hits: Vec<OverrideHit>,
+) -> Result<(Destination, Option<String>, Option<f32>), ApiError> {
     let engine = state.engine()?;
     let started = std::time::Instant::now();
-    let embedding = engine.worker.embed(text.clone()).await?;
-    let c = engine.router.classify(&text, &embedding, None);
+    let embedding = engine.worker.embed(prefix).await?;
+    let c = engine.router.classify_with_hits(hits, &embedding, None);
     state
         .metrics
         .observe("semroute_classification_seconds", &[], started.elapsed());
-    let route = c
+    match c
         .route
-        .clone()
-        .and_then(|name| config.route_id(&name).map(|r| (r, name)));
-    match route {
-        Some((r, name)) => Ok(Routing {
-            destination: Destination::Route(r),
-            route: Some(name),
-            score: c.score,
-        }),
+        .and_then(|name| config.route_id(&name).map(|r| (r, name)))
+    {
+        Some((r, name)) => Ok((Destination::Route(r), Some(name), c.score)),
         None => Err(ApiError::invalid(
             "no route matched this prompt and the config has no `default_route` to send it to",
         )),
@@ -204,10 +289,9 @@ fn names<'a>(list: impl Iterator<Item = &'a str>) -> String {
     }
 }
 
-/// `GET /v1/models`: `auto`, every route and every backend, in OpenAI's list shape.
-pub async fn models(State(state): State<AppState>) -> impl IntoResponse {
-    let config = &state.config;
-    let entry = |id: &str, kind: &str| json!({"id": id, "object": "model", "owned_by": "semroute", "semroute_kind": kind});
+/// Every model id a client may name: `auto`, the routes, the backends.
+fn model_entries(config: &Config) -> Vec<Value> {
+    let entry = |id: &str, kind: &str| json!({"id": id, "object": "model", "created": 0, "owned_by": "semroute", "semroute_kind": kind});
     let mut data = vec![entry("auto", "auto")];
     data.extend(
         config
@@ -216,7 +300,29 @@ pub async fn models(State(state): State<AppState>) -> impl IntoResponse {
             .map(|r| entry(r.name.as_str(), "route")),
     );
     data.extend(config.backends.iter().map(|b| entry(&b.name, "backend")));
-    Json(json!({"object": "list", "data": data}))
+    data
+}
+
+/// `GET /v1/models`: `auto`, every route and every backend, in OpenAI's list shape.
+pub async fn models(State(state): State<AppState>) -> impl IntoResponse {
+    Json(json!({"object": "list", "data": model_entries(&state.config)}))
+}
+
+/// `GET /v1/models/{id}` (the SDKs' `models.retrieve`).
+pub async fn model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    model_entries(&state.config)
+        .into_iter()
+        .find(|m| m["id"] == id.as_str())
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::ModelNotFound,
+                format!("there is no model `{id}`; GET /v1/models lists them"),
+            )
+        })
 }
 
 /// `GET /metrics`: Prometheus' text format.

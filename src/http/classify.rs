@@ -3,11 +3,13 @@
 use super::AppState;
 use super::json::ApiJson;
 use crate::config::MAX_TOP_K;
+use crate::embed::has_visible_text;
 use crate::error::ApiError;
 use crate::router::Classification;
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::time::Instant;
 
 /// `{"text": "..."}` or `{"messages": [...]}` (the last user message is classified).
@@ -29,6 +31,12 @@ pub struct Message {
     pub content: serde_json::Value,
 }
 
+impl Message {
+    fn as_json(&self) -> serde_json::Value {
+        serde_json::json!({"role": self.role, "content": self.content})
+    }
+}
+
 impl ClassifyRequest {
     /// The text to classify, or why there is none.
     pub fn prompt(&self) -> Result<String, ApiError> {
@@ -39,17 +47,25 @@ impl ClassifyRequest {
                 ));
             }
             (Some(text), None) => text.clone(),
-            (None, Some(messages)) => last_user_text(messages).ok_or_else(|| {
-                ApiError::invalid("`messages` has no user message with text content")
-            })?,
+            (None, Some(messages)) => {
+                let messages: Vec<serde_json::Value> =
+                    messages.iter().map(Message::as_json).collect();
+                last_user_text(&messages)
+                    .map(|t| t.into_owned())
+                    .ok_or_else(|| {
+                        ApiError::invalid("`messages` has no user message with text content")
+                    })?
+            }
             (None, None) => {
                 return Err(ApiError::invalid(
                     "missing `text`: send {\"text\": \"...\"} or {\"messages\": [{\"role\": \"user\", \"content\": \"...\"}]}",
                 ));
             }
         };
-        if text.trim().is_empty() {
-            return Err(ApiError::invalid("the text to classify is empty"));
+        if !has_visible_text(&text) {
+            return Err(ApiError::invalid(
+                "the text to classify is empty (or only invisible characters)",
+            ));
         }
         Ok(text)
     }
@@ -64,25 +80,26 @@ impl ClassifyRequest {
     }
 }
 
-pub(super) fn last_user_text(messages: &[Message]) -> Option<String> {
+/// The last user message's text: a string content, or its text parts joined by newlines.
+/// Borrowed when it is one string (a conversation can be tens of megabytes).
+pub(super) fn last_user_text(messages: &[serde_json::Value]) -> Option<Cow<'_, str>> {
     messages
         .iter()
         .rev()
-        .filter(|m| m.role == "user")
-        .find_map(|m| content_text(&m.content))
+        .filter(|m| m.get("role").and_then(|r| r.as_str()) == Some("user"))
+        .find_map(|m| content_text(m.get("content")?))
 }
 
-/// Text of a message's content: the string itself, or its text parts joined by newlines.
-fn content_text(content: &serde_json::Value) -> Option<String> {
+fn content_text(content: &serde_json::Value) -> Option<Cow<'_, str>> {
     match content {
-        serde_json::Value::String(text) => Some(text.clone()),
+        serde_json::Value::String(text) => Some(Cow::Borrowed(text)),
         serde_json::Value::Array(parts) => {
             let texts: Vec<&str> = parts
                 .iter()
                 .filter(|p| p.get("type").and_then(|t| t.as_str()) == Some("text"))
                 .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
                 .collect();
-            (!texts.is_empty()).then(|| texts.join("\n"))
+            (!texts.is_empty()).then(|| Cow::Owned(texts.join("\n")))
         }
         _ => None,
     }
@@ -96,7 +113,10 @@ pub async fn classify(
     let text = request.prompt()?;
     let top_k = request.top_k()?;
     let engine = state.engine()?;
-    let embedding = engine.worker.embed(text.clone()).await?;
+    let embedding = engine
+        .worker
+        .embed(engine.worker.prefix(&text).to_string())
+        .await?;
     let embed_us = started.elapsed().as_micros() as u64;
     let mut result = engine.router.classify(&text, &embedding, top_k);
     result.timing_us.embed = embed_us;

@@ -1,44 +1,98 @@
-//! A JSON body extractor whose rejections are the service's JSON errors (axum's own answer
-//! in plain text): bad syntax 400, wrong shape 422, wrong content type 415, too large 413.
+//! Request bodies: read whole within a size limit and a deadline (a client trickling a
+//! body cannot hold a request open past `--body-timeout`), and JSON bodies whose
+//! rejections are the service's JSON errors (axum's own are plain text): bad syntax 400,
+//! wrong shape 422, wrong content type 415, too large 413, too slow 408.
 
+use super::AppState;
 use crate::error::{ApiError, ErrorKind};
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::header;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
+use std::time::Duration;
 
 pub struct ApiJson<T>(pub T);
 
-impl<S, T> FromRequest<S> for ApiJson<T>
+impl<T> FromRequest<AppState> for ApiJson<T>
 where
     T: DeserializeOwned,
-    S: Send + Sync,
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(rejected(&rejection)),
-        }
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = read_json_body(req, state.body_limit, state.body_timeout).await?;
+        parse(&bytes).map(ApiJson)
     }
 }
 
-fn rejected(rejection: &JsonRejection) -> ApiError {
-    let kind = match rejection.status() {
-        StatusCode::UNPROCESSABLE_ENTITY => ErrorKind::InvalidRequest,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorKind::UnsupportedMediaType,
-        StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::PayloadTooLarge,
-        _ => ErrorKind::InvalidJson,
-    };
-    let message = match kind {
-        ErrorKind::UnsupportedMediaType => {
-            "send the body as JSON with the header `content-type: application/json`".to_string()
-        }
-        ErrorKind::PayloadTooLarge => {
-            "the request body is larger than the server's limit".to_string()
-        }
-        _ => rejection.body_text(),
-    };
-    ApiError::new(kind, message)
+/// Parses a JSON body: bad syntax is 400, the wrong shape 422.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = T::deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    value.map_err(|err| {
+        let kind = match err.classify() {
+            serde_json::error::Category::Data => ErrorKind::InvalidRequest,
+            _ => ErrorKind::InvalidJson,
+        };
+        let what = match kind {
+            ErrorKind::InvalidRequest => "the JSON body does not have the expected shape",
+            _ => "the body is not valid JSON",
+        };
+        ApiError::new(kind, format!("{what}: {err}"))
+    })
+}
+
+/// Reads a JSON request's whole body: at most `limit` bytes, within `timeout`.
+pub async fn read_json_body(
+    req: Request,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| {
+            v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+        });
+    if !json {
+        return Err(ApiError::new(
+            ErrorKind::UnsupportedMediaType,
+            "send the body as JSON with the header `content-type: application/json`",
+        ));
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let body = Limited::new(req.into_body(), limit);
+    match tokio::time::timeout(timeout, body.collect()).await {
+        Err(_) => Err(ApiError::new(
+            ErrorKind::RequestTimeout,
+            format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs_f64()
+            ),
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
+        Ok(Err(err)) => Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("the request body could not be read: {err}"),
+        )),
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        ErrorKind::PayloadTooLarge,
+        format!("the request body is larger than the server's limit ({limit} bytes)"),
+    )
 }

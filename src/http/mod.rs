@@ -18,6 +18,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use tower_http::trace::TraceLayer;
 
 /// Request bodies larger than this are refused with 413 unless configured otherwise.
@@ -32,6 +33,9 @@ pub struct Engine {
     pub worker: EmbedWorker,
 }
 
+/// How long a request body may take to arrive, unless configured otherwise.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[derive(Clone)]
 pub struct AppState {
     config: Arc<Config>,
@@ -40,6 +44,7 @@ pub struct AppState {
     dispatcher: Option<Arc<Dispatcher>>,
     metrics: Arc<Metrics>,
     body_limit: usize,
+    body_timeout: Duration,
 }
 
 impl AppState {
@@ -70,7 +75,19 @@ impl AppState {
             dispatcher,
             metrics,
             body_limit,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
         }
+    }
+
+    /// A request body must arrive whole within `timeout` (else 408).
+    pub fn with_body_timeout(mut self, timeout: Duration) -> AppState {
+        self.body_timeout = timeout;
+        self
+    }
+
+    /// The dispatcher, when the config defines backends (for shutdown).
+    pub fn dispatcher(&self) -> Option<&Arc<Dispatcher>> {
+        self.dispatcher.as_ref()
     }
 
     /// A state that is ready from the start.
@@ -90,25 +107,24 @@ impl AppState {
     }
 
     fn engine(&self) -> Result<&Engine, ApiError> {
-        self.engine.get().ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::NotReady,
-                "the model and route index are still loading; retry shortly",
-            )
-        })
+        self.engine.get().ok_or_else(not_ready)
     }
+}
+
+fn not_ready() -> ApiError {
+    ApiError::new(
+        ErrorKind::NotReady,
+        "the model and route index are still loading; retry shortly",
+    )
 }
 
 pub fn app(state: AppState) -> Router {
     let body_limit = state.body_limit;
     Router::new()
         .route("/classify", post(classify::classify))
-        .route(
-            "/v1/chat/completions",
-            post(chat::chat_completions)
-                .layer(DefaultBodyLimit::max(body_limit.max(CHAT_BODY_LIMIT))),
-        )
+        .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(chat::models))
+        .route("/v1/models/{*id}", get(chat::model))
         .route("/metrics", get(chat::metrics))
         .route("/routes", get(health::routes))
         .route("/healthz", get(health::healthz))
@@ -123,7 +139,7 @@ pub fn app(state: AppState) -> Router {
 async fn not_found() -> ApiError {
     ApiError::new(
         ErrorKind::NotFound,
-        "no such endpoint; see POST /classify, POST /v1/chat/completions, GET /v1/models, /metrics, /routes, /healthz, /readyz",
+        "no such endpoint; see POST /classify, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, /metrics, /routes, /healthz, /readyz",
     )
 }
 

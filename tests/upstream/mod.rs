@@ -205,11 +205,12 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
     let name = shared.name.clone();
     match behaviour {
         Behaviour::Answer if stream => {
+            // The same answer and usage as the non-streamed one.
             stream_pieces(
                 &mut socket,
                 &shared,
                 &model,
-                &["Hello", " from ", &name],
+                &["Hello", " from ", &name, "", ""],
                 StreamEnd::Done,
             )
             .await

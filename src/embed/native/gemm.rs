@@ -14,33 +14,59 @@ pub const PANEL: usize = 48;
 /// (a hand-over through `Team` costs a few µs).
 const PARALLEL_MIN_MACS: usize = 1 << 19;
 
-/// The instruction set a kernel uses.
+/// The kernel families.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
+pub enum IsaKind {
     Avx512,
     Avx2,
     Portable,
 }
 
+/// The instruction set a kernel uses: a token that only detection mints (the field is
+/// private), so safe code can never ask for instructions this CPU lacks. The portable
+/// kernel runs anywhere and may be asked for by name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Isa(IsaKind);
+
+impl std::fmt::Debug for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // As the kind alone: cache keys embed this text.
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
 impl Isa {
     /// The best kernel this CPU can run.
     pub fn detect() -> Isa {
-        Isa::available().into_iter().next().unwrap_or(Isa::Portable)
+        Isa::available()
+            .into_iter()
+            .next()
+            .unwrap_or(Isa::portable())
     }
 
-    /// Every kernel this CPU can run, best first (the portable one always).
+    /// The kernel in plain Rust, which every CPU runs.
+    pub const fn portable() -> Isa {
+        Isa(IsaKind::Portable)
+    }
+
+    pub fn kind(self) -> IsaKind {
+        self.0
+    }
+
+    /// Every kernel this CPU can run, best first (the portable one always). Each is checked
+    /// for every extension its `#[target_feature]` enables.
     pub fn available() -> Vec<Isa> {
         let mut isas = Vec::with_capacity(3);
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx512f") {
-                isas.push(Isa::Avx512);
+                isas.push(Isa(IsaKind::Avx512));
             }
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                isas.push(Isa::Avx2);
+                isas.push(Isa(IsaKind::Avx2));
             }
         }
-        isas.push(Isa::Portable);
+        isas.push(Isa::portable());
         isas
     }
 }
@@ -195,9 +221,9 @@ impl Linear {
         panels: std::ops::Range<usize>,
         out: &SharedOut,
     ) {
-        let rows_per_tile = match (isa, x) {
-            (_, Input::Bf16(_)) | (Isa::Avx512 | Isa::Portable, _) => 8,
-            (Isa::Avx2, _) => 4,
+        let rows_per_tile = match (isa.kind(), x) {
+            (_, Input::Bf16(_)) | (IsaKind::Avx512 | IsaKind::Portable, _) => 8,
+            (IsaKind::Avx2, _) => 4,
         };
         let pairs = self.k.div_ceil(2);
         let mut tile = [0.0f32; 8 * PANEL];
@@ -299,13 +325,14 @@ fn tile_dispatch(
     bias: &[f32],
     tile: &mut [f32; 8 * PANEL],
 ) {
-    match isa {
+    match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` is only produced by detection (or by tests that check it).
-        Isa::Avx512 => unsafe { x86::tile_avx512(rows, mr, k, panel, bias, tile) },
+        // SAFETY: an `Isa` of kind AVX-512 is only minted by detection, after checking
+        // avx512f, the one extension `tile_avx512` enables.
+        IsaKind::Avx512 => unsafe { x86::tile_avx512(rows, mr, k, panel, bias, tile) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2 and FMA.
-        Isa::Avx2 => unsafe { x86::tile_avx2(rows, mr, k, panel, bias, tile) },
+        IsaKind::Avx2 => unsafe { x86::tile_avx2(rows, mr, k, panel, bias, tile) },
         _ => tile_portable(rows, mr, k, panel, bias, tile),
     }
 }
@@ -640,7 +667,7 @@ mod tests {
             let layer = Linear::new_bf16(&w, &b, n, k).unwrap();
             assert!(layer.is_bf16());
             let mut y = vec![f32::NAN; m * n];
-            assert!(layer.forward(Isa::Avx512, &x, m, &mut y, Team::new().as_ref()));
+            assert!(layer.forward(Isa::detect(), &x, m, &mut y, Team::new().as_ref()));
             for (i, (a, e)) in y.iter().zip(&expected).enumerate() {
                 assert!(
                     (a - e).abs() <= 1e-3 * (1.0 + e.abs()),
@@ -665,11 +692,11 @@ mod tests {
         assert!(Linear::new(&[1.0; 6], &[0.0; 2], 3, 2).is_none());
         let layer = Linear::new(&[1.0; 6], &[0.0; 3], 3, 2).unwrap();
         let mut y = vec![0.0; 3];
-        assert!(!layer.forward(Isa::Portable, &[1.0; 3], 1, &mut y, None));
+        assert!(!layer.forward(Isa::portable(), &[1.0; 3], 1, &mut y, None));
     }
 
     #[test]
     fn detection_always_offers_the_portable_kernel() {
-        assert_eq!(Isa::available().last(), Some(&Isa::Portable));
+        assert_eq!(Isa::available().last(), Some(&Isa::portable()));
     }
 }

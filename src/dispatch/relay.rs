@@ -1,0 +1,762 @@
+//! The stream relay: one task per streamed answer that takes an upstream's events and hands
+//! the client (or the assembler of a non-streaming answer) chunks it can trust.
+//!
+//! What it guarantees, per choice of the answer:
+//! - every kind of delta is tracked: content, refusal and reasoning text, tool calls, role;
+//! - tool-call deltas are held back until their choice finishes and then sent whole, so a
+//!   stream cut in the middle of a call never delivers a half or a doubled call;
+//! - nothing is relayed twice: after a break, the answer continues on the next target with
+//!   the relayed text as an assistant prefill (one choice, content only), or restarts there
+//!   and is relayed only from where the relayed text ends, if it repeats that text exactly;
+//!   a target that accepted the prefill but started over is caught from its opening;
+//! - a break is a cut connection, a stall of `stream_idle_timeout_ms`, an error event in
+//!   the stream, or `max_stream_ms` when set; a stream that keeps sending is never cut;
+//! - when nothing can continue, the end is `Piece::Failed` with the original failure, never
+//!   a clean `[DONE]`; a client that goes away ends the task and with it the upstream call;
+//! - the in-flight count of the backend streaming is held until the stream ends.
+
+use super::assemble::{TEXT_FIELDS, ToolCall, completion_to_chunk, is_completion};
+use super::health::InFlight;
+use super::sse::{self, Event};
+use super::verdict::Outcome;
+use super::{ChatRequest, Dispatcher, error_chain};
+use crate::config::BackendId;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Pieces buffered between the relay and the client.
+const RELAY_BUFFER: usize = 64;
+/// Bytes of a prefilled continuation's opening compared with the relayed text to tell a
+/// continuation from a target that ignored the prefill and started over.
+const SNIFF_BYTES: usize = 24;
+
+/// What the relay hands on, in order; the last is `Done` or `Failed`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Piece {
+    Chunk(Value),
+    /// The answer is complete; `backend` sent its end.
+    Done {
+        backend: BackendId,
+    },
+    /// The answer broke and nothing could continue it: the original failure.
+    Failed(String),
+}
+
+type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+
+/// An upstream answer whose first event has arrived.
+pub struct Opened {
+    upstream: ByteStream,
+    parser: sse::Parser,
+    pending: VecDeque<Event>,
+    started: Instant,
+}
+
+/// Waits, until `deadline`, for the first event of a 2xx answer to a streaming request. An
+/// answer that is JSON (a provider that did not stream) is taken whole if it is a chat
+/// completion; anything else that is not an event stream is a failed attempt.
+pub async fn open(
+    response: reqwest::Response,
+    deadline: tokio::time::Instant,
+    started: Instant,
+) -> Result<Opened, Outcome> {
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.to_ascii_lowercase());
+    let parser = sse::Parser::new();
+    match content_type.as_deref() {
+        Some(ct) if ct.starts_with("application/json") => {
+            let body = tokio::time::timeout_at(deadline, read_limited(response))
+                .await
+                .map_err(|_| Outcome::Silent)??;
+            let json: Value = serde_json::from_slice(&body)
+                .map_err(|_| Outcome::Invalid("the JSON answer does not parse".into()))?;
+            if let Some(error) = json.get("error").filter(|e| !e.is_null()) {
+                return Err(in_band(error));
+            }
+            if !is_completion(&json) {
+                return Err(Outcome::Invalid("the JSON answer has no `choices`".into()));
+            }
+            let empty: ByteStream = Box::pin(futures_util::stream::empty());
+            return Ok(Opened {
+                upstream: empty,
+                parser,
+                pending: VecDeque::from([Event::Chunk(completion_to_chunk(&json)), Event::Done]),
+                started,
+            });
+        }
+        Some(ct) if !ct.starts_with("text/event-stream") => {
+            return Err(Outcome::Invalid(format!(
+                "the answer is `{}`, not an event stream",
+                ct.split(';').next().unwrap_or(ct)
+            )));
+        }
+        _ => {}
+    }
+    let mut opened = Opened {
+        upstream: Box::pin(response.bytes_stream()),
+        parser,
+        pending: VecDeque::new(),
+        started,
+    };
+    let mut events = Vec::new();
+    loop {
+        for event in events.drain(..) {
+            match event {
+                Event::Error(json) => return Err(in_band(&json["error"])),
+                Event::Done if opened.pending.is_empty() => {
+                    return Err(Outcome::Invalid(
+                        "the stream ended without an answer".into(),
+                    ));
+                }
+                Event::Malformed(_) => {}
+                other => opened.pending.push_back(other),
+            }
+        }
+        if !opened.pending.is_empty() {
+            return Ok(opened);
+        }
+        match tokio::time::timeout_at(deadline, opened.upstream.next()).await {
+            Err(_) => return Err(Outcome::Silent),
+            Ok(None) => return Err(Outcome::Connect("the stream ended before any event".into())),
+            Ok(Some(Err(err))) => return Err(Outcome::Connect(error_chain(&err.without_url()))),
+            Ok(Some(Ok(chunk))) => {
+                if opened.parser.push(&chunk, &mut events).is_err() {
+                    return Err(Outcome::Invalid(
+                        "an event too large to be an answer".into(),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// An in-band `error` object as an outcome.
+fn in_band(error: &Value) -> Outcome {
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    Outcome::InBand {
+        code: text(&error["code"]).or_else(|| text(&error["type"])),
+        message: text(&error["message"]).unwrap_or_else(|| error.to_string()),
+    }
+}
+
+/// Reads a body of at most 16 MiB.
+async fn read_limited(response: reqwest::Response) -> Result<Vec<u8>, Outcome> {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Outcome::Connect(error_chain(&e.without_url())))?;
+        if body.len() + chunk.len() > sse::MAX_EVENT_BYTES {
+            return Err(Outcome::Invalid("the answer is too large".into()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// One choice of the answer, as relayed so far.
+#[derive(Debug, Default)]
+struct Choice {
+    role_sent: bool,
+    /// Relayed text per field (`content`, `refusal`, reasoning).
+    texts: BTreeMap<&'static str, String>,
+    /// After a restart: how much of each field's relayed text the new answer has repeated.
+    replay: Option<BTreeMap<&'static str, usize>>,
+    /// Tool calls held back until the choice finishes.
+    tools: BTreeMap<u64, ToolCall>,
+    finished: bool,
+}
+
+impl Choice {
+    fn replay_complete(&self) -> bool {
+        self.replay.as_ref().is_none_or(|done| {
+            self.texts
+                .iter()
+                .all(|(field, text)| done.get(field).copied().unwrap_or(0) >= text.len())
+        })
+    }
+}
+
+/// What the next event meant.
+enum Step {
+    Go,
+    Done,
+    /// The upstream broke: continue elsewhere.
+    Break(String),
+    /// The continuation cannot be stitched on: end with the original failure.
+    Fatal(String),
+}
+
+/// A streamed answer in progress.
+pub struct Relay {
+    dispatcher: Arc<Dispatcher>,
+    request: ChatRequest,
+    backend: BackendId,
+    /// Targets after this one, in order.
+    rest: Vec<BackendId>,
+    in_flight: Option<InFlight>,
+    upstream: Opened,
+    /// The first upstream's completion id, kept for the whole answer.
+    id: Option<Value>,
+    choices: BTreeMap<u64, Choice>,
+    /// Choices the client asked for (`n`).
+    expected: usize,
+    /// After a prefilled continuation: chunks held until the opening shows whether the
+    /// target continued the text or started over.
+    sniff: Option<Vec<Value>>,
+    original_failure: Option<String>,
+    out: mpsc::Sender<Piece>,
+}
+
+impl Relay {
+    /// Starts relaying `opened` (from `backend`) in a task; the receiver yields the pieces.
+    pub fn spawn(
+        dispatcher: Arc<Dispatcher>,
+        request: ChatRequest,
+        backend: BackendId,
+        rest: Vec<BackendId>,
+        opened: Opened,
+        in_flight: InFlight,
+    ) -> mpsc::Receiver<Piece> {
+        let (out, rx) = mpsc::channel(RELAY_BUFFER);
+        let expected = request
+            .body
+            .get("n")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .clamp(1, 128) as usize;
+        let relay = Relay {
+            dispatcher,
+            request,
+            backend,
+            rest,
+            in_flight: Some(in_flight),
+            upstream: opened,
+            id: None,
+            choices: BTreeMap::new(),
+            expected,
+            sniff: None,
+            original_failure: None,
+            out,
+        };
+        tokio::spawn(relay.run());
+        rx
+    }
+
+    fn name(&self) -> String {
+        self.dispatcher.config.backend(self.backend).name.clone()
+    }
+
+    async fn run(mut self) {
+        let mut shutdown = self.dispatcher.closing.subscribe();
+        loop {
+            let mut broken = None;
+            while let Some(event) = self.upstream.pending.pop_front() {
+                match self.step(event).await {
+                    Step::Go => {}
+                    Step::Done => {
+                        self.flush_tools().await;
+                        let _ = self
+                            .out
+                            .send(Piece::Done {
+                                backend: self.backend,
+                            })
+                            .await;
+                        return;
+                    }
+                    Step::Break(reason) => {
+                        broken = Some(reason);
+                        break;
+                    }
+                    Step::Fatal(reason) => {
+                        tracing::warn!(backend = %self.name(), %reason, "the continuation cannot be relayed");
+                        let failure = self.original_failure.clone().unwrap_or(reason);
+                        let _ = self.out.send(Piece::Failed(failure)).await;
+                        return;
+                    }
+                }
+                if self.out.is_closed() {
+                    return self.client_left();
+                }
+            }
+            if broken.is_none() {
+                broken = match self.read(&mut shutdown).await {
+                    Read::More => None,
+                    Read::Ended => Some("the stream ended mid-answer".to_string()),
+                    Read::Broken(reason) => Some(reason),
+                    Read::ClientLeft => return self.client_left(),
+                    Read::ShuttingDown => {
+                        let _ = self
+                            .out
+                            .send(Piece::Failed(
+                                "semroute is shutting down; the answer was cut short".into(),
+                            ))
+                            .await;
+                        return;
+                    }
+                };
+            }
+            if let Some(reason) = broken
+                && !self.recover(reason).await
+            {
+                return;
+            }
+        }
+    }
+
+    fn client_left(&self) {
+        tracing::info!(backend = %self.name(), "the client went away; cancelling the upstream stream");
+    }
+
+    /// Reads the next bytes from upstream into `pending`.
+    async fn read(&mut self, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> Read {
+        let backend = self.dispatcher.config.backend(self.backend);
+        let idle = backend.stream_idle_timeout;
+        let limit = backend.max_stream.map(|max| self.upstream.started + max);
+        let over_time = async {
+            match limit {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let next = tokio::select! {
+            () = self.out.closed() => return Read::ClientLeft,
+            _ = shutdown.wait_for(|closing| *closing) => return Read::ShuttingDown,
+            () = over_time => {
+                return Read::Broken(format!(
+                    "the stream from {} ran longer than max_stream_ms",
+                    backend.name
+                ));
+            }
+            next = tokio::time::timeout(idle, self.upstream.upstream.next()) => next,
+        };
+        match next {
+            Ok(Some(Ok(chunk))) => {
+                let mut events = Vec::new();
+                if self.upstream.parser.push(&chunk, &mut events).is_err() {
+                    return Read::Broken(format!(
+                        "the stream from {} sent an event too large to be an answer",
+                        backend.name
+                    ));
+                }
+                self.upstream.pending.extend(events);
+                Read::More
+            }
+            Ok(None) => Read::Ended,
+            Ok(Some(Err(err))) => Read::Broken(format!(
+                "the stream from {} was cut: {}",
+                backend.name,
+                error_chain(&err.without_url())
+            )),
+            Err(_) => Read::Broken(format!(
+                "the stream from {} stalled for {} ms",
+                backend.name,
+                idle.as_millis()
+            )),
+        }
+    }
+
+    async fn step(&mut self, event: Event) -> Step {
+        match event {
+            Event::Malformed(data) => {
+                tracing::warn!(backend = %self.name(), event = %data.chars().take(200).collect::<String>(), "skipping a malformed stream event");
+                Step::Go
+            }
+            Event::Error(json) => Step::Break(format!(
+                "the stream from {} carried an error event: {}",
+                self.name(),
+                in_band(&json["error"]).describe()
+            )),
+            Event::Done => {
+                if let Some(held) = self.sniff.take() {
+                    return self.release_sniffed(held, true).await;
+                }
+                if self.choices.values().any(|c| !c.replay_complete()) {
+                    return Step::Fatal(
+                        "the restarted answer ended before repeating what was relayed".into(),
+                    );
+                }
+                Step::Done
+            }
+            Event::Chunk(chunk) => {
+                if let Some(held) = &mut self.sniff {
+                    let finishes = chunk["choices"]
+                        .as_array()
+                        .is_some_and(|cs| cs.iter().any(|c| !c["finish_reason"].is_null()));
+                    held.push(chunk);
+                    let seen: usize = held
+                        .iter()
+                        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+                        .map(str::len)
+                        .sum();
+                    let relayed = self.relayed_content().len();
+                    if seen >= relayed.min(SNIFF_BYTES) || finishes {
+                        let held = self.sniff.take().unwrap_or_default();
+                        return self.release_sniffed(held, false).await;
+                    }
+                    return Step::Go;
+                }
+                self.relay_chunk(chunk).await
+            }
+        }
+    }
+
+    fn relayed_content(&self) -> &str {
+        self.choices
+            .get(&0)
+            .and_then(|c| c.texts.get("content"))
+            .map_or("", String::as_str)
+    }
+
+    /// Decides, from a prefilled continuation's opening, whether it continued the text or
+    /// started over, then relays the held chunks (and `[DONE]` if that came).
+    async fn release_sniffed(&mut self, held: Vec<Value>, done: bool) -> Step {
+        let seen: String = held
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        let relayed = self.relayed_content().to_string();
+        let restarted =
+            !seen.is_empty() && (relayed.starts_with(&seen) || seen.starts_with(&relayed));
+        if restarted {
+            tracing::info!(backend = %self.name(), "the target ignored the prefill and started over; relaying only what is new");
+            if let Some(choice) = self.choices.get_mut(&0) {
+                choice.replay = Some(BTreeMap::new());
+            }
+        }
+        for chunk in held {
+            match self.relay_chunk(chunk).await {
+                Step::Go => {}
+                other => return other,
+            }
+        }
+        if done {
+            return Box::pin(self.step(Event::Done)).await;
+        }
+        Step::Go
+    }
+
+    /// Rewrites one upstream chunk (see the module comment) and sends what is new.
+    async fn relay_chunk(&mut self, mut chunk: Value) -> Step {
+        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+            let route = self.dispatcher.route_label(&self.request);
+            self.dispatcher.record_usage(&route, self.backend, usage);
+        }
+        match &self.id {
+            Some(id) => chunk["id"] = id.clone(),
+            None => self.id = chunk.get("id").cloned(),
+        }
+        let mut before = Vec::new();
+        let mut kept = Vec::new();
+        let choices = match chunk.get_mut("choices").map(Value::take) {
+            Some(Value::Array(choices)) => choices,
+            _ => Vec::new(),
+        };
+        for (position, mut c) in choices.into_iter().enumerate() {
+            let index = c["index"].as_u64().unwrap_or(position as u64);
+            let state = self.choices.entry(index).or_default();
+            if state.finished {
+                continue;
+            }
+            let mut delta = match c.get_mut("delta").map(Value::take) {
+                Some(Value::Object(delta)) => delta,
+                _ => Map::new(),
+            };
+            if delta.contains_key("role") {
+                if state.role_sent {
+                    delta.remove("role");
+                } else {
+                    state.role_sent = true;
+                }
+            }
+            let mut trimmed = false;
+            for field in TEXT_FIELDS {
+                let Some(Value::String(piece)) = delta.remove(field) else {
+                    continue;
+                };
+                match take_new(state, field, &piece) {
+                    Ok(Some(new)) => {
+                        trimmed |= new.len() != piece.len();
+                        delta.insert(field.into(), new.into());
+                    }
+                    Ok(None) => trimmed = true,
+                    Err(()) => {
+                        return Step::Fatal(format!(
+                            "the restarted answer's {field} differs from what was relayed"
+                        ));
+                    }
+                }
+            }
+            if let Some(Value::Array(calls)) = delta.remove("tool_calls") {
+                for (i, call) in calls.iter().enumerate() {
+                    let at = call["index"].as_u64().unwrap_or(i as u64);
+                    state.tools.entry(at).or_default().add(call);
+                }
+            }
+            if trimmed && let Value::Object(c) = &mut c {
+                c.remove("logprobs");
+            }
+            let finished = !c["finish_reason"].is_null();
+            if finished {
+                if !state.replay_complete() {
+                    return Step::Fatal(
+                        "the restarted answer finished before repeating what was relayed".into(),
+                    );
+                }
+                state.finished = true;
+                if !state.tools.is_empty() {
+                    before.push(tools_choice(index, &std::mem::take(&mut state.tools)));
+                }
+            }
+            let has_logprobs = !c["logprobs"].is_null();
+            if delta.is_empty() && !finished && !has_logprobs {
+                continue;
+            }
+            c["delta"] = Value::Object(delta);
+            kept.push(c);
+        }
+        if !before.is_empty() {
+            let mut calls = chunk.clone();
+            calls["choices"] = Value::Array(before);
+            if let Value::Object(calls) = &mut calls {
+                calls.remove("usage");
+            }
+            if self.out.send(Piece::Chunk(calls)).await.is_err() {
+                return Step::Go;
+            }
+        }
+        let has_usage = chunk.get("usage").is_some_and(Value::is_object);
+        if kept.is_empty() && !has_usage {
+            return Step::Go;
+        }
+        chunk["choices"] = Value::Array(kept);
+        let _ = self.out.send(Piece::Chunk(chunk)).await;
+        Step::Go
+    }
+
+    /// Sends tool calls still held when the answer ends without finishing their choice.
+    async fn flush_tools(&mut self) {
+        let held: Vec<Value> = self
+            .choices
+            .iter_mut()
+            .filter(|(_, c)| !c.tools.is_empty())
+            .map(|(&index, c)| tools_choice(index, &std::mem::take(&mut c.tools)))
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        let chunk = json!({
+            "id": self.id.clone().unwrap_or(Value::Null),
+            "object": "chat.completion.chunk",
+            "choices": held,
+        });
+        let _ = self.out.send(Piece::Chunk(chunk)).await;
+    }
+
+    fn all_finished(&self) -> bool {
+        self.choices.len() >= self.expected && self.choices.values().all(|c| c.finished)
+    }
+
+    /// After a break: finishes cleanly if the answer was complete, else continues on the
+    /// next usable target. Returns false when the relay is over.
+    async fn recover(&mut self, reason: String) -> bool {
+        let name = self.name();
+        if self.all_finished() && self.sniff.is_none() {
+            tracing::warn!(backend = %name, %reason, "the stream broke after the answer finished; ending it");
+            let _ = self
+                .out
+                .send(Piece::Done {
+                    backend: self.backend,
+                })
+                .await;
+            return false;
+        }
+        tracing::warn!(backend = %name, %reason, "continuing on the next target");
+        if self.dispatcher.health(self.backend).failed(Instant::now()) {
+            self.dispatcher.cooled(self.backend);
+        }
+        self.in_flight = None;
+        let failure = self.original_failure.get_or_insert(reason).clone();
+        match self.continuation().await {
+            Some((backend, opened, prefilled)) => {
+                self.backend = backend;
+                self.upstream = opened;
+                self.in_flight = Some(self.dispatcher.health(backend).enter());
+                let relayed = self.relayed_content().to_string();
+                for choice in self.choices.values_mut() {
+                    choice.tools.clear();
+                    if !prefilled && !choice.finished {
+                        choice.replay = Some(BTreeMap::new());
+                    }
+                }
+                self.sniff = (prefilled && !relayed.is_empty()).then(Vec::new);
+                true
+            }
+            None => {
+                let _ = self.out.send(Piece::Failed(failure)).await;
+                false
+            }
+        }
+    }
+
+    /// Whether the answer so far can be continued by a prefill: one choice, content only.
+    fn prefillable(&self) -> Option<String> {
+        if self.expected != 1 || self.choices.len() > 1 {
+            return None;
+        }
+        let choice = self.choices.get(&0)?;
+        let only_content = choice
+            .texts
+            .iter()
+            .all(|(field, text)| *field == "content" || text.is_empty());
+        let content = choice.texts.get("content")?;
+        (only_content && !content.is_empty() && choice.replay.is_none()).then(|| content.clone())
+    }
+
+    /// Opens the continuation on the next usable target: prefilled when possible, else (or
+    /// when the prefill is refused with a 400) restarted. `true`: prefilled.
+    async fn continuation(&mut self) -> Option<(BackendId, Opened, bool)> {
+        let prefill = self.prefillable();
+        let class = self.request.data_class.as_ref().map(|c| c.class.clone());
+        while !self.rest.is_empty() {
+            let b = self.rest.remove(0);
+            let name = self.dispatcher.config.backend(b).name.clone();
+            if !self.dispatcher.config.backend(b).accepts(class.as_deref())
+                || !self.dispatcher.usable(b, Instant::now())
+            {
+                continue;
+            }
+            let first = self
+                .dispatcher
+                .open_stream(b, &self.request, prefill.as_deref())
+                .await;
+            match first {
+                Ok(opened) => {
+                    self.dispatcher.health(b).succeeded();
+                    return Some((b, opened, prefill.is_some()));
+                }
+                Err(Outcome::Status { status: 400, .. }) if prefill.is_some() => {
+                    tracing::info!(backend = %name, "the prefill was rejected; restarting without it");
+                    if let Ok(opened) = self.dispatcher.open_stream(b, &self.request, None).await {
+                        self.dispatcher.health(b).succeeded();
+                        return Some((b, opened, false));
+                    }
+                }
+                Err(outcome) => {
+                    tracing::warn!(backend = %name, outcome = %outcome.describe(), "cannot continue the stream here");
+                }
+            }
+        }
+        None
+    }
+}
+
+enum Read {
+    More,
+    Ended,
+    Broken(String),
+    ClientLeft,
+    ShuttingDown,
+}
+
+/// The part of `piece` (a delta of `field`) that is new, recording it as relayed; `None`
+/// when all of it repeats relayed text; `Err` when a restarted answer diverges.
+fn take_new(state: &mut Choice, field: &'static str, piece: &str) -> Result<Option<String>, ()> {
+    let relayed = state.texts.entry(field).or_default();
+    let Some(replay) = &mut state.replay else {
+        relayed.push_str(piece);
+        return Ok(Some(piece.to_string()));
+    };
+    let done = replay.entry(field).or_insert(0);
+    let rest = relayed.get(*done..).unwrap_or("");
+    if rest.is_empty() {
+        relayed.push_str(piece);
+        *done = relayed.len();
+        return Ok(Some(piece.to_string()));
+    }
+    if rest.starts_with(piece) {
+        *done += piece.len();
+        return Ok(None);
+    }
+    if let Some(new) = piece.strip_prefix(rest) {
+        let new = new.to_string();
+        relayed.push_str(&new);
+        *done = relayed.len();
+        return Ok((!new.is_empty()).then_some(new));
+    }
+    Err(())
+}
+
+/// A choice entry carrying whole tool calls.
+fn tools_choice(index: u64, tools: &BTreeMap<u64, ToolCall>) -> Value {
+    let calls: Vec<Value> = tools
+        .iter()
+        .map(|(&i, call)| call.to_json(Some(i)))
+        .collect();
+    json!({"index": index, "delta": {"tool_calls": calls}, "finish_reason": null})
+}
+
+/// Frames a piece for a streaming client.
+pub fn frame(piece: &Piece) -> Bytes {
+    match piece {
+        Piece::Chunk(chunk) => Bytes::from(format!("data: {chunk}\n\n")),
+        Piece::Done { .. } => Bytes::from_static(b"data: [DONE]\n\n"),
+        Piece::Failed(message) => error_event(message),
+    }
+}
+
+/// The SSE error event a broken stream ends with.
+pub fn error_event(message: &str) -> Bytes {
+    let body = json!({"error": {
+        "message": message,
+        "type": "upstream_error",
+        "code": "stream_interrupted",
+    }});
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_event_is_json_with_an_error_object() {
+        let event = error_event("cut");
+        let text = std::str::from_utf8(&event).unwrap_or_default();
+        let json: Value =
+            serde_json::from_str(text.trim().trim_start_matches("data: ")).unwrap_or_default();
+        assert_eq!(json["error"]["message"], "cut");
+    }
+
+    #[test]
+    fn a_restart_relays_only_what_goes_past_the_relayed_text() {
+        let mut state = Choice::default();
+        assert_eq!(
+            take_new(&mut state, "content", "Hello wor"),
+            Ok(Some("Hello wor".into()))
+        );
+        state.replay = Some(BTreeMap::new());
+        assert_eq!(take_new(&mut state, "content", "Hel"), Ok(None));
+        assert_eq!(
+            take_new(&mut state, "content", "lo world"),
+            Ok(Some("ld".into()))
+        );
+        assert_eq!(take_new(&mut state, "content", "!"), Ok(Some("!".into())));
+        assert!(state.replay_complete());
+        assert_eq!(state.texts["content"], "Hello world!");
+
+        let mut other = Choice::default();
+        let _ = take_new(&mut other, "content", "Hello");
+        other.replay = Some(BTreeMap::new());
+        assert_eq!(take_new(&mut other, "content", "Goodbye"), Err(()));
+        assert!(!other.replay_complete());
+    }
+}
