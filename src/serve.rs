@@ -21,6 +21,10 @@ pub struct ServeOptions {
     pub addr: String,
     pub body_limit: usize,
     pub queue: usize,
+    /// A request body must arrive within this.
+    pub body_timeout: std::time::Duration,
+    /// Header, idle and shutdown timeouts.
+    pub limits: crate::http::server::Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,8 +95,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         })?;
     let local: SocketAddr = listener.local_addr()?;
     tracing::info!(addr = %local, routes = config.routes.len(), "listening; loading model");
+    for note in &config.notes {
+        tracing::warn!(path = %note.path, line = note.line, "{}", note.message);
+    }
 
-    let state = AppState::new(Arc::new(config.clone()), options.body_limit);
+    let state = AppState::new(Arc::new(config.clone()), options.body_limit)
+        .with_body_timeout(options.body_timeout);
     let (failed_tx, failed_rx) = oneshot::channel::<ServeError>();
     let loading_state = state.clone();
     let queue = options.queue;
@@ -115,24 +123,24 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         }
     });
 
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
-        let _ = stop_rx.await;
-    });
-    let server = tokio::spawn(async move { server.await });
-    let outcome = tokio::select! {
-        _ = shutdown_signal() => {
-            tracing::info!("shutting down");
-            Ok(())
+    let dispatcher = state.dispatcher().cloned();
+    let mut failure = None;
+    let stop = async {
+        tokio::select! {
+            () = shutdown_signal() => tracing::info!("shutting down"),
+            Ok(err) = failed_rx => failure = Some(err),
         }
-        Ok(err) = failed_rx => Err(err),
     };
-    let _ = stop_tx.send(());
-    match server.await {
-        Ok(result) => result?,
-        Err(join) => tracing::error!(error = %join, "server task failed"),
+    crate::http::server::serve(listener, app(state), options.limits, stop, move || {
+        if let Some(dispatcher) = dispatcher {
+            dispatcher.close_streams();
+        }
+    })
+    .await;
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(()),
     }
-    outcome
 }
 
 async fn shutdown_signal() {

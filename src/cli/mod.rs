@@ -14,7 +14,7 @@ use serde::Serialize;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// semroute: a semantic router for LLM applications.
 #[derive(Debug, Parser)]
@@ -40,6 +40,19 @@ pub enum Command {
         /// Prompts that may wait for the model before new ones get 429.
         #[arg(long, default_value_t = serve::DEFAULT_QUEUE)]
         queue: usize,
+        /// Seconds a client has to send a request's head, from its first byte.
+        #[arg(long, default_value_t = 10.0, value_parser = seconds)]
+        header_timeout: f64,
+        /// Seconds a request body has to arrive whole (else 408).
+        #[arg(long, default_value_t = 60.0, value_parser = seconds)]
+        body_timeout: f64,
+        /// Seconds a keep-alive connection may stay idle between requests.
+        #[arg(long, default_value_t = 60.0, value_parser = seconds)]
+        idle_timeout: f64,
+        /// Seconds requests in flight get to finish after SIGTERM or ctrl-c; then open
+        /// streams end with an error event and the server exits.
+        #[arg(long, default_value_t = 30.0, value_parser = seconds)]
+        shutdown_timeout: f64,
     },
     /// Classify each TEXT (or each line of stdin) and print the route chosen.
     Classify {
@@ -126,6 +139,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             addr,
             max_body_bytes,
             queue,
+            header_timeout,
+            body_timeout,
+            idle_timeout,
+            shutdown_timeout,
         } => {
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -134,7 +151,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 addr,
                 body_limit: max_body_bytes,
                 queue,
+                body_timeout: Duration::from_secs_f64(body_timeout),
+                limits: semroute::http::server::Limits {
+                    header_timeout: Duration::from_secs_f64(header_timeout),
+                    idle_timeout: Duration::from_secs_f64(idle_timeout),
+                    shutdown_timeout: Duration::from_secs_f64(shutdown_timeout),
+                },
             }))?;
+            // Streams cut short at the end of the drain may still hold the runtime.
+            runtime.shutdown_timeout(Duration::from_millis(100));
             Ok(ExitCode::SUCCESS)
         }
         Command::Classify {
@@ -165,8 +190,30 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// A number of seconds: finite, positive, at most a day.
+fn seconds(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if value.is_finite() && value > 0.0 && value <= 86_400.0 {
+        Ok(value)
+    } else {
+        Err(format!("{value} is outside (0, 86400] seconds"))
+    }
+}
+
 fn validate(path: &Path) -> Result<ExitCode> {
     let config = Config::load(path)?;
+    for note in &config.notes {
+        let at = match note.line {
+            Some(line) => format!("{}:{line}", path.display()),
+            None => path.display().to_string(),
+        };
+        println!("{at}: note: {}: {}", note.path, note.message);
+        if let Some(hint) = &note.hint {
+            println!("  hint: {hint}");
+        }
+    }
     let utterances: usize = config.routes.iter().map(|r| r.utterances.len()).sum();
     println!(
         "{}: ok ({} routes, {} utterances{})",

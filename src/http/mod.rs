@@ -5,6 +5,7 @@ mod chat;
 mod classify;
 mod health;
 mod json;
+pub mod server;
 
 pub use classify::{ClassifyRequest, Message};
 
