@@ -263,9 +263,14 @@ fn classify(path: &Path, json: bool, top_k: Option<usize>, texts: Vec<String>) -
     let mut failed = false;
     for text in inputs(texts) {
         let text = text?;
-        if text.trim().is_empty() {
+        if !semroute::embed::has_visible_text(&text) {
             failed = true;
-            report_error(&mut out, json, &text, "the text to classify is empty")?;
+            report_error(
+                &mut out,
+                json,
+                &text,
+                "the text to classify is empty (or only invisible characters)",
+            )?;
             continue;
         }
         let started = Instant::now();
