@@ -645,10 +645,16 @@ impl Dispatcher {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let body = read_body(response, MAX_ERROR_BYTES)
-            .await
-            .map(|b| b.to_vec())
-            .unwrap_or_default();
+        // An error body that trickles in is not waited for past the idle timeout.
+        let body = tokio::time::timeout(
+            backend.stream_idle_timeout,
+            read_body(response, MAX_ERROR_BYTES),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|b| b.to_vec())
+        .unwrap_or_default();
         Err(Outcome::Status {
             status,
             retry_after,

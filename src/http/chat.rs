@@ -56,7 +56,8 @@ pub async fn chat_completions(
                 .map_err(|_| ApiError::invalid(format!("{DATA_CLASS_HEADER} must be ASCII")))?
                 .trim()
                 .to_string(),
-        ),
+        )
+        .filter(|class| !class.is_empty()),
         None => None,
     };
     let limit = state.body_limit.max(super::CHAT_BODY_LIMIT);

@@ -8,7 +8,7 @@ use crate::error::{ApiError, ErrorKind};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
@@ -72,8 +72,28 @@ pub async fn read_json_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large(limit));
     }
-    let body = Limited::new(req.into_body(), limit);
-    match tokio::time::timeout(timeout, body.collect()).await {
+    // Frames are copied into one buffer as they arrive (sized by Content-Length), so a large
+    // body is never held twice.
+    let mut body = req.into_body();
+    let mut bytes = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(limit));
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|err| {
+                ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("the request body could not be read: {err}"),
+                )
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if bytes.len() + data.len() > limit {
+                    return Err(too_large(limit));
+                }
+                bytes.extend_from_slice(&data);
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, read).await {
         Err(_) => Err(ApiError::new(
             ErrorKind::RequestTimeout,
             format!(
@@ -81,12 +101,7 @@ pub async fn read_json_body(
                 timeout.as_secs_f64()
             ),
         )),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
-        Ok(Err(err)) => Err(ApiError::new(
-            ErrorKind::InvalidRequest,
-            format!("the request body could not be read: {err}"),
-        )),
+        Ok(result) => result.map(|()| Bytes::from(bytes)),
     }
 }
 

@@ -16,7 +16,6 @@ use crate::embed::EmbedWorker;
 use crate::error::{ApiError, ErrorKind};
 use crate::router::Router as RouteIndex;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -119,8 +118,9 @@ fn not_ready() -> ApiError {
     )
 }
 
+/// The endpoints. Bodies are read by `json.rs` within `--max-body-bytes` (at least
+/// `CHAT_BODY_LIMIT` for chat completions) and the body timeout.
 pub fn app(state: AppState) -> Router {
-    let body_limit = state.body_limit;
     Router::new()
         .route("/classify", post(classify::classify))
         .route("/v1/chat/completions", post(chat::chat_completions))
@@ -133,7 +133,6 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .layer(DefaultBodyLimit::max(body_limit))
         .layer(TraceLayer::new_for_http())
 }
 
