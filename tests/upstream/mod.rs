@@ -1,8 +1,10 @@
 //! A real mock OpenAI-compatible upstream on 127.0.0.1 (random port), written on a bare TCP
 //! listener so it can misbehave exactly as providers do: answer, answer an error status
 //! (with or without `Retry-After`), reset the connection, stay silent, send headers and
-//! stall, stream and then cut off, stall, send a malformed event or omit `[DONE]`. It
-//! records every request it receives.
+//! stall, stream and then cut off, stall, send a malformed event, an error event or omit
+//! `[DONE]`, answer slowly (a long answer, streamed at a steady pace or sent whole at the
+//! end), cut a tool call mid-arguments, answer 200 with an HTML page, or refuse its key
+//! and echo it back. It records every request it receives.
 #![allow(dead_code)]
 
 use serde_json::{Value, json};
@@ -42,7 +44,25 @@ pub enum Behaviour {
     /// Stream `text` from its start whatever the request holds (a provider that accepts a
     /// prefill but answers from scratch).
     TextIgnoringPrefill(&'static str),
+    /// A long answer, `text` in words, one every `every`. Asked to stream, it sends a first
+    /// (empty) event at once and then the words at that pace; asked for a plain answer, it
+    /// sends nothing until the whole answer is written, as OpenAI-compatible servers do.
+    Paced { text: &'static str, every: Duration },
+    /// Stream a call of the tool `get_weather` (arguments [`TOOL_ARGUMENTS`]) in pieces;
+    /// `cut`: close the connection in the middle of the arguments.
+    ToolCall { cut: bool },
+    /// 200 with `content-type: text/html` and an HTML page (a proxy or a login wall in
+    /// front of the provider), whatever the request asked for.
+    Html,
+    /// This status (401, 403 ...) with an error that quotes the key the request carried,
+    /// in the body and in an `x-echo-authorization` header, as some providers do.
+    EchoKey(u16),
+    /// Stream these chunks as they are, then `[DONE]`, whatever the request asked for.
+    Events(Vec<Value>),
 }
+
+/// The arguments of the tool call `Behaviour::ToolCall` streams.
+pub const TOOL_ARGUMENTS: &str = r#"{"city": "Paris", "unit": "celsius"}"#;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum StreamEnd {
@@ -55,6 +75,8 @@ pub enum StreamEnd {
     Malformed,
     /// Close cleanly without `data: [DONE]`.
     NoDone,
+    /// An in-band error event (`data: {"error": ...}`), then close without `[DONE]`.
+    Error,
 }
 
 impl Behaviour {
@@ -171,10 +193,16 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
     }
     if head.starts_with("GET ") {
         // Health checks: `GET /v1/models` answers as the fallback behaviour would (200 for
-        // Answer, the status for Status, nothing for Silent ...), and is not recorded.
+        // an answer, the status for Status and EchoKey, nothing for Silent ...), and is not
+        // recorded.
         let fallback = shared.fallback.lock().unwrap().clone();
         return match fallback {
-            Behaviour::Answer | Behaviour::Slow(_) | Behaviour::Text { .. } => {
+            Behaviour::Answer
+            | Behaviour::Slow(_)
+            | Behaviour::Text { .. }
+            | Behaviour::Paced { .. }
+            | Behaviour::ToolCall { .. }
+            | Behaviour::Events(_) => {
                 respond(
                     &mut socket,
                     200,
@@ -183,7 +211,9 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
                 )
                 .await
             }
-            Behaviour::Status { status, .. } => respond(&mut socket, status, &[], "{}").await,
+            Behaviour::Status { status, .. } | Behaviour::EchoKey(status) => {
+                respond(&mut socket, status, &[], "{}").await
+            }
             _ => {
                 #[allow(deprecated)]
                 socket.set_linger(Some(Duration::ZERO))?;
@@ -268,6 +298,49 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
             let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
             stream_pieces(&mut socket, &shared, &model, &pieces, StreamEnd::Done).await
         }
+        Behaviour::Paced { text, every } => {
+            let words = words(text);
+            if stream {
+                paced(&mut socket, &model, &words, every).await
+            } else {
+                tokio::time::sleep(every * words.len() as u32).await;
+                let reply = json!({
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": words.len(), "total_tokens": 10 + words.len()},
+                });
+                respond(&mut socket, 200, &[], &reply.to_string()).await
+            }
+        }
+        Behaviour::ToolCall { cut } => tool_call(&mut socket, &model, cut).await,
+        Behaviour::Events(events) => {
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+                .await?;
+            for event in &events {
+                write_event(&mut socket, event).await?;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            socket.write_all(b"data: [DONE]\n\n").await?;
+            socket.shutdown().await
+        }
+        Behaviour::Html => {
+            let page = "<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body><h1>Please sign in</h1></body></html>\n";
+            respond_as(&mut socket, 200, "text/html; charset=utf-8", &[], page).await
+        }
+        Behaviour::EchoKey(status) => {
+            let sent = header("authorization").unwrap_or_default();
+            let key = sent.strip_prefix("Bearer ").unwrap_or(&sent).to_string();
+            let reply = json!({"error": {
+                "message": format!("Incorrect API key provided: {key}. You can find your API key in your account settings."),
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+            }});
+            let echoed = [("x-echo-authorization", sent)];
+            respond(&mut socket, status, &echoed, &reply.to_string()).await
+        }
         Behaviour::Text { text, prefill } => {
             let last = body["messages"].as_array().and_then(|m| m.last()).cloned();
             let prefix = last
@@ -295,8 +368,18 @@ async fn respond(
     extra: &[(&str, String)],
     body: &str,
 ) -> std::io::Result<()> {
+    respond_as(socket, status, "application/json", extra, body).await
+}
+
+async fn respond_as(
+    socket: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    extra: &[(&str, String)],
+    body: &str,
+) -> std::io::Result<()> {
     let mut head = format!(
-        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n",
         body.len()
     );
     for (k, v) in extra {
@@ -344,6 +427,13 @@ async fn stream_pieces(
                 .await?;
             socket.shutdown().await
         }
+        StreamEnd::Error => {
+            let error = json!({"error": {"message": "The server had an error while processing your request.", "type": "server_error", "code": "server_error"}});
+            socket
+                .write_all(format!("data: {error}\n\n").as_bytes())
+                .await?;
+            socket.shutdown().await
+        }
         StreamEnd::NoDone => {
             let last = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
@@ -367,4 +457,109 @@ async fn stream_pieces(
             Ok(())
         }
     }
+}
+
+/// `text` in words, each with the spaces that follow it (they join back into `text`).
+fn words(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        if c == ' ' && text[i + 1..].starts_with(|n: char| n != ' ') {
+            out.push(&text[start..=i]);
+            start = i + 1;
+        }
+    }
+    if start < text.len() {
+        out.push(&text[start..]);
+    }
+    out
+}
+
+async fn write_event(socket: &mut TcpStream, event: &Value) -> std::io::Result<()> {
+    socket
+        .write_all(format!("data: {event}\n\n").as_bytes())
+        .await?;
+    socket.flush().await
+}
+
+/// The end of a healthy stream: a finishing chunk, the usage, `[DONE]`.
+async fn finish_stream(
+    socket: &mut TcpStream,
+    model: &str,
+    finish_reason: &str,
+    completion_tokens: usize,
+) -> std::io::Result<()> {
+    write_event(
+        socket,
+        &json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]}),
+    )
+    .await?;
+    let usage = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model, "choices": [],
+        "usage": {"prompt_tokens": 10, "completion_tokens": completion_tokens, "total_tokens": 10 + completion_tokens}});
+    socket
+        .write_all(format!("data: {usage}\n\ndata: [DONE]\n\n").as_bytes())
+        .await?;
+    socket.shutdown().await
+}
+
+async fn paced(
+    socket: &mut TcpStream,
+    model: &str,
+    words: &[&str],
+    every: Duration,
+) -> std::io::Result<()> {
+    socket
+        .write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+        )
+        .await?;
+    write_event(
+        socket,
+        &json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]}),
+    )
+    .await?;
+    for word in words {
+        tokio::time::sleep(every).await;
+        socket.write_all(chunk(model, word).as_bytes()).await?;
+        socket.flush().await?;
+    }
+    finish_stream(socket, model, "stop", words.len()).await
+}
+
+async fn tool_call(socket: &mut TcpStream, model: &str, cut: bool) -> std::io::Result<()> {
+    socket
+        .write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+        )
+        .await?;
+    let delta = |delta: Value| {
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": null}]})
+    };
+    write_event(
+        socket,
+        &delta(json!({"role": "assistant", "content": null, "tool_calls": [
+            {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]})),
+    )
+    .await?;
+    // The arguments in three pieces; a cut comes after the first, mid-JSON.
+    let (first, rest) = TOOL_ARGUMENTS.split_at(9);
+    let (second, third) = rest.split_at(10);
+    for (i, piece) in [first, second, third].into_iter().enumerate() {
+        if cut && i == 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            #[allow(deprecated)]
+            socket.set_linger(Some(Duration::ZERO))?;
+            return Ok(());
+        }
+        write_event(
+            socket,
+            &delta(json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})),
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    finish_stream(socket, model, "tool_calls", 3).await
 }
