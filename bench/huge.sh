@@ -3,7 +3,8 @@
 # requests of mostly non-ASCII text, one alone then two at once, with `model: auto` (the
 # whole text is scanned by the keywords and patterns, its prefix embedded) and with a
 # backend named (the data-class scan only), while /healthz is probed every 5 ms.
-# Prints one JSON line per run (see examples/huge_request.rs).
+# Last, the worst case for the pattern scan (see examples/huge_request.rs: adversarial).
+# Prints one JSON line per run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MIB=${MIB:-30}
@@ -19,9 +20,10 @@ run() {
   # A small request first, so the peak below is the huge requests' own.
   curl -sf 127.0.0.1:9112/v1/chat/completions -H 'content-type: application/json' \
        -d '{"model": "auto", "messages": [{"role": "user", "content": "hello"}]}' >/dev/null
-  target/release/examples/huge_request http://127.0.0.1:9112 "$SEMROUTE" "$MIB" "$1" "$2"
+  target/release/examples/huge_request http://127.0.0.1:9112 "$SEMROUTE" "$MIB" "$1" "$2" ${3:-}
   kill $SEMROUTE; wait $SEMROUTE 2>/dev/null || true
 }
 run 1 auto
 run 2 auto
 run 2 instant
+run 1 auto adversarial

@@ -2,8 +2,12 @@
 //! mebibytes of mostly non-ASCII text at once (`model` as given: `auto` classifies and
 //! scans the whole text), while probing `GET /healthz` every 5 ms on its own connection;
 //! prints as JSON each request's status and latency, the health probes' p50/p99/max, and
-//! semroute's resident memory before, at its peak (VmHWM) and after (from /proc/PID).
-//! Usage: `huge_request BASE_URL PID MIB CONCURRENCY MODEL`.
+//! semroute's resident memory before, at its peak during the run (VmHWM, reset first
+//! through /proc/PID/clear_refs) and after (from /proc/PID).
+//! Usage: `huge_request BASE_URL PID MIB CONCURRENCY MODEL [adversarial]`; `adversarial`
+//! fills the text with digit runs glued to letters (`é1234567890123456`), which the card
+//! pattern's word-boundary-free prefilter matches but the pattern itself does not, so the
+//! exact pattern must scan the whole text.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::json;
@@ -36,7 +40,12 @@ async fn main() {
     let concurrency: usize = args[4].parse().expect("CONCURRENCY");
     let model = args[5].clone();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let unit = "Привет, это длинное сообщение без ключевых слов. 你好世界，这是一个很长的消息。 hello world ";
+    let adversarial = args.get(6).is_some_and(|a| a == "adversarial");
+    let unit = if adversarial {
+        "Привет, это длинное сообщение é1234567890123456 без ключевых слов. 你好世界 "
+    } else {
+        "Привет, это длинное сообщение без ключевых слов. 你好世界，这是一个很长的消息。 hello world "
+    };
     let text = unit.repeat(mib * 1024 * 1024 / unit.len());
     let body = json!({"model": model, "messages": [
         {"role": "system", "content": "You are helpful."},
@@ -45,27 +54,37 @@ async fn main() {
     .to_string();
     let body_mib = body.len() as f64 / (1024.0 * 1024.0);
     let rss_before = status_kib(&pid, "VmRSS:");
-    let hwm_before = status_kib(&pid, "VmHWM:");
+    // Reset the peak (VmHWM) to the current size, so the peak read after is this run's.
+    let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+    assert!(reset, "cannot reset the peak RSS of {pid} (/proc/PID/clear_refs)");
 
     let running = Arc::new(AtomicBool::new(true));
+    // The probes run on their own thread and runtime, so the load's client work (writing
+    // the huge bodies) cannot delay them.
     let probe = {
         let (base, running) = (base.clone(), running.clone());
-        tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut samples = Vec::new();
-            while running.load(Ordering::Relaxed) {
-                let sent = Instant::now();
-                let ok = client
-                    .get(format!("{base}/healthz"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                if ok {
-                    samples.push(sent.elapsed().as_secs_f64() * 1000.0);
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let client = reqwest::Client::new();
+                let mut samples = Vec::new();
+                while running.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let ok = client
+                        .get(format!("{base}/healthz"))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                    if ok {
+                        samples.push(sent.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            samples
+                samples
+            })
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -102,7 +121,7 @@ async fn main() {
     let all_done = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(200)).await;
     running.store(false, Ordering::Relaxed);
-    let mut samples = probe.await.unwrap();
+    let mut samples = probe.join().unwrap();
     samples.sort_by(f64::total_cmp);
     let rss_after = status_kib(&pid, "VmRSS:");
     let hwm = status_kib(&pid, "VmHWM:");
@@ -110,6 +129,7 @@ async fn main() {
         "body_mib": (body_mib * 10.0).round() / 10.0,
         "concurrency": concurrency,
         "model": model,
+        "adversarial": adversarial,
         "requests": results.iter().map(|(s, r, t)| json!({"status": s, "route": r, "seconds": (t * 1000.0).round() / 1000.0})).collect::<Vec<_>>(),
         "all_done_s": (all_done * 1000.0).round() / 1000.0,
         "healthz_probes": samples.len(),
@@ -117,7 +137,7 @@ async fn main() {
         "healthz_p99_ms": (percentile(&samples, 0.99) * 100.0).round() / 100.0,
         "healthz_max_ms": (samples.last().copied().unwrap_or(0.0) * 100.0).round() / 100.0,
         "rss_before_mib": rss_before / 1024,
-        "rss_peak_mib": hwm.max(hwm_before) / 1024,
+        "rss_peak_mib": hwm / 1024,
         "rss_after_mib": rss_after / 1024,
         "peak_growth_over_body": ((hwm.saturating_sub(rss_before)) as f64 / 1024.0 / (body_mib * concurrency as f64) * 100.0).round() / 100.0,
     });

@@ -81,8 +81,25 @@ pub fn load_router(
     Ok((router, encoder))
 }
 
+/// Large buffers (a huge request, its copy for upstream) are given back to the system when
+/// freed. glibc raises its mmap threshold to the size of each large block freed (up to
+/// 32 MiB), after which tens-of-megabyte buffers come from arenas that keep their pages, so
+/// one huge request would leave its memory resident for good; a fixed threshold stops that.
+pub fn release_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const THRESHOLD: libc::c_int = 1 << 20;
+        // SAFETY: mallopt only changes allocator tuning; called before the server starts.
+        let applied = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) };
+        if applied != 1 {
+            tracing::debug!("could not set the allocator's mmap threshold");
+        }
+    }
+}
+
 /// Runs the service until SIGTERM or ctrl-c.
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
+    release_large_buffers();
     let config = Config::load(&options.config_path)?;
     // Fail before binding if the model cannot be found: the clearest error, at once.
     let model = files::resolve(&config.encoder, &model_roots(Some(&options.config_path)))

@@ -16,8 +16,13 @@ pub struct UpstreamBody<'a> {
 }
 
 impl UpstreamBody<'_> {
-    pub fn to_vec(&self) -> serde_json::Result<Vec<u8>> {
-        serde_json::to_vec(self)
+    /// The JSON bytes; `size_hint` (the client's body size) sizes the buffer once, so a
+    /// large body is never copied by the buffer growing.
+    pub fn to_vec(&self, size_hint: usize) -> serde_json::Result<Vec<u8>> {
+        let extra = self.prefill.map_or(0, str::len) + 256;
+        let mut out = Vec::with_capacity(size_hint.saturating_add(extra));
+        serde_json::to_writer(&mut out, self)?;
+        Ok(out)
     }
 }
 
@@ -80,7 +85,7 @@ mod tests {
     }
 
     fn written(body: &UpstreamBody) -> Value {
-        serde_json::from_slice(&body.to_vec().unwrap_or_default()).unwrap_or_default()
+        serde_json::from_slice(&body.to_vec(0).unwrap_or_default()).unwrap_or_default()
     }
 
     #[test]

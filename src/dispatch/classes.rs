@@ -64,15 +64,34 @@ pub fn request_class(
 }
 
 /// The routes whose class-bearing patterns match any string in `body`, each once.
-pub fn pattern_hits(config: &Config, body: &Map<String, Value>) -> Vec<RouteId> {
+/// `scanned` is a string of `body` already matched against every route pattern (the
+/// prompt classified) with the routes whose patterns matched it, so it is not scanned again.
+pub fn pattern_hits(
+    config: &Config,
+    body: &Map<String, Value>,
+    scanned: Option<(&str, &[RouteId])>,
+) -> Vec<RouteId> {
     let rules = &config.class_patterns;
     let mut hits: Vec<RouteId> = Vec::new();
     if rules.set.is_empty() {
         return hits;
     }
+    if let Some((_, routes)) = scanned {
+        for &route in routes {
+            if config.route(route).dispatch.data_class.is_some() && !hits.contains(&route) {
+                hits.push(route);
+            }
+        }
+    }
+    // The very same string (not an equal one), so nothing can slip past unscanned.
+    let is_scanned = |text: &str| {
+        scanned
+            .is_some_and(|(s, _)| std::ptr::eq(s.as_ptr(), text.as_ptr()) && s.len() == text.len())
+    };
     let mut pending: Vec<&Value> = body.values().collect();
     while let Some(value) = pending.pop() {
         match value {
+            Value::String(text) if is_scanned(text) => {}
             Value::String(text) => {
                 for source in rules.hits(text) {
                     if !hits.contains(&source.route) {
@@ -142,7 +161,7 @@ routes:
             {"role": "assistant", "content": "ok"},
             {"role": "user", "content": "thanks"}
         ]}));
-        let hits = pattern_hits(&c, &b);
+        let hits = pattern_hits(&c, &b, None);
         assert_eq!(hits, c.route_id("personal").into_iter().collect::<Vec<_>>());
         let got = request_class(&c, Some("public"), None, &hits)
             .unwrap_or_default()
@@ -151,13 +170,14 @@ routes:
         assert!(got.because.contains("personal"), "{}", got.because);
         let tool_args = body(json!({"messages": [{"role": "assistant", "tool_calls": [
             {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{\"ssn\": \"123-45-6789\"}"}}]}]}));
-        assert_eq!(pattern_hits(&c, &tool_args).len(), 1);
-        assert!(
-            pattern_hits(
-                &c,
-                &body(json!({"messages": [{"role": "user", "content": "hi"}]}))
-            )
-            .is_empty()
-        );
+        assert_eq!(pattern_hits(&c, &tool_args, None).len(), 1);
+        let plain = body(json!({"messages": [{"role": "user", "content": "hi"}]}));
+        assert!(pattern_hits(&c, &plain, None).is_empty());
+        // A string already scanned with every pattern is not scanned again; a copy is.
+        let b = body(json!({"messages": [{"role": "user", "content": "ssn 123-45-6789"}]}));
+        let text = b["messages"][0]["content"].as_str().unwrap_or_default();
+        assert!(pattern_hits(&c, &b, Some((text, &[]))).is_empty());
+        let copy = text.to_string();
+        assert_eq!(pattern_hits(&c, &b, Some((&copy, &[]))).len(), 1);
     }
 }

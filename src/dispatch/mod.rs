@@ -583,7 +583,8 @@ impl Dispatcher {
     ) -> Result<reqwest::Response, Outcome> {
         let backend = self.config.backend(b);
         let force_stream = stream && !request.is_stream();
-        let payload = if request.size > BLOCKING_SERIALIZE_BYTES {
+        let size = request.size;
+        let payload = if size > BLOCKING_SERIALIZE_BYTES {
             let (client, model) = (request.body.clone(), backend.model.clone());
             let prefill = prefill.map(str::to_string);
             tokio::task::spawn_blocking(move || {
@@ -593,7 +594,7 @@ impl Dispatcher {
                     force_stream,
                     prefill: prefill.as_deref(),
                 }
-                .to_vec()
+                .to_vec(size)
             })
             .await
             .map_err(|e| Outcome::Connect(format!("writing the request: {e}")))?
@@ -604,7 +605,7 @@ impl Dispatcher {
                 force_stream,
                 prefill,
             }
-            .to_vec()
+            .to_vec(size)
         }
         .map_err(|e| Outcome::Connect(format!("writing the request: {e}")))?;
         let mut builder = self.clients[b.0]

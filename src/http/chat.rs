@@ -9,7 +9,7 @@ use super::AppState;
 use super::classify::last_user_text;
 use super::json::read_json_body;
 use crate::config::{Config, RouteId};
-use crate::decide::OverrideHit;
+use crate::decide::{OverrideHit, OverrideKind};
 use crate::dispatch::classes::{self, Classed};
 use crate::dispatch::relay::{Piece, frame};
 use crate::dispatch::{AnswerBody, ChatRequest, Destination, DispatchError};
@@ -211,8 +211,8 @@ fn prepare(
         )));
     }
     let destination = named(config, model)?;
-    let prompt = match destination {
-        Some(_) => None,
+    let (prompt, class_hits) = match destination {
+        Some(_) => (None, classes::pattern_hits(config, &body, None)),
         None => {
             let text = last_user_text(messages)
                 .filter(|t| has_visible_text(t))
@@ -222,11 +222,18 @@ fn prepare(
                     )
                 })?;
             let (router, worker) = engine.ok_or_else(super::not_ready)?;
+            // The prompt is matched against every route rule once; the data-class scan
+            // reuses its pattern hits.
             let hits = router.override_hits(&text);
-            Some((worker.prefix(&text).to_string(), hits))
+            let routes: Vec<RouteId> = hits
+                .iter()
+                .filter(|h| h.kind == OverrideKind::Pattern)
+                .map(|h| h.route)
+                .collect();
+            let class_hits = classes::pattern_hits(config, &body, Some((&text, &routes)));
+            (Some((worker.prefix(&text).to_string(), hits)), class_hits)
         }
     };
-    let class_hits = classes::pattern_hits(config, &body);
     Ok(Prepared {
         body: Arc::new(body),
         destination,
