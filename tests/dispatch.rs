@@ -4,120 +4,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+mod proxy;
 mod upstream;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
-use semroute::Router;
-use semroute::embed::{EmbedWorker, Encoder, files};
-use semroute::http::{AppState, DEFAULT_BODY_LIMIT, app};
+use proxy::*;
+use semroute::http::{AppState, app};
 use serde_json::{Value, json};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
 use upstream::{Behaviour, StreamEnd, Upstream};
-
-fn worker() -> EmbedWorker {
-    static WORKER: OnceLock<EmbedWorker> = OnceLock::new();
-    WORKER
-        .get_or_init(|| {
-            common::model_dir();
-            let config = semroute::config::EncoderConfig::default();
-            let found = files::resolve(&config, &[common::repo().to_path_buf()]).unwrap();
-            EmbedWorker::spawn(Encoder::load_files(found, &config).unwrap(), 64).unwrap()
-        })
-        .clone()
-}
-
-/// Backend `name` at `url`, with short timeouts so failures show quickly.
-fn backend(name: &str, url: &str, extra: &str) -> String {
-    let idle = if extra.contains("stream_idle_timeout_ms") {
-        ""
-    } else {
-        "    stream_idle_timeout_ms: 400\n"
-    };
-    format!(
-        "  - name: {name}\n    url: {url}\n    model: {name}-model\n    first_byte_timeout_ms: 400\n{idle}{extra}"
-    )
-}
-
-/// A ready app: `backends` is the YAML list body; routes `chat` and `code` get `targets`.
-fn state(backends: &str, targets: &str, route_extra: &str) -> AppState {
-    let yaml = format!(
-        "backends:\n{backends}routes:\n  - name: chat\n    utterances: [hello there, how are you]\n    targets: [{targets}]\n{route_extra}  - name: code\n    utterances: [write a python function, fix this rust compile error]\n    targets: [{targets}]\ndefault_route: chat\n"
-    );
-    let config = common::config_from(&yaml);
-    let router = Router::build(config, common::encoder()).unwrap();
-    AppState::ready(Arc::new(router), worker(), DEFAULT_BODY_LIMIT)
-}
-
-/// Two upstreams, `a` then `b`, as both routes' targets, with the default settings.
-async fn pair(a: Behaviour, b: Behaviour) -> (Upstream, Upstream, AppState) {
-    let a = Upstream::start("a", a).await;
-    let b = Upstream::start("b", b).await;
-    let s = state(
-        &(backend("a", &a.url, "") + &backend("b", &b.url, "")),
-        "a, b",
-        "",
-    );
-    (a, b, s)
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
-    }
-
-    fn error_message(&self) -> String {
-        let body = self.json();
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no error message: {body}"))
-            .to_string()
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap())
-            .unwrap_or_else(|| panic!("no {name} header"))
-    }
-}
-
-async fn chat(state: &AppState, body: Value) -> Reply {
-    chat_with(state, body, None).await
-}
-
-async fn chat_with(state: &AppState, body: Value, data_class: Option<&str>) -> Reply {
-    let mut request =
-        Request::post("/v1/chat/completions").header(header::CONTENT_TYPE, "application/json");
-    if let Some(class) = data_class {
-        request = request.header("x-semroute-data-class", class);
-    }
-    let response = app(state.clone())
-        .oneshot(request.body(Body::from(body.to_string())).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
-}
-
-fn request(model: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": "hello there"}], "temperature": 0.2, "x_custom": {"keep": true}})
-}
 
 #[tokio::test]
 async fn the_first_target_answers_with_the_body_passed_through_and_the_headers_set() {
@@ -418,32 +316,6 @@ async fn the_api_key_comes_from_the_environment_and_is_sent_as_a_bearer_token() 
     );
 }
 
-fn stream_request(model: &str) -> Value {
-    let mut body = request(model);
-    body["stream"] = json!(true);
-    body
-}
-
-/// The `data:` payloads of an SSE body.
-fn events(body: &str) -> Vec<String> {
-    body.split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .map(str::to_string)
-        .collect()
-}
-
-fn content(events: &[String]) -> String {
-    events
-        .iter()
-        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .filter_map(|e| {
-            e["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn a_stream_is_relayed_event_by_event_and_ends_with_done() {
     let a = Upstream::start("a", Behaviour::Answer).await;
@@ -497,24 +369,6 @@ async fn hundreds_of_concurrent_requests_with_a_failing_primary_are_all_answered
         assert_eq!(task.await.unwrap(), StatusCode::OK);
     }
     assert_eq!(b.count(), 300);
-}
-
-/// `a` streams "Hello wor" and then breaks as `end` says; `b` is the next target.
-async fn cut_after_hello_wor(end: StreamEnd, b: Behaviour) -> (Upstream, Upstream, AppState) {
-    let (a, b, s) = pair(Behaviour::Answer, b).await;
-    a.script([Behaviour::Stream {
-        pieces: vec!["Hello", " wor"],
-        end,
-    }]);
-    (a, b, s)
-}
-
-/// The error event a broken stream ends with, if any.
-fn stream_error(events: &[String]) -> Option<Value> {
-    events
-        .iter()
-        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .find(|e| e.get("error").is_some())
 }
 
 #[tokio::test]
