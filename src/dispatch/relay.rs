@@ -634,6 +634,15 @@ impl Relay {
             {
                 continue;
             }
+            // A backend that may be probed is probed by one request at a time.
+            let health = self.dispatcher.health(b);
+            let _probe = match health.availability(Instant::now()) {
+                super::health::Availability::Probe => match health.start_probe() {
+                    Some(slot) => Some(slot),
+                    None => continue,
+                },
+                _ => None,
+            };
             let first = self
                 .dispatcher
                 .open_stream(b, &self.request, prefill.as_deref())

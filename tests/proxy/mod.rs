@@ -129,25 +129,16 @@ pub async fn chat_with(state: &AppState, body: Value, data_class: Option<&str>) 
     if let Some(class) = data_class {
         request = request.header("x-semroute-data-class", class);
     }
-    let response = app(state.clone())
-        .oneshot(request.body(Body::from(body.to_string())).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
+    send(state, request.body(Body::from(body.to_string())).unwrap()).await
 }
 
 pub async fn get(state: &AppState, path: &str) -> Reply {
-    let response = app(state.clone())
-        .oneshot(Request::get(path).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    send(state, Request::get(path).body(Body::empty()).unwrap()).await
+}
+
+/// Sends `request` through the app and reads the whole reply.
+pub async fn send(state: &AppState, request: Request<Body>) -> Reply {
+    let response = app(state.clone()).oneshot(request).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
