@@ -459,32 +459,7 @@ impl Dispatcher {
                         break;
                     }
                     Verdict::FallOver(cooldown) => {
-                        let now = Instant::now();
-                        match cooldown {
-                            Cooldown::None => {}
-                            Cooldown::Failure => {
-                                if health.failed(now) {
-                                    tracing::warn!(backend = %backend.name, "backend cooling down");
-                                    self.cooled(b);
-                                }
-                            }
-                            Cooldown::RateLimited(wait) => {
-                                // Jittered, so a herd of clients does not return at once.
-                                let wait = wait.map(|w| w.mul_f64(1.0 + 0.2 * self.jitter()));
-                                health.rate_limited(now, wait);
-                                self.cooled(b);
-                            }
-                            Cooldown::Credential => {
-                                tracing::error!(
-                                    backend = %backend.name,
-                                    api_key_env = backend.api_key_env.as_deref().unwrap_or("-"),
-                                    cooldown_s = health::CREDENTIAL_COOLDOWN.as_secs(),
-                                    "the backend refused its own credential (HTTP 401/403); check the key in this variable"
-                                );
-                                health.credential_refused(now);
-                                self.cooled(b);
-                            }
-                        }
+                        self.cool_down(b, cooldown);
                         self.metrics.add(
                             "semroute_fallbacks_total",
                             &[
@@ -507,6 +482,44 @@ impl Dispatcher {
             });
         }
         Err(DispatchError::Exhausted { attempts: failures })
+    }
+
+    /// Applies a failed attempt's effect on the backend's health.
+    fn cool_down(&self, b: BackendId, cooldown: Cooldown) {
+        let (backend, health, now) = (self.config.backend(b), &self.health[b.0], Instant::now());
+        match cooldown {
+            Cooldown::None => {}
+            Cooldown::Failure => {
+                if health.failed(now) {
+                    tracing::warn!(backend = %backend.name, "backend cooling down");
+                    self.cooled(b);
+                }
+            }
+            Cooldown::RateLimited(wait) => {
+                // Jittered, so a herd of clients does not return at once.
+                let wait = wait.map(|w| w.mul_f64(1.0 + 0.2 * self.jitter()));
+                health.rate_limited(now, wait);
+                self.cooled(b);
+            }
+            Cooldown::Credential => {
+                tracing::error!(
+                    backend = %backend.name,
+                    api_key_env = backend.api_key_env.as_deref().unwrap_or("-"),
+                    cooldown_s = health::CREDENTIAL_COOLDOWN.as_secs(),
+                    "the backend refused its own credential (HTTP 401/403); check the key in this variable"
+                );
+                health.credential_refused(now);
+                self.cooled(b);
+            }
+        }
+    }
+
+    /// Records a failed attempt to open a stream's continuation (no retry there).
+    fn continuation_failed(&self, b: BackendId, outcome: &Outcome) {
+        let backend = self.config.backend(b);
+        if let Verdict::FallOver(cooldown) = judge(outcome, u32::MAX, backend, self.jitter()) {
+            self.cool_down(b, cooldown);
+        }
     }
 
     /// One attempt on one backend: the answer, or how it failed. A streamed answer's relay

@@ -661,6 +661,7 @@ impl Relay {
                 }
                 Err(outcome) => {
                     tracing::warn!(backend = %name, outcome = %outcome.describe(), "cannot continue the stream here");
+                    self.dispatcher.continuation_failed(b, &outcome);
                 }
             }
         }
