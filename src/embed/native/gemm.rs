@@ -25,6 +25,11 @@ pub enum IsaKind {
 /// The instruction set a kernel uses: a token that only detection mints (the field is
 /// private), so safe code can never ask for instructions this CPU lacks. The portable
 /// kernel runs anywhere and may be asked for by name.
+///
+/// ```compile_fail
+/// use semroute::embed::native::gemm::{Isa, IsaKind};
+/// let forged = Isa(IsaKind::Avx512); // refused: the field is private
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Isa(IsaKind);
 
