@@ -56,7 +56,10 @@ async fn main() {
     let rss_before = status_kib(&pid, "VmRSS:");
     // Reset the peak (VmHWM) to the current size, so the peak read after is this run's.
     let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
-    assert!(reset, "cannot reset the peak RSS of {pid} (/proc/PID/clear_refs)");
+    assert!(
+        reset,
+        "cannot reset the peak RSS of {pid} (/proc/PID/clear_refs)"
+    );
 
     let running = Arc::new(AtomicBool::new(true));
     // The probes run on their own thread and runtime, so the load's client work (writing
