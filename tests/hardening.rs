@@ -796,3 +796,105 @@ async fn a_prompt_of_only_invisible_characters_is_refused_with_422() {
     }
     assert_eq!(a.count(), 0);
 }
+
+// --- Found by trying to break it ------------------------------------------------------------
+
+#[tokio::test]
+async fn a_redirect_is_a_failed_attempt_and_never_followed_to_a_host_the_config_does_not_name() {
+    let elsewhere = Upstream::start("elsewhere", Behaviour::Answer).await;
+    let (a, b, s) = pair(
+        Behaviour::Redirect(format!("{}/chat/completions", elsewhere.url)),
+        Behaviour::Answer,
+    )
+    .await;
+    let reply = chat(&s, request("chat")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.header("x-semroute-backend"), "b");
+    assert_eq!(
+        elsewhere.count(),
+        0,
+        "the conversation never left the configured backends"
+    );
+    assert!(a.count() >= 1 && b.count() == 1);
+}
+
+#[tokio::test]
+async fn a_key_quoted_in_an_error_event_or_escaped_in_an_error_body_never_reaches_the_client() {
+    // SAFETY (test): set before any thread reads this variable; the name is unique to this test.
+    unsafe {
+        std::env::set_var(
+            "SEMROUTE_TEST_KEY_ESCAPED",
+            "sk-test-escaped-0123456789abcdef",
+        )
+    };
+    let key = "sk-test-escaped-0123456789abcdef";
+    let a = Upstream::start("a", Behaviour::EchoKeyEvent).await;
+    let s = state(
+        &backend(
+            "a",
+            &a.url,
+            "    api_key_env: SEMROUTE_TEST_KEY_ESCAPED\n    retries: 0\n",
+        ),
+        "a",
+        "",
+    );
+    let reply = chat(&s, request("chat")).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.body);
+    assert!(
+        !reply.shows(key) && !reply.shows("0123456789abcdef"),
+        "{}",
+        reply.body
+    );
+    assert!(reply.error_message().contains("withheld"), "{}", reply.body);
+
+    a.set(Behaviour::EchoKeyEscaped(400));
+    let reply = chat(&s, request("chat")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    let decoded = reply.json().to_string();
+    assert!(!decoded.contains("0123456789abcdef"), "{decoded}");
+    assert_eq!(reply.json()["error"]["code"], "bad_request");
+}
+
+#[tokio::test]
+async fn every_data_class_header_counts_and_the_strictest_wins() {
+    let open = Upstream::start("open", Behaviour::Answer).await;
+    let local = Upstream::start("local", Behaviour::Answer).await;
+    let s = state(
+        &(backend("open", &open.url, "    data_classes: [public]\n")
+            + &backend("local", &local.url, "    data_classes: [public, pii]\n")),
+        "open, local",
+        "",
+    );
+    let request = Request::post("/v1/chat/completions")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-semroute-data-class", "public")
+        .header("x-semroute-data-class", "pii")
+        .body(Body::from(request("chat").to_string()))
+        .unwrap();
+    let reply = send(&s, request).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.header("x-semroute-backend"), "local");
+    assert_eq!(open.count(), 0);
+}
+
+#[tokio::test]
+async fn an_answer_that_never_ends_is_cut_off_at_16_mib_instead_of_filling_memory() {
+    let a = Upstream::start("a", Behaviour::Endless).await;
+    let s = state(&backend("a", &a.url, ""), "a", "");
+    let reply = chat(&s, request("chat")).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        reply.error_message().contains("grew past 16 MiB"),
+        "{}",
+        reply.error_message()
+    );
+    let streamed = chat(&s, stream_request("chat")).await;
+    let seen = events(&streamed.body);
+    let error = stream_error(&seen).expect("an error event");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("grew past")
+    );
+}

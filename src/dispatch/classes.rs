@@ -4,6 +4,7 @@
 //! whatever `model` names. A client can raise its class, never lower it.
 
 use crate::config::{Config, RouteId};
+use crate::embed::text::is_hidden;
 use serde_json::{Map, Value};
 
 /// The class that applies, and the rule that set it (for a 403's message).
@@ -14,13 +15,13 @@ pub struct Classed {
 }
 
 /// The class a request carries (`None`: unclassified), or why it is refused: a header
-/// naming a class the config does not know.
+/// value naming a class the config does not know (that class, and the reason).
 pub fn request_class(
     config: &Config,
-    header: Option<&str>,
+    headers: &[String],
     route: Option<RouteId>,
     hits: &[RouteId],
-) -> Result<Option<Classed>, String> {
+) -> Result<Option<Classed>, (String, String)> {
     let classes = &config.data_classes;
     let mut strictest: Option<Classed> = None;
     let mut raise = |class: &str, because: String| {
@@ -35,11 +36,14 @@ pub fn request_class(
             });
         }
     };
-    if let Some(class) = header {
+    for class in headers {
         if classes.rank(class).is_none() {
-            return Err(format!(
-                "`{class}` is not a data class of this config ({})",
-                classes.describe()
+            return Err((
+                class.clone(),
+                format!(
+                    "`{class}` is not a data class of this config ({})",
+                    classes.describe()
+                ),
             ));
         }
         raise(class, "the x-semroute-data-class header".into());
@@ -63,9 +67,12 @@ pub fn request_class(
     Ok(strictest)
 }
 
-/// The routes whose class-bearing patterns match any string in `body`, each once.
-/// `scanned` is a string of `body` already matched against every route pattern (the
-/// prompt classified) with the routes whose patterns matched it, so it is not scanned again.
+/// The routes whose class-bearing patterns match anywhere in `body`, each once: in every
+/// string and object key, in each message's text parts joined, and in the folded form of
+/// each (see `folded`), so neither invisible characters nor compatibility forms nor a split
+/// into parts hide a match. `scanned` is a string of `body` already matched against every
+/// route pattern (the prompt classified) with the routes whose patterns matched it, so its
+/// raw form is not scanned again.
 pub fn pattern_hits(
     config: &Config,
     body: &Map<String, Value>,
@@ -83,6 +90,17 @@ pub fn pattern_hits(
             }
         }
     }
+    let mut scan = |text: &str, raw_done: bool| {
+        let folded = folded(text);
+        let forms = [(!raw_done).then_some(text), folded.as_deref()];
+        for form in forms.into_iter().flatten() {
+            for source in rules.hits(form) {
+                if !hits.contains(&source.route) {
+                    hits.push(source.route);
+                }
+            }
+        }
+    };
     // The very same string (not an equal one), so nothing can slip past unscanned.
     let is_scanned = |text: &str| {
         scanned
@@ -91,21 +109,65 @@ pub fn pattern_hits(
     let mut pending: Vec<&Value> = body.values().collect();
     while let Some(value) = pending.pop() {
         match value {
-            Value::String(text) if is_scanned(text) => {}
-            Value::String(text) => {
-                for source in rules.hits(text) {
-                    if !hits.contains(&source.route) {
-                        hits.push(source.route);
-                    }
+            Value::String(text) => scan(text, is_scanned(text)),
+            Value::Array(items) => pending.extend(items),
+            Value::Object(map) => {
+                for (key, value) in map {
+                    scan(key, false);
+                    pending.push(value);
                 }
             }
-            Value::Array(items) => pending.extend(items),
-            Value::Object(map) => pending.extend(map.values()),
             _ => {}
+        }
+    }
+    for key in body.keys() {
+        scan(key, false);
+    }
+    // A message's text parts as the model reads them: one text.
+    let messages = body.get("messages").and_then(Value::as_array);
+    for message in messages.into_iter().flatten() {
+        if let Some(Value::Array(parts)) = message.get("content") {
+            let texts: Vec<&str> = parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect();
+            if texts.len() > 1 {
+                scan(&texts.concat(), false);
+            }
         }
     }
     hits.sort();
     hits
+}
+
+/// `text` as a pattern should also see it: compatibility characters folded (NFKC: fullwidth
+/// letters and digits become ASCII), hidden characters (zero-width spaces, soft hyphens,
+/// joiners) removed, and every dash made `-`. `None` when that changes nothing (always for
+/// ASCII, and without a copy for text already in that form).
+fn folded(text: &str) -> Option<String> {
+    use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfkc_quick};
+    if text.is_ascii() {
+        return None;
+    }
+    let unusual = text.chars().any(|c| is_hidden(c) || is_dash(c));
+    if !unusual && is_nfkc_quick(text.chars()) == IsNormalized::Yes {
+        return None;
+    }
+    let out: String = text
+        .nfkc()
+        .filter(|&c| !is_hidden(c))
+        .map(|c| if is_dash(c) { '-' } else { c })
+        .collect();
+    (out != text).then_some(out)
+}
+
+/// A dash other than ASCII `-`: hyphens, non-breaking hyphen, figure and en/em dashes,
+/// minus signs.
+fn is_dash(c: char) -> bool {
+    matches!(
+        c,
+        '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{FE58}' | '\u{FE63}' | '\u{FF0D}'
+    )
 }
 
 #[cfg(test)]
@@ -145,11 +207,17 @@ routes:
     fn a_header_raises_the_class_but_never_lowers_it() {
         let c = config();
         let team = c.route_id("team");
-        let got = request_class(&c, Some("public"), team, &[]).unwrap_or_default();
+        let header = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let got = request_class(&c, &header(&["public"]), team, &[]).unwrap_or_default();
         assert_eq!(got.map(|g| g.class).as_deref(), Some("internal"));
-        let got = request_class(&c, Some("pii"), team, &[]).unwrap_or_default();
+        let got = request_class(&c, &header(&["pii"]), team, &[]).unwrap_or_default();
         assert_eq!(got.map(|g| g.class).as_deref(), Some("pii"));
-        assert!(request_class(&c, Some("secret"), None, &[]).is_err());
+        assert!(request_class(&c, &header(&["secret"]), None, &[]).is_err());
+        // Several values: the strictest, whatever their order.
+        for values in [["public", "pii"], ["pii", "public"]] {
+            let got = request_class(&c, &header(&values), None, &[]).unwrap_or_default();
+            assert_eq!(got.map(|g| g.class).as_deref(), Some("pii"));
+        }
     }
 
     #[test]
@@ -163,7 +231,7 @@ routes:
         ]}));
         let hits = pattern_hits(&c, &b, None);
         assert_eq!(hits, c.route_id("personal").into_iter().collect::<Vec<_>>());
-        let got = request_class(&c, Some("public"), None, &hits)
+        let got = request_class(&c, &["public".to_string()], None, &hits)
             .unwrap_or_default()
             .unwrap_or_else(|| panic!("classed"));
         assert_eq!(got.class, "pii");
@@ -179,5 +247,25 @@ routes:
         assert!(pattern_hits(&c, &b, Some((text, &[]))).is_empty());
         let copy = text.to_string();
         assert_eq!(pattern_hits(&c, &b, Some((&copy, &[]))).len(), 1);
+    }
+
+    #[test]
+    fn hidden_characters_compatibility_forms_split_parts_and_keys_do_not_hide_a_match() {
+        let c = config();
+        for content in [
+            json!("ssn 123-45\u{200b}-6789"),
+            json!("ssn 123\u{00ad}-45-6789"),
+            json!("ssn 123\u{2011}45\u{2011}6789"),
+            json!("ssn １２３－４５－６７８９"),
+            json!([{"type": "text", "text": "ssn 123-45-"}, {"type": "text", "text": "6789"}]),
+        ] {
+            let b = body(json!({"messages": [{"role": "user", "content": content}]}));
+            assert_eq!(pattern_hits(&c, &b, None).len(), 1, "{content}");
+        }
+        let in_a_key =
+            body(json!({"messages": [{"role": "user", "content": "hi"}], "x": {"123-45-6789": 1}}));
+        assert_eq!(pattern_hits(&c, &in_a_key, None).len(), 1);
+        assert_eq!(folded("plain ascii"), None);
+        assert_eq!(folded("Привет мир"), None);
     }
 }

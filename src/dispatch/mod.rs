@@ -123,6 +123,9 @@ impl Dispatcher {
             .map(|b| {
                 reqwest::Client::builder()
                     .connect_timeout(b.connect_timeout)
+                    // A redirect would send the conversation to a host the config never
+                    // named (past its data classes): a 3xx is a failed attempt instead.
+                    .redirect(reqwest::redirect::Policy::none())
                     .build()
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -451,7 +454,7 @@ impl Dispatcher {
                             return Ok(Answer {
                                 status,
                                 content_type: Some("application/json".into()),
-                                body: AnswerBody::Full(Bytes::from(body)),
+                                body: AnswerBody::Full(self.client_error_body(status, &body)),
                                 backend: b,
                                 attempts,
                             });
@@ -672,26 +675,45 @@ impl Dispatcher {
         Err(Outcome::Status {
             status,
             retry_after,
-            body: self.withhold_key(b, body),
+            body,
         })
     }
 
-    /// An upstream error body that contains the backend's key is replaced: it may be
-    /// relayed to the client or logged.
-    fn withhold_key(&self, b: BackendId, body: Vec<u8>) -> Vec<u8> {
-        let Some(key) = self.keys[b.0].as_deref().filter(|k| !k.is_empty()) else {
-            return body;
+    /// The body of an upstream error relayed to the client: rebuilt from the upstream's
+    /// OpenAI-style `error` object with every string checked for any backend's key (a
+    /// message that quotes a key, whole or in part, escaped or not, is withheld); a body
+    /// that is not such JSON (compressed, HTML, text) is not relayed.
+    fn client_error_body(&self, status: u16, body: &[u8]) -> Bytes {
+        let parsed = serde_json::from_slice::<Value>(body).ok();
+        let error = parsed.as_ref().and_then(|json| json.get("error"));
+        let field = |key: &str| {
+            error
+                .and_then(|e| e.get(key))
+                .and_then(Value::as_str)
+                .map(|text| self.redact(text))
         };
-        if !body.windows(key.len()).any(|w| w == key.as_bytes()) {
-            return body;
+        let message = match error {
+            Some(Value::String(text)) => Some(self.redact(text)),
+            _ => field("message"),
         }
-        serde_json::json!({"error": {
-            "message": "the backend's error message was withheld: it contained the backend's credential",
-            "type": "upstream_error",
-            "code": "upstream_error_withheld",
-        }})
-        .to_string()
-        .into_bytes()
+        .unwrap_or_else(|| format!("the backend answered HTTP {status}"));
+        let mut out = serde_json::json!({"error": {
+            "message": message,
+            "type": field("type").unwrap_or_else(|| "upstream_error".into()),
+            "code": field("code"),
+        }});
+        if let Some(param) = field("param") {
+            out["error"]["param"] = param.into();
+        }
+        Bytes::from(out.to_string())
+    }
+
+    /// `text` from an upstream, or a note that it was withheld because it quotes a key.
+    pub(crate) fn redact(&self, text: &str) -> String {
+        if self.keys.iter().flatten().any(|key| quotes_key(text, key)) {
+            return "[withheld: the backend's message quoted its credential]".into();
+        }
+        text.to_string()
     }
 
     /// Sends a request as a stream (with `prefill` appended) and waits for its first event,
@@ -706,8 +728,37 @@ impl Dispatcher {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + backend.first_byte_timeout;
         let response = self.send(b, request, prefill, true).await?;
-        relay::open(response, deadline, started).await
+        relay::open(response, deadline, started)
+            .await
+            .map_err(|outcome| match outcome {
+                Outcome::InBand { code, message } => Outcome::InBand {
+                    code: code.map(|c| self.redact(&c)),
+                    message: self.redact(&message),
+                },
+                other => other,
+            })
     }
+}
+
+/// Whether `text` (decoded, not JSON-escaped) quotes `key`, whole or a run of 10 of its
+/// characters past its first 13 (often a public prefix such as `sk-ant-api03-`).
+fn quotes_key(text: &str, key: &str) -> bool {
+    const RUN: usize = 10;
+    const PREFIX: usize = 13;
+    if key.is_empty() {
+        return false;
+    }
+    if text.contains(key) {
+        return true;
+    }
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() < PREFIX + RUN {
+        return false;
+    }
+    (PREFIX..=chars.len() - RUN).any(|i| {
+        let run: String = chars[i..i + RUN].iter().collect();
+        text.contains(&run)
+    })
 }
 
 /// Reads a body of at most `limit` bytes.

@@ -32,6 +32,9 @@ use tokio::sync::mpsc;
 
 /// Pieces buffered between the relay and the client.
 const RELAY_BUFFER: usize = 64;
+/// The largest answer taken (text and tool calls of every choice, held or relayed): an
+/// upstream that never stops cannot grow memory without limit.
+pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 /// Bytes of a prefilled continuation's opening compared with the relayed text to tell a
 /// continuation from a target that ignored the prefill and started over.
 const SNIFF_BYTES: usize = 24;
@@ -193,6 +196,8 @@ enum Step {
     Break(String),
     /// The continuation cannot be stitched on: end with the original failure.
     Fatal(String),
+    /// The answer cannot go on at all (it grew past the size limit): end with this.
+    Abort(String),
 }
 
 /// A streamed answer in progress.
@@ -213,6 +218,8 @@ pub struct Relay {
     /// target continued the text or started over.
     sniff: Option<Vec<Value>>,
     original_failure: Option<String>,
+    /// Bytes of text and tool calls taken into the answer so far (relayed or held).
+    size: usize,
     out: mpsc::Sender<Piece>,
 }
 
@@ -232,7 +239,7 @@ impl Relay {
             .get("n")
             .and_then(Value::as_u64)
             .unwrap_or(1)
-            .clamp(1, 128) as usize;
+            .clamp(1, MAX_CHOICES) as usize;
         let relay = Relay {
             dispatcher,
             request,
@@ -245,6 +252,7 @@ impl Relay {
             expected,
             sniff: None,
             original_failure: None,
+            size: 0,
             out,
         };
         tokio::spawn(relay.run());
@@ -280,6 +288,11 @@ impl Relay {
                         tracing::warn!(backend = %self.name(), %reason, "the continuation cannot be relayed");
                         let failure = self.original_failure.clone().unwrap_or(reason);
                         let _ = self.out.send(Piece::Failed(failure)).await;
+                        return;
+                    }
+                    Step::Abort(reason) => {
+                        tracing::warn!(backend = %self.name(), %reason, "ending the answer");
+                        let _ = self.out.send(Piece::Failed(reason)).await;
                         return;
                     }
                 }
@@ -373,7 +386,7 @@ impl Relay {
             Event::Error(json) => Step::Break(format!(
                 "the stream from {} carried an error event: {}",
                 self.name(),
-                in_band(&json["error"]).describe()
+                self.dispatcher.redact(&in_band(&json["error"]).describe())
             )),
             Event::Done => {
                 if let Some(held) = self.sniff.take() {
@@ -461,7 +474,10 @@ impl Relay {
             _ => Vec::new(),
         };
         for (position, mut c) in choices.into_iter().enumerate() {
-            let index = c["index"].as_u64().unwrap_or(position as u64);
+            let Some(index) = index_of(&c, position, MAX_CHOICES) else {
+                tracing::warn!(backend = %self.name(), index = %c["index"], "skipping a choice with an invalid index");
+                continue;
+            };
             let state = self.choices.entry(index).or_default();
             if state.finished {
                 continue;
@@ -478,6 +494,32 @@ impl Relay {
                 }
             }
             let mut trimmed = false;
+            let grown: usize = TEXT_FIELDS
+                .iter()
+                .filter_map(|f| delta.get(*f).and_then(Value::as_str))
+                .map(str::len)
+                .sum::<usize>()
+                + delta
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .map_or(0, |calls| {
+                        calls
+                            .iter()
+                            .map(|c| {
+                                c["function"]["arguments"].as_str().map_or(0, str::len)
+                                    + c["function"]["name"].as_str().map_or(0, str::len)
+                            })
+                            .sum()
+                    });
+            self.size += grown;
+            if self.size > MAX_ANSWER_BYTES {
+                return Step::Abort(format!(
+                    "the answer from {} grew past {} MiB",
+                    self.dispatcher.config.backend(self.backend).name,
+                    MAX_ANSWER_BYTES >> 20
+                ));
+            }
+            let state = self.choices.entry(index).or_default();
             for field in TEXT_FIELDS {
                 let Some(Value::String(piece)) = delta.remove(field) else {
                     continue;
@@ -497,8 +539,12 @@ impl Relay {
             }
             if let Some(Value::Array(calls)) = delta.remove("tool_calls") {
                 for (i, call) in calls.iter().enumerate() {
-                    let at = call["index"].as_u64().unwrap_or(i as u64);
-                    state.tools.entry(at).or_default().add(call);
+                    match index_of(call, i, MAX_TOOL_CALLS) {
+                        Some(at) => state.tools.entry(at).or_default().add(call),
+                        None => {
+                            tracing::warn!(index = %call["index"], "skipping a tool call with an invalid index")
+                        }
+                    }
                 }
             }
             if trimmed && let Value::Object(c) = &mut c {
@@ -703,6 +749,21 @@ fn take_new(state: &mut Choice, field: &'static str, piece: &str) -> Result<Opti
         return Ok((!new.is_empty()).then_some(new));
     }
     Err(())
+}
+
+/// Choices of one answer (`n` is at most this).
+const MAX_CHOICES: u64 = 128;
+/// Tool calls of one choice.
+const MAX_TOOL_CALLS: u64 = 1024;
+
+/// An entry's `index`: its position when absent; `None` when it is not a whole number
+/// below `limit` (the entry is skipped, the same way for streaming and non-streaming
+/// clients).
+fn index_of(entry: &Value, position: usize, limit: u64) -> Option<u64> {
+    match entry.get("index") {
+        None | Some(Value::Null) => Some(position as u64),
+        Some(index) => index.as_u64().filter(|&i| i < limit),
+    }
 }
 
 /// A choice entry carrying whole tool calls.

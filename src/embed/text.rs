@@ -71,9 +71,14 @@ pub fn has_visible_text(text: &str) -> bool {
 }
 
 fn is_invisible(c: char) -> bool {
-    c.is_whitespace()
-        || c.is_control()
-        || matches!(c,
+    c.is_whitespace() || c.is_control() || is_hidden(c)
+}
+
+/// A character that takes no space and shows nothing (format characters such as
+/// zero-width spaces, joiners, direction marks, soft hyphens, BOM, tags, variation
+/// selectors, and blank fillers), though it is neither whitespace nor a control character.
+pub fn is_hidden(c: char) -> bool {
+    matches!(c,
             '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}'
             | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
             | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{2800}' | '\u{3164}'

@@ -50,16 +50,18 @@ pub async fn chat_completions(
         ));
     };
     let config = dispatcher.config().clone();
-    let header_class = match request.headers().get(DATA_CLASS_HEADER) {
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| ApiError::invalid(format!("{DATA_CLASS_HEADER} must be ASCII")))?
-                .trim()
-                .to_string(),
-        )
-        .filter(|class| !class.is_empty()),
-        None => None,
-    };
+    // Every value of the header counts (a proxy in between may add its own): the
+    // strictest applies.
+    let mut header_classes = Vec::new();
+    for value in request.headers().get_all(DATA_CLASS_HEADER) {
+        let class = value
+            .to_str()
+            .map_err(|_| ApiError::invalid(format!("{DATA_CLASS_HEADER} must be ASCII")))?
+            .trim();
+        if !class.is_empty() {
+            header_classes.push(class.to_string());
+        }
+    }
     let limit = state.body_limit.max(super::CHAT_BODY_LIMIT);
     let bytes = read_json_body(request, limit, state.body_timeout).await?;
     let size = bytes.len();
@@ -93,22 +95,15 @@ pub async fn chat_completions(
         Destination::Route(r) => Some(r),
         Destination::Backend(_) => None,
     };
-    let data_class = classes::request_class(
-        &config,
-        header_class.as_deref(),
-        route_id,
-        &prepared.class_hits,
-    )
-    .map_err(|reason| {
-        ApiError::new(
-            ErrorKind::DataClassRefused,
-            DispatchError::NotEligible {
-                class: header_class.clone().unwrap_or_default(),
-                reason,
-            }
-            .to_string(),
-        )
-    })?;
+    let data_class =
+        classes::request_class(&config, &header_classes, route_id, &prepared.class_hits).map_err(
+            |(class, reason)| {
+                ApiError::new(
+                    ErrorKind::DataClassRefused,
+                    DispatchError::NotEligible { class, reason }.to_string(),
+                )
+            },
+        )?;
     if let Some(Classed { class, because }) = &data_class {
         tracing::debug!(%class, %because, "data class");
     }

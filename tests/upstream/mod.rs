@@ -59,6 +59,14 @@ pub enum Behaviour {
     EchoKey(u16),
     /// Stream these chunks as they are, then `[DONE]`, whatever the request asked for.
     Events(Vec<Value>),
+    /// 307 to this URL (a provider, or something in front of it, sending the request on).
+    Redirect(String),
+    /// A stream whose first event is an error quoting the key the request carried.
+    EchoKeyEvent,
+    /// This status with an error quoting the key with its `-` escaped as `\u002d` in the JSON.
+    EchoKeyEscaped(u16),
+    /// Stream 64 KiB content deltas without end.
+    Endless,
 }
 
 /// The arguments of the tool call `Behaviour::ToolCall` streams.
@@ -325,6 +333,33 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
             }
             socket.write_all(b"data: [DONE]\n\n").await?;
             socket.shutdown().await
+        }
+        Behaviour::Redirect(to) => respond(&mut socket, 307, &[("location", to)], "{}").await,
+        Behaviour::EchoKeyEvent => {
+            let sent = header("authorization").unwrap_or_default();
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+                .await?;
+            let event = json!({"error": {"message": format!("upstream broke; auth was {sent}"), "code": "server_error"}});
+            write_event(&mut socket, &event).await?;
+            socket.shutdown().await
+        }
+        Behaviour::EchoKeyEscaped(status) => {
+            let sent = header("authorization").unwrap_or_default();
+            let escaped = sent.replace('-', "\\u002d");
+            let reply = format!(
+                r#"{{"error": {{"message": "your key is {escaped}", "type": "invalid_request_error", "code": "bad_request"}}}}"#
+            );
+            respond(&mut socket, status, &[], &reply).await
+        }
+        Behaviour::Endless => {
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+                .await?;
+            let piece = "x".repeat(64 * 1024);
+            loop {
+                socket.write_all(chunk(&model, &piece).as_bytes()).await?;
+            }
         }
         Behaviour::Html => {
             let page = "<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body><h1>Please sign in</h1></body></html>\n";
