@@ -57,6 +57,7 @@ fn limits(header: u64, idle: u64, shutdown: u64) -> Limits {
         header_timeout: Duration::from_millis(header),
         idle_timeout: Duration::from_millis(idle),
         shutdown_timeout: Duration::from_millis(shutdown),
+        ..Limits::default()
     }
 }
 
@@ -233,4 +234,34 @@ async fn shutdown_lets_short_requests_finish_and_ends_a_stream_still_open_with_a
         .await
         .expect("the server stopped")
         .unwrap();
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_closed_and_the_rest_still_served() {
+    let server = start(
+        no_backends(),
+        Limits {
+            max_connections: 3,
+            ..limits(10_000, 60_000, 1_000)
+        },
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut extra = TcpStream::connect(server.addr).await.unwrap();
+    let (_, closed) = read_until_closed(&mut extra, Duration::from_secs(3)).await;
+    assert!(closed, "the connection past the limit was kept");
+    // One held connection goes; a new one is served.
+    held.pop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    client
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (reply, _) = read_until_closed(&mut client, Duration::from_secs(3)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 }

@@ -53,6 +53,10 @@ pub enum Command {
         /// streams end with an error event and the server exits.
         #[arg(long, default_value_t = 30.0, value_parser = seconds)]
         shutdown_timeout: f64,
+        /// Connections open at once; more are closed at once (keep it under the file
+        /// descriptor limit, `ulimit -n`).
+        #[arg(long, default_value_t = semroute::http::server::Limits::default().max_connections)]
+        max_connections: usize,
     },
     /// Classify each TEXT (or each line of stdin) and print the route chosen.
     Classify {
@@ -143,6 +147,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             body_timeout,
             idle_timeout,
             shutdown_timeout,
+            max_connections,
         } => {
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -156,6 +161,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     header_timeout: Duration::from_secs_f64(header_timeout),
                     idle_timeout: Duration::from_secs_f64(idle_timeout),
                     shutdown_timeout: Duration::from_secs_f64(shutdown_timeout),
+                    max_connections: max_connections.max(1),
                 },
             }))?;
             // Streams cut short at the end of the drain may still hold the runtime.

@@ -332,6 +332,16 @@ impl Checker<'_> {
             Ok(u) if u.query().is_some() || u.fragment().is_some() => {
                 Some("a base URL takes no query or fragment".into())
             }
+            // Not echoed: the text holds a credential.
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                self.issue(
+                    at.into(),
+                    raw.referenced,
+                    "the URL carries credentials (user:password@), which would be sent to the backend and could be echoed back (the URL is not shown)".into(),
+                    "remove them from the URL and put the key in an environment variable named by `api_key_env`",
+                );
+                return None;
+            }
             Ok(_) => None,
         };
         if let Some(problem) = problem {

@@ -512,3 +512,16 @@ fn patterns_that_serve_could_not_compile_together_are_refused_with_their_line() 
     assert_eq!(problem.line, Some(10), "{problem:?}");
     assert!(problem.message.contains("size limit"), "{problem:?}");
 }
+
+#[test]
+fn credentials_in_a_backend_url_are_refused_without_echoing_them() {
+    let err = parse("backends:\n  - name: b\n    url: http://admin:hunter2@127.0.0.1:1/v1\n    model: m\nroutes:\n  - name: a\n    utterances: [x]\n    targets: [b]\n")
+        .err()
+        .unwrap_or_else(|| panic!("accepted"));
+    let text = err.to_string();
+    assert!(
+        text.contains("backends[0].url") && text.contains("api_key_env"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+}

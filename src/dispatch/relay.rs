@@ -111,6 +111,8 @@ pub async fn open(
         started,
     };
     let mut events = Vec::new();
+    // The opening bytes, in case the "stream" turns out to be one JSON answer.
+    let mut opening: Vec<u8> = Vec::new();
     loop {
         for event in events.drain(..) {
             match event {
@@ -129,9 +131,14 @@ pub async fn open(
         }
         match tokio::time::timeout_at(deadline, opened.upstream.next()).await {
             Err(_) => return Err(Outcome::Silent),
-            Ok(None) => return Err(Outcome::Connect("the stream ended before any event".into())),
+            Ok(None) => return whole_answer(&opening, opened),
             Ok(Some(Err(err))) => return Err(Outcome::Connect(error_chain(&err.without_url()))),
             Ok(Some(Ok(chunk))) => {
+                if opening.len() < OPENING_BYTES {
+                    opening.extend_from_slice(
+                        &chunk[..chunk.len().min(OPENING_BYTES - opening.len())],
+                    );
+                }
                 if opened.parser.push(&chunk, &mut events).is_err() {
                     return Err(Outcome::Invalid(
                         "an event too large to be an answer".into(),
@@ -140,6 +147,24 @@ pub async fn open(
             }
         }
     }
+}
+
+/// Bytes of a stream's opening kept to read it as one JSON answer if no event comes.
+const OPENING_BYTES: usize = 1024 * 1024;
+
+/// A "stream" that ended before any event: a provider that sent one JSON answer under an
+/// event-stream content type is taken at its word if that is a chat completion.
+fn whole_answer(opening: &[u8], mut opened: Opened) -> Result<Opened, Outcome> {
+    let json: Value = serde_json::from_slice(opening)
+        .map_err(|_| Outcome::Invalid("the stream ended before any event".into()))?;
+    if let Some(error) = json.get("error").filter(|e| !e.is_null()) {
+        return Err(in_band(error));
+    }
+    if !is_completion(&json) {
+        return Err(Outcome::Invalid("the stream ended before any event".into()));
+    }
+    opened.pending = VecDeque::from([Event::Chunk(completion_to_chunk(&json)), Event::Done]);
+    Ok(opened)
 }
 
 /// An in-band `error` object as an outcome.

@@ -192,6 +192,12 @@ fn prepare(
         Some(Value::String(m)) => m.as_str(),
         Some(_) => return Err(ApiError::invalid("`model` must be a string")),
     };
+    if body
+        .get("stream")
+        .is_some_and(|v| !v.is_boolean() && !v.is_null())
+    {
+        return Err(ApiError::invalid("`stream` must be true or false"));
+    }
     let messages = match body.get("messages") {
         Some(Value::Array(messages)) => messages,
         Some(_) => return Err(ApiError::invalid("`messages` must be a list of messages")),
@@ -314,8 +320,14 @@ pub async fn models(State(state): State<AppState>) -> impl IntoResponse {
 /// `GET /v1/models/{id}` (the SDKs' `models.retrieve`).
 pub async fn model(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Ok(Path(id)) = id else {
+        return Err(ApiError::new(
+            ErrorKind::ModelNotFound,
+            "there is no such model (the id is not valid UTF-8); GET /v1/models lists them",
+        ));
+    };
     model_entries(&state.config)
         .into_iter()
         .find(|m| m["id"] == id.as_str())

@@ -35,6 +35,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// How long requests in flight may run after a shutdown signal.
     pub shutdown_timeout: Duration,
+    /// Connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -43,6 +45,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
         }
     }
 }
@@ -66,6 +69,10 @@ pub async fn serve(
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if open.load(Ordering::SeqCst) >= limits.max_connections => {
+                    tracing::debug!(limit = limits.max_connections, "too many connections; closing a new one");
+                    drop(stream);
+                }
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
                     let guard = Open::enter(&open);
