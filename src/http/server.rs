@@ -51,7 +51,7 @@ impl Default for Limits {
 }
 
 /// After the drain time, how long open streams get to send their error event.
-const FINAL_GRACE: Duration = Duration::from_secs(2);
+const FINAL_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves `app` on `listener` until `shutdown` completes, then drains (see the module
 /// comment). `close_streams` is called when the drain time is over.
