@@ -898,3 +898,34 @@ async fn an_answer_that_never_ends_is_cut_off_at_16_mib_instead_of_filling_memor
             .contains("grew past")
     );
 }
+
+#[tokio::test]
+async fn every_stream_is_counted_but_a_client_gets_usage_only_if_it_asked() {
+    let a = Upstream::start("a", Behaviour::Answer).await;
+    let s = state(&backend("a", &a.url, ""), "a", "");
+    let plain = chat(&s, stream_request("chat")).await;
+    let usage_events = |body: &str| {
+        events(body)
+            .iter()
+            .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+            .filter(|e| e["usage"].is_object())
+            .count()
+    };
+    assert_eq!(usage_events(&plain.body), 0, "{}", plain.body);
+    assert_eq!(
+        a.received()[0].body["stream_options"],
+        json!({"include_usage": true}),
+        "usage is asked for upstream all the same"
+    );
+    let mut asking = stream_request("chat");
+    asking["stream_options"] = json!({"include_usage": true});
+    let reply = chat(&s, asking).await;
+    assert_eq!(usage_events(&reply.body), 1, "{}", reply.body);
+    let metrics = get(&s, "/metrics").await.body;
+    assert!(
+        metrics.contains(
+            "semroute_tokens_total{route=\"chat\",backend=\"a\",kind=\"completion\"} 10\n"
+        ),
+        "both streams counted: {metrics}"
+    );
+}

@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 pub struct UpstreamBody<'a> {
     pub client: &'a Map<String, Value>,
     pub model: &'a str,
-    /// Send as a stream that reports usage (a non-streaming request turned into a stream).
+    /// Send as a stream that reports usage (`stream: true`, `stream_options.include_usage:
+    /// true`, the client's other stream options kept), so every streamed answer is counted.
     pub force_stream: bool,
     /// Text to append as a final assistant message (a continuation's prefill).
     pub prefill: Option<&'a str>,
@@ -44,11 +45,17 @@ impl Serialize for UpstreamBody<'_> {
         }
         map.serialize_entry("model", self.model)?;
         if self.force_stream {
+            let mut options = match self.client.get("stream_options") {
+                Some(Value::Object(options))
+                    if self.client.get("stream") == Some(&Value::Bool(true)) =>
+                {
+                    options.clone()
+                }
+                _ => Map::new(),
+            };
+            options.insert("include_usage".into(), true.into());
             map.serialize_entry("stream", &true)?;
-            map.serialize_entry(
-                "stream_options",
-                &serde_json::json!({"include_usage": true}),
-            )?;
+            map.serialize_entry("stream_options", &options)?;
         }
         map.end()
     }
@@ -117,6 +124,19 @@ mod tests {
         let out = written(&body);
         assert_eq!(out["stream"], true);
         assert_eq!(out["stream_options"], json!({"include_usage": true}));
+        // A streaming client's own options are kept, with usage asked for.
+        let mut streaming = client.clone();
+        streaming.insert("stream".into(), true.into());
+        let body = UpstreamBody {
+            client: &streaming,
+            model: "small",
+            force_stream: true,
+            prefill: None,
+        };
+        assert_eq!(
+            written(&body)["stream_options"],
+            json!({"x": 1, "include_usage": true})
+        );
         assert_eq!(
             out["messages"],
             json!([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello wor"}])

@@ -598,7 +598,8 @@ impl Dispatcher {
         stream: bool,
     ) -> Result<reqwest::Response, Outcome> {
         let backend = self.config.backend(b);
-        let force_stream = stream && !request.is_stream();
+        // Every streamed call asks for usage, so every answer is counted in the metrics.
+        let force_stream = stream;
         let size = request.size;
         let payload = if size > BLOCKING_SERIALIZE_BYTES {
             let (client, model) = (request.body.clone(), backend.model.clone());

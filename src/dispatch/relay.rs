@@ -245,6 +245,8 @@ pub struct Relay {
     original_failure: Option<String>,
     /// Bytes of text and tool calls taken into the answer so far (relayed or held).
     size: usize,
+    /// Whether usage chunks go on to the client (it asked, or the answer is reassembled).
+    usage_for_client: bool,
     out: mpsc::Sender<Piece>,
 }
 
@@ -259,6 +261,12 @@ impl Relay {
         in_flight: InFlight,
     ) -> mpsc::Receiver<Piece> {
         let (out, rx) = mpsc::channel(RELAY_BUFFER);
+        let usage_for_client = !request.is_stream()
+            || request
+                .body
+                .get("stream_options")
+                .and_then(|o| o.get("include_usage"))
+                == Some(&Value::Bool(true));
         let expected = request
             .body
             .get("n")
@@ -278,6 +286,7 @@ impl Relay {
             sniff: None,
             original_failure: None,
             size: 0,
+            usage_for_client,
             out,
         };
         tokio::spawn(relay.run());
@@ -487,6 +496,12 @@ impl Relay {
         if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
             let route = self.dispatcher.route_label(&self.request);
             self.dispatcher.record_usage(&route, self.backend, usage);
+        }
+        // Usage is always asked for upstream; a streaming client gets it only if it asked.
+        if !self.usage_for_client
+            && let Value::Object(fields) = &mut chunk
+        {
+            fields.remove("usage");
         }
         match &self.id {
             Some(id) => chunk["id"] = id.clone(),
