@@ -91,15 +91,17 @@ pub fn pattern_hits(
         }
     }
     let mut scan = |text: &str, raw_done: bool| {
-        let folded = folded(text);
-        let forms = [(!raw_done).then_some(text), folded.as_deref()];
-        for form in forms.into_iter().flatten() {
+        let mut found = |form: &str| {
             for source in rules.hits(form) {
                 if !hits.contains(&source.route) {
                     hits.push(source.route);
                 }
             }
+        };
+        if !raw_done {
+            found(text);
         }
+        fold_in_windows(text, &mut found);
     };
     // The very same string (not an equal one), so nothing can slip past unscanned.
     let is_scanned = |text: &str| {
@@ -140,33 +142,58 @@ pub fn pattern_hits(
     hits
 }
 
-/// `text` as a pattern should also see it: compatibility characters folded (NFKC: fullwidth
-/// letters and digits become ASCII), hidden characters (zero-width spaces, soft hyphens,
-/// joiners) removed, and every dash made `-`. `None` when that changes nothing (always for
-/// ASCII, and without a copy for text already in that form).
-fn folded(text: &str) -> Option<String> {
-    use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfkc_quick};
-    if text.is_ascii() {
-        return None;
+/// Bytes of folded text matched at a time, and how many of them the next window repeats,
+/// so a match up to that long across a window's edge is still seen.
+const FOLD_WINDOW: usize = 1 << 20;
+const FOLD_OVERLAP: usize = 4096;
+
+/// Hands `found` the text as a pattern should also see it, when that differs: fullwidth
+/// forms made ASCII (`１２３` is `123`), the ideographic space a space, hidden characters
+/// (zero-width spaces, joiners, soft hyphens) removed, and every dash made `-`. A large text
+/// is folded a window at a time, so no copy of it is made.
+fn fold_in_windows(text: &str, found: &mut impl FnMut(&str)) {
+    if text.is_ascii() || !text.chars().any(|c| fold(c) != Some(c)) {
+        return;
     }
-    let unusual = text.chars().any(|c| is_hidden(c) || is_dash(c));
-    if !unusual && is_nfkc_quick(text.chars()) == IsNormalized::Yes {
-        return None;
+    let mut window = String::with_capacity(text.len().min(FOLD_WINDOW + FOLD_OVERLAP) + 8);
+    let mut fresh = false;
+    for c in text.chars() {
+        if let Some(f) = fold(c) {
+            window.push(f);
+            fresh = true;
+        }
+        if window.len() >= FOLD_WINDOW + FOLD_OVERLAP {
+            found(&window);
+            let mut keep = window.len() - FOLD_OVERLAP;
+            while !window.is_char_boundary(keep) {
+                keep += 1;
+            }
+            window.drain(..keep);
+            fresh = false;
+        }
     }
-    let out: String = text
-        .nfkc()
-        .filter(|&c| !is_hidden(c))
-        .map(|c| if is_dash(c) { '-' } else { c })
-        .collect();
-    (out != text).then_some(out)
+    if fresh {
+        found(&window);
+    }
+}
+
+/// One character folded (see `fold_in_windows`); `None`: removed.
+fn fold(c: char) -> Option<char> {
+    match c {
+        '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0),
+        '\u{3000}' => Some(' '),
+        c if is_dash(c) => Some('-'),
+        c if is_hidden(c) => None,
+        c => Some(c),
+    }
 }
 
 /// A dash other than ASCII `-`: hyphens, non-breaking hyphen, figure and en/em dashes,
-/// minus signs.
+/// minus signs (the fullwidth one is folded with its block).
 fn is_dash(c: char) -> bool {
     matches!(
         c,
-        '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{FE58}' | '\u{FE63}' | '\u{FF0D}'
+        '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{FE58}' | '\u{FE63}'
     )
 }
 
@@ -265,7 +292,23 @@ routes:
         let in_a_key =
             body(json!({"messages": [{"role": "user", "content": "hi"}], "x": {"123-45-6789": 1}}));
         assert_eq!(pattern_hits(&c, &in_a_key, None).len(), 1);
-        assert_eq!(folded("plain ascii"), None);
-        assert_eq!(folded("Привет мир"), None);
+        let folds = |text: &str| {
+            let mut seen = Vec::new();
+            fold_in_windows(text, &mut |f: &str| seen.push(f.to_string()));
+            seen
+        };
+        assert!(folds("plain ascii").is_empty());
+        assert!(folds("Привет мир").is_empty(), "nothing to fold, no copy");
+        assert_eq!(folds("ＡＰＩ\u{200b}＿ＫＥＹ\u{3000}："), ["API_KEY :"]);
+        // A long text is folded a window at a time, a match across an edge still whole.
+        let long = "\u{200b}".to_string() + &"я".repeat(FOLD_WINDOW) + "１２３－４５－６７８９";
+        let windows = folds(&long);
+        assert!(windows.len() >= 2);
+        assert!(
+            windows
+                .iter()
+                .all(|w| w.len() <= FOLD_WINDOW + FOLD_OVERLAP + 4)
+        );
+        assert!(windows.last().is_some_and(|w| w.ends_with("123-45-6789")));
     }
 }
