@@ -431,7 +431,8 @@ impl Dispatcher {
                         );
                         health.succeeded();
                         health.observe_latency(Instant::now(), started.elapsed());
-                        tracing::info!(backend = %backend.name, attempts, status = answer.status, "answered");
+                        let streaming = matches!(answer.body, AnswerBody::Stream(_));
+                        tracing::info!(backend = %backend.name, attempts, status = answer.status, streaming, "answering");
                         answer.attempts = attempts;
                         return Ok(answer);
                     }
