@@ -3,9 +3,11 @@
 //! data class, retrying and falling over by the rules in `verdict.rs`, and relaying the
 //! answer. Requests go upstream as streams (a non-streaming one too, reassembled by
 //! `assemble.rs`, unless the backend says `upstream_stream: false`), so first-byte and
-//! stall detection and mid-answer continuation (`relay.rs`) work for every answer.
+//! stall detection and mid-answer continuation (`relay.rs`) work for every answer. One
+//! upstream call and what came of it is `attempt.rs`.
 
 mod assemble;
+mod attempt;
 mod balance;
 mod body;
 pub mod classes;
@@ -16,16 +18,15 @@ mod sse;
 pub mod verdict;
 
 use crate::config::{BackendId, Config, RouteId};
-use body::UpstreamBody;
 use bytes::Bytes;
 use health::{Availability, Health};
 use metrics::Metrics;
-use relay::{Piece, Relay};
+use relay::Piece;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime};
-use verdict::{Cooldown, Outcome, Verdict, judge, parse_retry_after};
+use std::time::{Duration, Instant};
+use verdict::{Cooldown, Outcome, Verdict, judge};
 
 /// Client bodies larger than this are serialized for upstream on a blocking thread, so a
 /// huge conversation never stalls the async runtime.
@@ -525,268 +526,6 @@ impl Dispatcher {
             self.cool_down(b, cooldown);
         }
     }
-
-    /// One attempt on one backend: the answer, or how it failed. A streamed answer's relay
-    /// gets the targets after this one (`rest`) to continue on if the stream breaks, and
-    /// holds the backend's in-flight count until the stream ends.
-    async fn attempt(
-        self: &Arc<Self>,
-        b: BackendId,
-        request: &ChatRequest,
-        rest: &[BackendId],
-    ) -> Result<Answer, Outcome> {
-        let backend = self.config.backend(b);
-        let in_flight = self.health[b.0].enter();
-        if request.is_stream() || backend.upstream_stream {
-            let opened = self.open_stream(b, request, None).await?;
-            let pieces = Relay::spawn(
-                self.clone(),
-                request.clone(),
-                b,
-                rest.to_vec(),
-                opened,
-                in_flight,
-            );
-            return Ok(Answer {
-                status: 200,
-                content_type: Some("text/event-stream".into()),
-                body: AnswerBody::Stream(pieces),
-                backend: b,
-                attempts: 0,
-            });
-        }
-        // A plain request: only `timeout_ms` bounds it.
-        let response = self.send(b, request, None, false).await?;
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let bytes = read_body(response, MAX_ANSWER_BYTES).await?;
-        let json: Value = serde_json::from_slice(&bytes).map_err(|_| {
-            Outcome::Invalid(format!(
-                "the body ({}) is not JSON",
-                content_type.as_deref().unwrap_or("no content-type")
-            ))
-        })?;
-        if !assemble::is_completion(&json) {
-            return Err(match json.get("error").filter(|e| !e.is_null()) {
-                Some(_) => Outcome::Invalid("a 2xx answer carrying an `error`".into()),
-                None => Outcome::Invalid("the JSON answer has no `choices`".into()),
-            });
-        }
-        if let Some(usage) = json.get("usage").filter(|u| u.is_object()) {
-            self.record_usage(&self.route_label(request), b, usage);
-        }
-        drop(in_flight);
-        Ok(Answer {
-            status: 200,
-            content_type: Some("application/json".into()),
-            body: AnswerBody::Full(bytes),
-            backend: b,
-            attempts: 0,
-        })
-    }
-
-    /// Sends `request` to `b` (with the backend's model, and `prefill` appended) and waits
-    /// for a 2xx response's headers. Streams (`stream`) are bounded by the first-byte
-    /// timeout and never by `timeout_ms`, which bounds only plain requests.
-    async fn send(
-        &self,
-        b: BackendId,
-        request: &ChatRequest,
-        prefill: Option<&str>,
-        stream: bool,
-    ) -> Result<reqwest::Response, Outcome> {
-        let backend = self.config.backend(b);
-        // Every streamed call asks for usage, so every answer is counted in the metrics.
-        let force_stream = stream;
-        let size = request.size;
-        let payload = if size > BLOCKING_SERIALIZE_BYTES {
-            let (client, model) = (request.body.clone(), backend.model.clone());
-            let prefill = prefill.map(str::to_string);
-            tokio::task::spawn_blocking(move || {
-                UpstreamBody {
-                    client: &client,
-                    model: &model,
-                    force_stream,
-                    prefill: prefill.as_deref(),
-                }
-                .to_vec(size)
-            })
-            .await
-            .map_err(|e| Outcome::Connect(format!("writing the request: {e}")))?
-        } else {
-            UpstreamBody {
-                client: &request.body,
-                model: &backend.model,
-                force_stream,
-                prefill,
-            }
-            .to_vec(size)
-        }
-        .map_err(|e| Outcome::Connect(format!("writing the request: {e}")))?;
-        let mut builder = self.clients[b.0]
-            .post(format!("{}/chat/completions", backend.url))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(payload);
-        if !stream {
-            builder = builder.timeout(backend.timeout);
-        }
-        if let Some(key) = &self.keys[b.0] {
-            builder = builder.bearer_auth(key);
-        }
-        let started = Instant::now();
-        let sent = if stream {
-            match tokio::time::timeout(backend.first_byte_timeout, builder.send()).await {
-                Err(_) => return Err(Outcome::Silent),
-                Ok(sent) => sent,
-            }
-        } else {
-            builder.send().await
-        };
-        let response = match sent {
-            Err(err) if err.is_timeout() => return Err(Outcome::Silent),
-            Err(err) => return Err(Outcome::Connect(error_chain(&err.without_url()))),
-            Ok(response) => response,
-        };
-        self.metrics.observe(
-            "semroute_upstream_ttfb_seconds",
-            &[("backend", backend.name.as_str())],
-            started.elapsed(),
-        );
-        let status = response.status().as_u16();
-        if (200..300).contains(&status) {
-            return Ok(response);
-        }
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        // An error body that trickles in is not waited for past the idle timeout.
-        let body = tokio::time::timeout(
-            backend.stream_idle_timeout,
-            read_body(response, MAX_ERROR_BYTES),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .map(|b| b.to_vec())
-        .unwrap_or_default();
-        Err(Outcome::Status {
-            status,
-            retry_after,
-            body,
-        })
-    }
-
-    /// The body of an upstream error relayed to the client: rebuilt from the upstream's
-    /// OpenAI-style `error` object with every string checked for any backend's key (a
-    /// message that quotes a key, whole or in part, escaped or not, is withheld); a body
-    /// that is not such JSON (compressed, HTML, text) is not relayed.
-    fn client_error_body(&self, status: u16, body: &[u8]) -> Bytes {
-        let parsed = serde_json::from_slice::<Value>(body).ok();
-        let error = parsed.as_ref().and_then(|json| json.get("error"));
-        let field = |key: &str| {
-            error
-                .and_then(|e| e.get(key))
-                .and_then(Value::as_str)
-                .map(|text| self.redact(text))
-        };
-        let message = match error {
-            Some(Value::String(text)) => Some(self.redact(text)),
-            _ => field("message"),
-        }
-        .unwrap_or_else(|| format!("the backend answered HTTP {status}"));
-        let mut out = serde_json::json!({"error": {
-            "message": message,
-            "type": field("type").unwrap_or_else(|| "upstream_error".into()),
-            "code": field("code"),
-        }});
-        if let Some(param) = field("param") {
-            out["error"]["param"] = param.into();
-        }
-        Bytes::from(out.to_string())
-    }
-
-    /// `text` from an upstream, or a note that it was withheld because it quotes a key.
-    pub(crate) fn redact(&self, text: &str) -> String {
-        if self.keys.iter().flatten().any(|key| quotes_key(text, key)) {
-            return "[withheld: the backend's message quoted its credential]".into();
-        }
-        text.to_string()
-    }
-
-    /// Sends a request as a stream (with `prefill` appended) and waits for its first event,
-    /// both within the first-byte timeout.
-    async fn open_stream(
-        &self,
-        b: BackendId,
-        request: &ChatRequest,
-        prefill: Option<&str>,
-    ) -> Result<relay::Opened, Outcome> {
-        let backend = self.config.backend(b);
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + backend.first_byte_timeout;
-        let response = self.send(b, request, prefill, true).await?;
-        relay::open(response, deadline, started)
-            .await
-            .map_err(|outcome| match outcome {
-                Outcome::InBand { code, message } => Outcome::InBand {
-                    code: code.map(|c| self.redact(&c)),
-                    message: self.redact(&message),
-                },
-                other => other,
-            })
-    }
-}
-
-/// Whether `text` (decoded, not JSON-escaped) quotes `key`, whole or a run of 10 of its
-/// characters past its first 13 (often a public prefix such as `sk-ant-api03-`).
-fn quotes_key(text: &str, key: &str) -> bool {
-    const RUN: usize = 10;
-    const PREFIX: usize = 13;
-    if key.is_empty() {
-        return false;
-    }
-    if text.contains(key) {
-        return true;
-    }
-    let chars: Vec<char> = key.chars().collect();
-    if chars.len() < PREFIX + RUN {
-        return false;
-    }
-    (PREFIX..=chars.len() - RUN).any(|i| {
-        let run: String = chars[i..i + RUN].iter().collect();
-        text.contains(&run)
-    })
-}
-
-/// Reads a body of at most `limit` bytes.
-async fn read_body(response: reqwest::Response, limit: usize) -> Result<Bytes, Outcome> {
-    use futures_util::StreamExt;
-    let mut body = bytes::BytesMut::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            if e.is_timeout() {
-                Outcome::Silent
-            } else {
-                Outcome::Connect(format!(
-                    "reading the body: {}",
-                    error_chain(&e.without_url())
-                ))
-            }
-        })?;
-        if body.len() + chunk.len() > limit {
-            return Err(Outcome::Invalid(format!(
-                "the body is larger than {limit} bytes"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }
 
 /// Folds a relay's pieces into one completion, or the failure that ended it.
@@ -808,17 +547,4 @@ async fn collect(
     Err(DispatchError::Exhausted {
         attempts: vec!["the answer ended without finishing".into()],
     })
-}
-
-/// An error with its causes, for logs (reqwest's top-level message is often just
-/// "error sending request").
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -15,17 +15,19 @@
 //!   a clean `[DONE]`; a client that goes away ends the task and with it the upstream call;
 //! - the in-flight count of the backend streaming is held until the stream ends.
 
-use super::assemble::{TEXT_FIELDS, ToolCall, completion_to_chunk, is_completion};
+mod choice;
+
+use super::attempt::{Opened, error_chain, in_band};
 use super::health::InFlight;
-use super::sse::{self, Event};
+use super::sse::Event;
 use super::verdict::Outcome;
-use super::{ChatRequest, Dispatcher, error_chain};
+use super::{ChatRequest, Dispatcher};
 use crate::config::BackendId;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
-use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, VecDeque};
-use std::pin::Pin;
+use choice::{Choice, MAX_CHOICES, Rewritten, delta_size, index_of, tools_choice};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -49,168 +51,6 @@ pub enum Piece {
     },
     /// The answer broke and nothing could continue it: the original failure.
     Failed(String),
-}
-
-type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
-
-/// An upstream answer whose first event has arrived.
-pub struct Opened {
-    upstream: ByteStream,
-    parser: sse::Parser,
-    pending: VecDeque<Event>,
-    started: Instant,
-}
-
-/// Waits, until `deadline`, for the first event of a 2xx answer to a streaming request. An
-/// answer that is JSON (a provider that did not stream) is taken whole if it is a chat
-/// completion; anything else that is not an event stream is a failed attempt.
-pub async fn open(
-    response: reqwest::Response,
-    deadline: tokio::time::Instant,
-    started: Instant,
-) -> Result<Opened, Outcome> {
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.to_ascii_lowercase());
-    let parser = sse::Parser::new();
-    match content_type.as_deref() {
-        Some(ct) if ct.starts_with("application/json") => {
-            let body = tokio::time::timeout_at(deadline, read_limited(response))
-                .await
-                .map_err(|_| Outcome::Silent)??;
-            let json: Value = serde_json::from_slice(&body)
-                .map_err(|_| Outcome::Invalid("the JSON answer does not parse".into()))?;
-            if let Some(error) = json.get("error").filter(|e| !e.is_null()) {
-                return Err(in_band(error));
-            }
-            if !is_completion(&json) {
-                return Err(Outcome::Invalid("the JSON answer has no `choices`".into()));
-            }
-            let empty: ByteStream = Box::pin(futures_util::stream::empty());
-            return Ok(Opened {
-                upstream: empty,
-                parser,
-                pending: VecDeque::from([Event::Chunk(completion_to_chunk(&json)), Event::Done]),
-                started,
-            });
-        }
-        Some(ct) if !ct.starts_with("text/event-stream") => {
-            return Err(Outcome::Invalid(format!(
-                "the answer is `{}`, not an event stream",
-                ct.split(';').next().unwrap_or(ct)
-            )));
-        }
-        _ => {}
-    }
-    let mut opened = Opened {
-        upstream: Box::pin(response.bytes_stream()),
-        parser,
-        pending: VecDeque::new(),
-        started,
-    };
-    let mut events = Vec::new();
-    // The opening bytes, in case the "stream" turns out to be one JSON answer.
-    let mut opening: Vec<u8> = Vec::new();
-    loop {
-        for event in events.drain(..) {
-            match event {
-                Event::Error(json) => return Err(in_band(&json["error"])),
-                Event::Done if opened.pending.is_empty() => {
-                    return Err(Outcome::Invalid(
-                        "the stream ended without an answer".into(),
-                    ));
-                }
-                Event::Malformed(_) => {}
-                other => opened.pending.push_back(other),
-            }
-        }
-        if !opened.pending.is_empty() {
-            return Ok(opened);
-        }
-        match tokio::time::timeout_at(deadline, opened.upstream.next()).await {
-            Err(_) => return Err(Outcome::Silent),
-            Ok(None) => return whole_answer(&opening, opened),
-            Ok(Some(Err(err))) => return Err(Outcome::Connect(error_chain(&err.without_url()))),
-            Ok(Some(Ok(chunk))) => {
-                if opening.len() < OPENING_BYTES {
-                    opening.extend_from_slice(
-                        &chunk[..chunk.len().min(OPENING_BYTES - opening.len())],
-                    );
-                }
-                if opened.parser.push(&chunk, &mut events).is_err() {
-                    return Err(Outcome::Invalid(
-                        "an event too large to be an answer".into(),
-                    ));
-                }
-            }
-        }
-    }
-}
-
-/// Bytes of a stream's opening kept to read it as one JSON answer if no event comes.
-const OPENING_BYTES: usize = 1024 * 1024;
-
-/// A "stream" that ended before any event: a provider that sent one JSON answer under an
-/// event-stream content type is taken at its word if that is a chat completion.
-fn whole_answer(opening: &[u8], mut opened: Opened) -> Result<Opened, Outcome> {
-    let json: Value = serde_json::from_slice(opening)
-        .map_err(|_| Outcome::Invalid("the stream ended before any event".into()))?;
-    if let Some(error) = json.get("error").filter(|e| !e.is_null()) {
-        return Err(in_band(error));
-    }
-    if !is_completion(&json) {
-        return Err(Outcome::Invalid("the stream ended before any event".into()));
-    }
-    opened.pending = VecDeque::from([Event::Chunk(completion_to_chunk(&json)), Event::Done]);
-    Ok(opened)
-}
-
-/// An in-band `error` object as an outcome.
-fn in_band(error: &Value) -> Outcome {
-    let text = |v: &Value| v.as_str().map(str::to_string);
-    Outcome::InBand {
-        code: text(&error["code"]).or_else(|| text(&error["type"])),
-        message: text(&error["message"]).unwrap_or_else(|| error.to_string()),
-    }
-}
-
-/// Reads a body of at most 16 MiB.
-async fn read_limited(response: reqwest::Response) -> Result<Vec<u8>, Outcome> {
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Outcome::Connect(error_chain(&e.without_url())))?;
-        if body.len() + chunk.len() > sse::MAX_EVENT_BYTES {
-            return Err(Outcome::Invalid("the answer is too large".into()));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// One choice of the answer, as relayed so far.
-#[derive(Debug, Default)]
-struct Choice {
-    role_sent: bool,
-    /// Relayed text per field (`content`, `refusal`, reasoning).
-    texts: BTreeMap<&'static str, String>,
-    /// After a restart: how much of each field's relayed text the new answer has repeated.
-    replay: Option<BTreeMap<&'static str, usize>>,
-    /// Tool calls held back until the choice finishes.
-    tools: BTreeMap<u64, ToolCall>,
-    finished: bool,
-}
-
-impl Choice {
-    fn replay_complete(&self) -> bool {
-        self.replay.as_ref().is_none_or(|done| {
-            self.texts
-                .iter()
-                .all(|(field, text)| done.get(field).copied().unwrap_or(0) >= text.len())
-        })
-    }
 }
 
 /// What the next event meant.
@@ -513,45 +353,12 @@ impl Relay {
             Some(Value::Array(choices)) => choices,
             _ => Vec::new(),
         };
-        for (position, mut c) in choices.into_iter().enumerate() {
+        for (position, c) in choices.into_iter().enumerate() {
             let Some(index) = index_of(&c, position, MAX_CHOICES) else {
                 tracing::warn!(backend = %self.name(), index = %c["index"], "skipping a choice with an invalid index");
                 continue;
             };
-            let state = self.choices.entry(index).or_default();
-            if state.finished {
-                continue;
-            }
-            let mut delta = match c.get_mut("delta").map(Value::take) {
-                Some(Value::Object(delta)) => delta,
-                _ => Map::new(),
-            };
-            if delta.contains_key("role") {
-                if state.role_sent {
-                    delta.remove("role");
-                } else {
-                    state.role_sent = true;
-                }
-            }
-            let mut trimmed = false;
-            let grown: usize = TEXT_FIELDS
-                .iter()
-                .filter_map(|f| delta.get(*f).and_then(Value::as_str))
-                .map(str::len)
-                .sum::<usize>()
-                + delta
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .map_or(0, |calls| {
-                        calls
-                            .iter()
-                            .map(|c| {
-                                c["function"]["arguments"].as_str().map_or(0, str::len)
-                                    + c["function"]["name"].as_str().map_or(0, str::len)
-                            })
-                            .sum()
-                    });
-            self.size += grown;
+            self.size += delta_size(&c["delta"]);
             if self.size > MAX_ANSWER_BYTES {
                 return Step::Abort(format!(
                     "the answer from {} grew past {} MiB",
@@ -559,55 +366,13 @@ impl Relay {
                     MAX_ANSWER_BYTES >> 20
                 ));
             }
-            let state = self.choices.entry(index).or_default();
-            for field in TEXT_FIELDS {
-                let Some(Value::String(piece)) = delta.remove(field) else {
-                    continue;
-                };
-                match take_new(state, field, &piece) {
-                    Ok(Some(new)) => {
-                        trimmed |= new.len() != piece.len();
-                        delta.insert(field.into(), new.into());
-                    }
-                    Ok(None) => trimmed = true,
-                    Err(()) => {
-                        return Step::Fatal(format!(
-                            "the restarted answer's {field} differs from what was relayed"
-                        ));
-                    }
+            match self.choices.entry(index).or_default().rewrite(index, c) {
+                Ok(Rewritten { calls, choice }) => {
+                    before.extend(calls);
+                    kept.extend(choice);
                 }
+                Err(reason) => return Step::Fatal(reason),
             }
-            if let Some(Value::Array(calls)) = delta.remove("tool_calls") {
-                for (i, call) in calls.iter().enumerate() {
-                    match index_of(call, i, MAX_TOOL_CALLS) {
-                        Some(at) => state.tools.entry(at).or_default().add(call),
-                        None => {
-                            tracing::warn!(index = %call["index"], "skipping a tool call with an invalid index")
-                        }
-                    }
-                }
-            }
-            if trimmed && let Value::Object(c) = &mut c {
-                c.remove("logprobs");
-            }
-            let finished = !c["finish_reason"].is_null();
-            if finished {
-                if !state.replay_complete() {
-                    return Step::Fatal(
-                        "the restarted answer finished before repeating what was relayed".into(),
-                    );
-                }
-                state.finished = true;
-                if !state.tools.is_empty() {
-                    before.push(tools_choice(index, &std::mem::take(&mut state.tools)));
-                }
-            }
-            let has_logprobs = !c["logprobs"].is_null();
-            if delta.is_empty() && !finished && !has_logprobs {
-                continue;
-            }
-            c["delta"] = Value::Object(delta);
-            kept.push(c);
         }
         if !before.is_empty() {
             let mut calls = chunk.clone();
@@ -763,58 +528,6 @@ enum Read {
     ShuttingDown,
 }
 
-/// The part of `piece` (a delta of `field`) that is new, recording it as relayed; `None`
-/// when all of it repeats relayed text; `Err` when a restarted answer diverges.
-fn take_new(state: &mut Choice, field: &'static str, piece: &str) -> Result<Option<String>, ()> {
-    let relayed = state.texts.entry(field).or_default();
-    let Some(replay) = &mut state.replay else {
-        relayed.push_str(piece);
-        return Ok(Some(piece.to_string()));
-    };
-    let done = replay.entry(field).or_insert(0);
-    let rest = relayed.get(*done..).unwrap_or("");
-    if rest.is_empty() {
-        relayed.push_str(piece);
-        *done = relayed.len();
-        return Ok(Some(piece.to_string()));
-    }
-    if rest.starts_with(piece) {
-        *done += piece.len();
-        return Ok(None);
-    }
-    if let Some(new) = piece.strip_prefix(rest) {
-        let new = new.to_string();
-        relayed.push_str(&new);
-        *done = relayed.len();
-        return Ok((!new.is_empty()).then_some(new));
-    }
-    Err(())
-}
-
-/// Choices of one answer (`n` is at most this).
-const MAX_CHOICES: u64 = 128;
-/// Tool calls of one choice.
-const MAX_TOOL_CALLS: u64 = 1024;
-
-/// An entry's `index`: its position when absent; `None` when it is not a whole number
-/// below `limit` (the entry is skipped, the same way for streaming and non-streaming
-/// clients).
-fn index_of(entry: &Value, position: usize, limit: u64) -> Option<u64> {
-    match entry.get("index") {
-        None | Some(Value::Null) => Some(position as u64),
-        Some(index) => index.as_u64().filter(|&i| i < limit),
-    }
-}
-
-/// A choice entry carrying whole tool calls.
-fn tools_choice(index: u64, tools: &BTreeMap<u64, ToolCall>) -> Value {
-    let calls: Vec<Value> = tools
-        .iter()
-        .map(|(&i, call)| call.to_json(Some(i)))
-        .collect();
-    json!({"index": index, "delta": {"tool_calls": calls}, "finish_reason": null})
-}
-
 /// Frames a piece for a streaming client.
 pub fn frame(piece: &Piece) -> Bytes {
     match piece {
@@ -845,29 +558,5 @@ mod tests {
         let json: Value =
             serde_json::from_str(text.trim().trim_start_matches("data: ")).unwrap_or_default();
         assert_eq!(json["error"]["message"], "cut");
-    }
-
-    #[test]
-    fn a_restart_relays_only_what_goes_past_the_relayed_text() {
-        let mut state = Choice::default();
-        assert_eq!(
-            take_new(&mut state, "content", "Hello wor"),
-            Ok(Some("Hello wor".into()))
-        );
-        state.replay = Some(BTreeMap::new());
-        assert_eq!(take_new(&mut state, "content", "Hel"), Ok(None));
-        assert_eq!(
-            take_new(&mut state, "content", "lo world"),
-            Ok(Some("ld".into()))
-        );
-        assert_eq!(take_new(&mut state, "content", "!"), Ok(Some("!".into())));
-        assert!(state.replay_complete());
-        assert_eq!(state.texts["content"], "Hello world!");
-
-        let mut other = Choice::default();
-        let _ = take_new(&mut other, "content", "Hello");
-        other.replay = Some(BTreeMap::new());
-        assert_eq!(take_new(&mut other, "content", "Goodbye"), Err(()));
-        assert!(!other.replay_complete());
     }
 }
