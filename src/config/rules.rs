@@ -23,9 +23,25 @@ pub struct RuleSet {
     candidates: Option<RegexSet>,
     /// Each rule as written.
     exact: Vec<Regex>,
-    /// Whether the relaxed form of each rule differs from the exact one.
-    relaxed: Vec<bool>,
+    /// How each candidate is confirmed.
+    confirm: Vec<Confirm>,
 }
+
+/// How a rule the candidate set names is confirmed.
+#[derive(Debug, Clone)]
+enum Confirm {
+    /// The rule has no word boundary: the candidate set's answer is exact.
+    Already,
+    /// Run the exact regex over the whole text.
+    Whole,
+    /// The rule's matches are at most `max_len` bytes: run the exact regex only next to
+    /// each match of its relaxed form (every exact match lies within `max_len` bytes of
+    /// the start of one), so text full of near misses costs little.
+    Near { relaxed: Regex, max_len: usize },
+}
+
+/// Longest match for which `Confirm::Near` is used.
+const NEAR_MAX_LEN: usize = 1024;
 
 /// Why a rule set did not compile: the first rule at fault and the reason.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,18 +55,37 @@ impl RuleSet {
     pub fn new(sources: &[String]) -> Result<RuleSet, RuleError> {
         let mut exact = Vec::with_capacity(sources.len());
         let mut relaxed_sources = Vec::with_capacity(sources.len());
-        let mut relaxed = Vec::with_capacity(sources.len());
+        let mut confirm = Vec::with_capacity(sources.len());
         for (index, source) in sources.iter().enumerate() {
+            let fail = |err: &regex::Error| RuleError {
+                index,
+                reason: regex_reason(err),
+            };
             let regex = regex::RegexBuilder::new(source)
                 .size_limit(SIZE_LIMIT)
                 .build()
-                .map_err(|err| RuleError {
-                    index,
-                    reason: regex_reason(&err),
-                })?;
-            let loose = relax(source).unwrap_or_else(|| source.clone());
-            relaxed.push(loose != *source);
+                .map_err(|e| fail(&e))?;
+            let (loose, how) = match relax(source) {
+                Some(Relaxed {
+                    source: loose,
+                    changed: true,
+                    max_len: Some(max_len),
+                }) if max_len <= NEAR_MAX_LEN => {
+                    let relaxed = regex::RegexBuilder::new(&loose)
+                        .size_limit(SIZE_LIMIT)
+                        .build()
+                        .map_err(|e| fail(&e))?;
+                    (loose, Confirm::Near { relaxed, max_len })
+                }
+                Some(Relaxed {
+                    source: loose,
+                    changed: true,
+                    ..
+                }) => (loose, Confirm::Whole),
+                _ => (source.clone(), Confirm::Already),
+            };
             relaxed_sources.push(loose);
+            confirm.push(how);
             exact.push(regex);
         }
         let candidates = if sources.is_empty() {
@@ -64,7 +99,7 @@ impl RuleSet {
         Ok(RuleSet {
             candidates,
             exact,
-            relaxed,
+            confirm,
         })
     }
 
@@ -83,8 +118,29 @@ impl RuleSet {
         };
         set.matches(text)
             .into_iter()
-            .filter(|&i| !self.relaxed[i] || self.exact[i].is_match(text))
+            .filter(|&i| self.confirmed(i, text))
             .collect()
+    }
+
+    /// Whether rule `i`, a candidate for `text`, matches it.
+    fn confirmed(&self, i: usize, text: &str) -> bool {
+        let exact = &self.exact[i];
+        match &self.confirm[i] {
+            Confirm::Already => true,
+            Confirm::Whole => exact.is_match(text),
+            Confirm::Near { relaxed, max_len } => relaxed.find_iter(text).any(|near| {
+                // The window reaches a little past the longest match, so a match found in it
+                // has the character after it to decide its word boundary; `find_at` sees the
+                // text before the window for the one before.
+                let mut end = (near.end() + max_len + 4).min(text.len());
+                while !text.is_char_boundary(end) {
+                    end += 1;
+                }
+                exact
+                    .find_at(&text[..end], near.start())
+                    .is_some_and(|found| found.end() < end || end == text.len())
+            }),
+        }
     }
 }
 
@@ -117,38 +173,62 @@ fn regex_reason(err: &regex::Error) -> String {
     last.strip_prefix("error: ").unwrap_or(last).to_string()
 }
 
+/// A rule with its Unicode word-boundary assertions removed.
+struct Relaxed {
+    source: String,
+    /// Whether there was any to remove.
+    changed: bool,
+    /// The longest match in bytes, when bounded.
+    max_len: Option<usize>,
+}
+
 /// `source` with every Unicode word-boundary assertion removed: it matches everything the
 /// original does (and more). `None` when it does not parse (the exact compile reports it).
-fn relax(source: &str) -> Option<String> {
+fn relax(source: &str) -> Option<Relaxed> {
     let hir = regex_syntax::ParserBuilder::new()
         .build()
         .parse(source)
         .ok()?;
-    let relaxed = strip_word_boundaries(hir);
-    Some(relaxed.to_string())
+    let max_len = hir.properties().maximum_len();
+    let mut changed = false;
+    let relaxed = strip_word_boundaries(hir, &mut changed);
+    Some(Relaxed {
+        source: relaxed.to_string(),
+        changed,
+        max_len,
+    })
 }
 
-fn strip_word_boundaries(hir: Hir) -> Hir {
+fn strip_word_boundaries(hir: Hir, changed: &mut bool) -> Hir {
     match hir.into_kind() {
-        HirKind::Look(look) if is_unicode_word_look(look) => Hir::empty(),
+        HirKind::Look(look) if is_unicode_word_look(look) => {
+            *changed = true;
+            Hir::empty()
+        }
         HirKind::Look(look) => Hir::look(look),
         HirKind::Empty => Hir::empty(),
         HirKind::Literal(lit) => Hir::literal(lit.0),
         HirKind::Class(class) => Hir::class(class),
         HirKind::Repetition(mut rep) => {
             let sub = std::mem::replace(&mut rep.sub, Box::new(Hir::empty()));
-            rep.sub = Box::new(strip_word_boundaries(*sub));
+            rep.sub = Box::new(strip_word_boundaries(*sub, changed));
             Hir::repetition(rep)
         }
         HirKind::Capture(mut cap) => {
             let sub = std::mem::replace(&mut cap.sub, Box::new(Hir::empty()));
-            cap.sub = Box::new(strip_word_boundaries(*sub));
+            cap.sub = Box::new(strip_word_boundaries(*sub, changed));
             Hir::capture(cap)
         }
-        HirKind::Concat(subs) => Hir::concat(subs.into_iter().map(strip_word_boundaries).collect()),
-        HirKind::Alternation(subs) => {
-            Hir::alternation(subs.into_iter().map(strip_word_boundaries).collect())
-        }
+        HirKind::Concat(subs) => Hir::concat(
+            subs.into_iter()
+                .map(|h| strip_word_boundaries(h, changed))
+                .collect(),
+        ),
+        HirKind::Alternation(subs) => Hir::alternation(
+            subs.into_iter()
+                .map(|h| strip_word_boundaries(h, changed))
+                .collect(),
+        ),
     }
 }
 
@@ -193,11 +273,12 @@ mod tests {
 
     #[test]
     fn relaxing_removes_only_word_boundaries() {
-        let relaxed = relax(r"\bab\b").unwrap_or_default();
-        assert!(
-            !relaxed.contains("\\b") && relaxed.contains("ab"),
-            "{relaxed}"
-        );
+        let relaxed = relax(r"\bab\b").map(|r| (r.source, r.changed, r.max_len));
+        let (source, changed, max_len) = relaxed.unwrap_or_default();
+        assert!(!source.contains("\\b") && source.contains("ab"), "{source}");
+        assert!(changed);
+        assert_eq!(max_len, Some(2));
+        assert!(relax("a[0-9]+").is_some_and(|r| !r.changed && r.max_len.is_none()));
         let rules = set(&["^start", r"end$"]);
         assert_eq!(rules.matches("start ... end"), [0, 1]);
         assert_eq!(rules.matches("x start"), Vec::<usize>::new());
@@ -208,6 +289,45 @@ mod tests {
         let text = "Привет мир, 你好 ".repeat(200_000) + " 123-45-6789";
         let rules = set(&[r"(?i)\bpython\b", r"\b\d{3}-\d{2}-\d{4}\b"]);
         assert_eq!(rules.matches(&text), [1]);
+    }
+
+    #[test]
+    fn confirming_near_the_prefilters_matches_agrees_with_the_whole_regex() {
+        let patterns = [
+            r"\b(?:\d[ -]?){13,16}\b",
+            r"\b\d{3}-\d{2}-\d{4}\b",
+            r"(?i)\bbill\b",
+            r"\bsk-[A-Za-z0-9]{20,}\b",
+        ];
+        let owned: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+        let rules = RuleSet::new(&owned).unwrap_or_else(|e| panic!("{e:?}"));
+        let pieces = [
+            "é1234567890123456",
+            " 1234 5678 1234 5678 ",
+            "123-45-6789",
+            "x123-45-6789",
+            "bill",
+            "billé",
+            "ébill",
+            " sk-abcdefghijklmnopqrstu ",
+            "ésk-abcdefghijklmnopqrstuvwx",
+            "Привет",
+            " ",
+            "-",
+            "9",
+        ];
+        // Every text of up to three pieces: the set's answer is the regexes' own.
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    let text = format!("{a}{b}{c}");
+                    let expected: Vec<usize> = (0..patterns.len())
+                        .filter(|&i| Regex::new(patterns[i]).is_ok_and(|r| r.is_match(&text)))
+                        .collect();
+                    assert_eq!(rules.matches(&text), expected, "{text:?}");
+                }
+            }
+        }
     }
 
     #[test]
