@@ -9,6 +9,15 @@ use std::collections::BTreeMap;
 /// The text fields of a message or a delta that are concatenated piece by piece.
 pub const TEXT_FIELDS: [&str; 4] = ["content", "refusal", "reasoning_content", "reasoning"];
 
+/// The completion-level fields a chunk carries and a completion keeps (the first seen wins).
+const HEADER_FIELDS: [&str; 5] = [
+    "id",
+    "created",
+    "model",
+    "system_fingerprint",
+    "service_tier",
+];
+
 /// A tool call being put together from its deltas.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ToolCall {
@@ -79,13 +88,7 @@ pub struct Assembler {
 
 impl Assembler {
     pub fn add(&mut self, chunk: &Value) {
-        for key in [
-            "id",
-            "created",
-            "model",
-            "system_fingerprint",
-            "service_tier",
-        ] {
+        for key in HEADER_FIELDS {
             if let Some(v) = chunk.get(key).filter(|v| !v.is_null()) {
                 self.header.entry(key).or_insert_with(|| v.clone());
             }
@@ -142,7 +145,7 @@ impl Assembler {
                 .unwrap_or_else(|| "chatcmpl-semroute".into()),
         );
         out.insert("object".into(), "chat.completion".into());
-        for key in ["created", "model", "system_fingerprint", "service_tier"] {
+        for &key in &HEADER_FIELDS[1..] {
             if let Some(v) = self.header.get(key) {
                 out.insert(key.into(), v.clone());
             }
@@ -212,14 +215,7 @@ pub fn is_completion(body: &Value) -> bool {
 /// A whole completion as one streamed chunk (each message as its choice's delta).
 pub fn completion_to_chunk(completion: &Value) -> Value {
     let mut chunk = Map::new();
-    for key in [
-        "id",
-        "created",
-        "model",
-        "system_fingerprint",
-        "service_tier",
-        "usage",
-    ] {
+    for &key in HEADER_FIELDS.iter().chain(&["usage"]) {
         if let Some(v) = completion.get(key) {
             chunk.insert(key.into(), v.clone());
         }
