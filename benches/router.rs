@@ -6,8 +6,8 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use semroute::Router;
 use semroute::config::{Config, EncoderConfig};
-use semroute::decide::{OverrideHit, RouteScore, decide};
 use semroute::embed::{Encoder, files};
+use semroute::route::decide::{OverrideHit, RouteScore, decide};
 use std::hint::black_box;
 use std::path::PathBuf;
 

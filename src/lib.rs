@@ -1,31 +1,26 @@
-//! semroute: a semantic router for LLM applications.
+//! semroute: a semantic router for LLM applications, in layers (see ARCHITECTURE.md).
 //!
-//! Routes are defined in `routes.yaml` ([`config`]); their example utterances are embedded
-//! with a local sentence encoder ([`embed`]) into an HNSW index ([`index`]). A prompt is
-//! embedded, its nearest utterances are retrieved and scored per route ([`score`]), keyword
-//! and pattern overrides are matched ([`overrides`]), and [`decide`] picks the route.
-//! [`router`] ties these together; [`http`] serves them as a sidecar.
+//! Routes and backends are defined in `routes.yaml` and validated once ([`config`]). The
+//! engine ([`route`]) embeds each route's utterances with a local sentence encoder
+//! ([`embed`], on the numeric [`kernels`]) into an HNSW index and decides a prompt's route.
+//! The proxy ([`dispatch`]) sends a request to the route's backends with fallback, balancing
+//! and cooldowns; [`http`] serves both, [`telemetry`] counts what happens, [`serve`] starts
+//! and stops the service. [`offline`] holds the tools that run beside it: eval, fit, bench,
+//! encoder tuning.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-pub mod bench;
 pub mod config;
-pub mod decide;
 pub mod dispatch;
 pub mod embed;
 pub mod error;
-pub mod eval;
-pub mod fit;
-pub mod head;
 pub mod http;
-pub mod index;
-pub mod overrides;
-pub mod router;
-pub mod score;
+pub mod kernels;
+pub mod offline;
+pub mod route;
 pub mod serve;
-pub mod tune;
-pub mod vector;
+pub mod telemetry;
 
 pub use config::Config;
 pub use embed::{Embedding, Encoder};
-pub use router::{Classification, Router};
+pub use route::{Classification, Router};

@@ -4,7 +4,7 @@
 use crate::config::{Config, ConfigError};
 use crate::embed::{EmbedWorker, Encoder, ModelError, files};
 use crate::http::{AppState, Engine, app};
-use crate::router::{BuildError, Router};
+use crate::route::{BuildError, Router};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -8,8 +8,8 @@ mod common;
 use common::{config_from, encoder, route_of, shipped_router};
 use semroute::Router;
 use semroute::config::RouteId;
-use semroute::decide::MatchedBy;
-use semroute::index::UtteranceIndex;
+use semroute::route::decide::MatchedBy;
+use semroute::route::index::UtteranceIndex;
 
 #[test]
 fn every_shipped_utterance_routes_to_its_own_route() {

@@ -5,9 +5,9 @@
 mod common;
 
 use semroute::config::{EncoderConfig, Precision};
-use semroute::embed::native::gemm::{Isa, bf16_supported};
 use semroute::embed::{Backend, Encoder, files};
-use semroute::index::dot;
+use semroute::kernels::gemm::{Isa, bf16_supported};
+use semroute::route::index::dot;
 
 struct Reference {
     text: String,
@@ -149,7 +149,7 @@ fn the_fine_tuning_model_embeds_like_the_encoder_before_any_step() {
         .expect("model files");
     let refs = references();
     let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
-    let vectors = semroute::tune::embed(&files, &texts, 256).expect("embed");
+    let vectors = semroute::offline::tune::embed(&files, &texts, 256).expect("embed");
     for (r, v) in refs.iter().zip(&vectors) {
         let cos = cosine(v, &r.embedding);
         assert!(cos >= 0.9999, "cosine {cos} for {:?}", r.text);

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use semroute::Router;
 use semroute::config::{Config, EncoderConfig};
 use semroute::embed::{Encoder, files};
-use semroute::router::Classification;
+use semroute::route::Classification;
 use semroute::serve::{self, ServeOptions};
 use serde::Serialize;
 use std::io::{BufRead, Write};
@@ -99,7 +99,7 @@ pub enum Command {
         #[arg(long)]
         tune_encoder: bool,
         /// Passes over the routes when tuning the encoder.
-        #[arg(long, default_value_t = semroute::tune::TuneOptions::default().epochs)]
+        #[arg(long, default_value_t = semroute::offline::tune::TuneOptions::default().epochs)]
         epochs: usize,
     },
     /// Measure embedding and classification speed on this machine.
@@ -188,9 +188,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             data: &args.data,
             out: &out,
             json: args.json,
-            tune: tune_encoder.then(|| semroute::tune::TuneOptions {
+            tune: tune_encoder.then(|| semroute::offline::tune::TuneOptions {
                 epochs,
-                ..semroute::tune::TuneOptions::default()
+                ..semroute::offline::tune::TuneOptions::default()
             }),
         }),
     }
@@ -414,7 +414,7 @@ fn bench(config_path: &Path, data: &Path, json: bool) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
     let prompts = read_jsonl_texts(data)?;
     let encoder = load_encoder(&config.encoder, Some(config_path))?;
-    let report = semroute::bench::run(config, &encoder, &prompts)?;
+    let report = semroute::offline::bench::run(config, &encoder, &prompts)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -5,9 +5,9 @@ use super::{load_encoder, read_jsonl};
 use anyhow::Result;
 use semroute::Router;
 use semroute::config::{Config, RouteId, Threshold};
-use semroute::eval::{EvalReport, Outcome, Sample};
-use semroute::fit::{Fit, Observation};
-use semroute::tune::TuneReport;
+use semroute::offline::eval::{EvalReport, Outcome, Sample};
+use semroute::offline::fit::{Fit, Observation};
+use semroute::offline::tune::TuneReport;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -59,7 +59,7 @@ fn load(config_path: &Path, data: &Path) -> Result<(Router, semroute::Encoder, V
 
 pub fn eval(config_path: &Path, data: &Path, json: bool) -> Result<ExitCode> {
     let (router, encoder, samples) = load(config_path, data)?;
-    let report = semroute::eval::run(&router, &encoder, &samples)?;
+    let report = semroute::offline::eval::run(&router, &encoder, &samples)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(ExitCode::SUCCESS);
@@ -90,7 +90,7 @@ fn print_report(report: &EvalReport) {
     println!("oos recall       {}", num(report.oos_recall));
     println!("oos precision    {}", num(report.oos_precision));
     println!("queries/s        {:.0}", report.queries_per_s);
-    let mut worst: Vec<&semroute::eval::RouteMetrics> = report.per_route.iter().collect();
+    let mut worst: Vec<&semroute::offline::eval::RouteMetrics> = report.per_route.iter().collect();
     worst.sort_by(|a, b| a.f1.unwrap_or(0.0).total_cmp(&b.f1.unwrap_or(0.0)));
     println!("\nroutes, worst F1 first (of {}):", worst.len());
     println!(
@@ -159,7 +159,7 @@ pub struct FitOptions<'a> {
     pub out: &'a Path,
     pub json: bool,
     /// Fine-tune the encoder on the route utterances first (`None`: keep the model).
-    pub tune: Option<semroute::tune::TuneOptions>,
+    pub tune: Option<semroute::offline::tune::TuneOptions>,
 }
 
 pub fn fit(options: FitOptions) -> Result<ExitCode> {
@@ -179,7 +179,7 @@ pub fn fit(options: FitOptions) -> Result<ExitCode> {
     }
     let (router, encoder, samples) = load(config_path, data)?;
     let (classifications, queries_per_s) =
-        semroute::eval::classify_all(&router, &encoder, &samples)?;
+        semroute::offline::eval::classify_all(&router, &encoder, &samples)?;
     let before_outcomes: Vec<Outcome> = samples
         .iter()
         .zip(&classifications)
@@ -202,7 +202,7 @@ pub fn fit(options: FitOptions) -> Result<ExitCode> {
                 routes.iter().map(Vec::len).sum::<usize>(),
                 tune.epochs
             );
-            let report = semroute::tune::tune(&files, &routes, &tune, &model_dir)?;
+            let report = semroute::offline::tune::tune(&files, &routes, &tune, &model_dir)?;
             eprintln!(
                 "tuned in {:.0} s ({} steps, loss {:.3} -> {:.3}); model in {}",
                 report.seconds,
@@ -215,7 +215,8 @@ pub fn fit(options: FitOptions) -> Result<ExitCode> {
             let encoder = load_encoder(&config.encoder, None)?;
             let cache_dir = semroute::embed::cache::default_dir();
             let router = Router::build_cached(config, &encoder, cache_dir.as_deref())?;
-            let (classifications, _) = semroute::eval::classify_all(&router, &encoder, &samples)?;
+            let (classifications, _) =
+                semroute::offline::eval::classify_all(&router, &encoder, &samples)?;
             (router, classifications, Some((model_dir, report)))
         }
     };
@@ -231,7 +232,7 @@ pub fn fit(options: FitOptions) -> Result<ExitCode> {
         .iter()
         .map(|r| r.threshold.map(Threshold::get))
         .collect();
-    let fitted = semroute::fit::fit(&observations, &current)?;
+    let fitted = semroute::offline::fit::fit(&observations, &current)?;
 
     let texts: Vec<&str> = samples.iter().map(|s| s.text.as_str()).collect();
     let name = |r: RouteId| config.route(r).name.to_string();
@@ -244,8 +245,8 @@ pub fn fit(options: FitOptions) -> Result<ExitCode> {
             top1: o.scores.first().map(|s| name(s.route)),
         })
         .collect();
-    let before = semroute::eval::metrics(&before_outcomes, &texts, queries_per_s);
-    let after = semroute::eval::metrics(&after_outcomes, &texts, queries_per_s);
+    let before = semroute::offline::eval::metrics(&before_outcomes, &texts, queries_per_s);
+    let after = semroute::offline::eval::metrics(&after_outcomes, &texts, queries_per_s);
 
     let mut written = (*config).clone();
     written.threshold = Threshold::new(fitted.thresholds.global)
@@ -266,7 +267,7 @@ pub fn fit(options: FitOptions) -> Result<ExitCode> {
         },
         pct(before.overall_acc),
         pct(after.overall_acc),
-        semroute::fit::FOLDS,
+        semroute::offline::fit::FOLDS,
         pct(Some(chosen_cv(&fitted))),
     );
     std::fs::write(out, written.to_yaml(&header)?)
@@ -370,7 +371,7 @@ fn print_fit(
     );
     println!(
         "overall accuracy, in-sample vs cross-validated ({} folds):",
-        semroute::fit::FOLDS
+        semroute::offline::fit::FOLDS
     );
     println!(
         "  global threshold only   {} vs {}",
@@ -399,7 +400,7 @@ fn print_fit(
         println!(
             "\n{} routes have fewer than {} labelled prompts and keep the threshold they had:",
             too_few.len(),
-            semroute::fit::MIN_ROUTE_EXAMPLES
+            semroute::offline::fit::MIN_ROUTE_EXAMPLES
         );
         for (route, n) in too_few.iter().take(20) {
             println!("  {route}: {n}");

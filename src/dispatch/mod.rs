@@ -12,15 +12,14 @@ mod balance;
 mod body;
 pub mod classes;
 pub mod health;
-pub mod metrics;
 pub mod relay;
 mod sse;
 pub mod verdict;
 
 use crate::config::{BackendId, Config, RouteId};
+use crate::telemetry::Metrics;
 use bytes::Bytes;
 use health::{Availability, Health};
-use metrics::Metrics;
 use relay::Piece;
 use serde_json::{Map, Value};
 use std::sync::Arc;

@@ -63,7 +63,7 @@ impl From<candle_core::Error> for EmbedError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     /// The native CPU encoder (`native`), used for `device: cpu`.
-    Native(native::gemm::Isa, crate::config::Precision),
+    Native(crate::kernels::gemm::Isa, crate::config::Precision),
     /// candle-transformers' BERT, used for CUDA and Metal.
     Candle,
 }
@@ -94,7 +94,7 @@ impl Encoder {
     pub fn load_files(files: ModelFiles, config: &EncoderConfig) -> Result<Encoder, ModelError> {
         let device = device::select(config.device)?;
         let backend = if device.is_cpu() {
-            Backend::Native(native::gemm::Isa::detect(), config.precision)
+            Backend::Native(crate::kernels::gemm::Isa::detect(), config.precision)
         } else {
             Backend::Candle
         };

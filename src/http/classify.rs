@@ -5,7 +5,7 @@ use super::json::ApiJson;
 use crate::config::MAX_TOP_K;
 use crate::embed::has_visible_text;
 use crate::error::ApiError;
-use crate::router::Classification;
+use crate::route::Classification;
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;

@@ -11,10 +11,10 @@ pub use classify::{ClassifyRequest, Message};
 
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::dispatch::metrics::Metrics;
 use crate::embed::EmbedWorker;
 use crate::error::{ApiError, ErrorKind};
-use crate::router::Router as RouteIndex;
+use crate::route::Router as RouteIndex;
+use crate::telemetry::Metrics;
 use axum::Router;
 use axum::routing::{get, post};
 use std::sync::{Arc, OnceLock};

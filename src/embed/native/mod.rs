@@ -4,17 +4,15 @@
 //! end (no padding, so no mask and no wasted rows), and mean pooling and normalisation
 //! happen in place.
 
-pub mod gemm;
 pub mod ops;
-pub mod team;
 
 use crate::config::Precision;
+use crate::kernels::gemm::{self, Isa, Linear};
+use crate::kernels::team::Team;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
-use gemm::{Isa, Linear};
 use std::path::Path;
-use team::Team;
 
 /// Batches with fewer tokens run as one pass: two passes would not pay for the split.
 const SPLIT_MIN_TOKENS: usize = 48;

@@ -1,8 +1,8 @@
 //! The element-wise parts of the native BERT forward: layer norm, exact (erf) GELU with a
 //! vectorisable rational erf, and softmax attention over one sequence.
 
+use crate::kernels::vector::{dot_body as dot, sum, sum_sq_dev};
 use crate::simd_fn;
-use crate::vector::{dot_body as dot, sum, sum_sq_dev};
 
 simd_fn! {
     /// `x = γ·(x − mean)/√(var + ε) + β` on each row of `hidden` floats.

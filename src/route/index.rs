@@ -9,7 +9,7 @@
 use crate::config::RouteId;
 use hnsw_rs::prelude::{Distance, Hnsw};
 
-pub use crate::vector::dot;
+pub use crate::kernels::vector::dot;
 
 /// Links per node and build breadth: recall@10 >= 0.99 on 3,000 real utterances with the
 /// search breadth below (tests/classify.rs), at a third of the build time of 24/200.

@@ -3,14 +3,14 @@
 
 use crate::config::Aggregation;
 use crate::config::{Config, MAX_TOP_K, RouteId};
-use crate::decide::{MatchedBy, OverrideHit, OverrideKind, RouteScore, decide};
 use crate::embed::cache::{EmbeddingCache, HeadCache, TextKey, text_key};
 use crate::embed::{EmbedError, Embedding, Encoder};
-use crate::head::{Head, INVERSE_REGULARIZATION};
-use crate::index::{IndexError, UtteranceIndex};
-use crate::overrides::OverrideMatcher;
-use crate::score::{Hit, apply_head, mix_with_prototypes, route_scores};
-use crate::vector::dot;
+use crate::kernels::vector::dot;
+use crate::route::decide::{MatchedBy, OverrideHit, OverrideKind, RouteScore, decide};
+use crate::route::head::{Head, INVERSE_REGULARIZATION};
+use crate::route::index::{IndexError, UtteranceIndex};
+use crate::route::overrides::OverrideMatcher;
+use crate::route::score::{Hit, apply_head, mix_with_prototypes, route_scores};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -347,7 +347,7 @@ impl Router {
     fn neighbor_reports(
         &self,
         route: RouteId,
-        retrieved: &[crate::index::Neighbor],
+        retrieved: &[crate::route::index::Neighbor],
         query: &[f32],
     ) -> Vec<NeighborReport> {
         let mut mine: Vec<_> = retrieved

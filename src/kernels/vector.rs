@@ -48,13 +48,13 @@ macro_rules! simd_fn {
                 unsafe fn wide($($arg: $ty),*) $(-> $ret)? { $body($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn medium($($arg: $ty),*) $(-> $ret)? { $body($($arg),*) }
-                match $crate::vector::level() {
+                match $crate::kernels::vector::level() {
                     // SAFETY: `level()` reports a level only when this CPU has every
                     // extension the variant enables (avx512f, avx512vl, avx2, fma).
-                    $crate::vector::Level::Avx512 => return unsafe { wide($($arg),*) },
+                    $crate::kernels::vector::Level::Avx512 => return unsafe { wide($($arg),*) },
                     // SAFETY: as above.
-                    $crate::vector::Level::Avx2 => return unsafe { medium($($arg),*) },
-                    $crate::vector::Level::Base => {}
+                    $crate::kernels::vector::Level::Avx2 => return unsafe { medium($($arg),*) },
+                    $crate::kernels::vector::Level::Base => {}
                 }
             }
             $body($($arg),*)

@@ -2,7 +2,7 @@
 //! similarities of its utterances among the prompt's nearest neighbours.
 
 use crate::config::{Aggregation, RouteId};
-use crate::decide::RouteScore;
+use crate::route::decide::RouteScore;
 
 /// One retrieved utterance: which route owns it and how similar it is to the prompt.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -2,7 +2,7 @@
 //! or patterns match (all of them, so `/classify` can explain; `decide` picks the winner).
 
 use crate::config::{Config, Rules};
-use crate::decide::{OverrideHit, OverrideKind};
+use crate::route::decide::{OverrideHit, OverrideKind};
 
 /// The config's compiled keywords and patterns (compiled once, by validation).
 pub struct OverrideMatcher {

@@ -10,8 +10,8 @@
 //! thresholds are kept only when cross-validation says they beat the global one alone.
 
 use crate::config::RouteId;
-use crate::decide::{MatchedBy, RouteScore};
-use crate::router::Classification;
+use crate::route::Classification;
+use crate::route::decide::{MatchedBy, RouteScore};
 
 /// Labelled prompts a route needs before it gets a threshold of its own.
 pub const MIN_ROUTE_EXAMPLES: usize = 10;

@@ -6,7 +6,7 @@
 //! keep their meaning and out-of-scope prompts stay out.
 
 use crate::config::RouteId;
-use crate::embed::native::gemm::{Isa, Linear};
+use crate::kernels::gemm::{Isa, Linear};
 
 /// Inverse L2 strength, as scikit-learn's `LogisticRegression(C=…)` (the mean loss plus
 /// `‖W‖² / (2·C·n)`); chosen on CLINC150 val (10 / 30 / 100 gave 91.3 / 91.8 / 91.5% top-1).
@@ -79,7 +79,7 @@ impl Head {
             .weights
             .chunks_exact(self.dim)
             .zip(&self.bias)
-            .map(|(w, b)| crate::vector::dot(w, query) + b)
+            .map(|(w, b)| crate::kernels::vector::dot(w, query) + b)
             .collect();
         let probs = softmax(&logits);
         self.routes.iter().copied().zip(probs).collect()

@@ -27,7 +27,7 @@ pub enum IsaKind {
 /// kernel runs anywhere and may be asked for by name.
 ///
 /// ```compile_fail
-/// use semroute::embed::native::gemm::{Isa, IsaKind};
+/// use semroute::kernels::gemm::{Isa, IsaKind};
 /// let forged = Isa(IsaKind::Avx512); // refused: the field is private
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq)]

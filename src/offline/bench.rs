@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::embed::Encoder;
-use crate::router::{BuildError, Router};
+use crate::route::{BuildError, Router};
 use serde::Serialize;
 use std::time::Instant;
 

@@ -3,9 +3,9 @@
 //! none (`matched_by` `default`/`none`), since the default route is the fallback for prompts
 //! that nothing claims.
 
-use crate::decide::MatchedBy;
 use crate::embed::{EmbedError, Encoder};
-use crate::router::{Classification, Router};
+use crate::route::decide::MatchedBy;
+use crate::route::{Classification, Router};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;

@@ -1,0 +1,17 @@
+//! The classification engine: a prompt's embedding and text in, a decision with its evidence
+//! out. Routes' utterances live in an HNSW index ([`index`]), neighbours become per-route
+//! scores ([`score`]) re-weighted by a learned head ([`head`]), keywords and patterns are
+//! matched ([`overrides`]), and [`decide`] applies the precedence rules. [`Router`] ties
+//! them together. Nothing here knows about HTTP, backends or the command line.
+
+pub mod decide;
+pub mod head;
+pub mod index;
+pub mod overrides;
+pub mod score;
+
+mod router;
+
+pub use router::{
+    BuildError, Candidate, Classification, NeighborReport, OverrideReport, Router, Timing,
+};
