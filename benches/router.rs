@@ -68,11 +68,9 @@ fn benches(c: &mut Criterion) {
         .classify(prompt, &query, None)
         .candidates
         .iter()
-        .filter_map(|c| {
-            config.route_id(&c.route).map(|route| RouteScore {
-                route,
-                score: c.score,
-            })
+        .map(|c| RouteScore {
+            route: c.route,
+            score: c.score,
         })
         .collect();
     let hits: Vec<OverrideHit> = Vec::new();

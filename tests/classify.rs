@@ -7,7 +7,6 @@ mod common;
 
 use common::{config_from, encoder, route_of, shipped_router};
 use semroute::Router;
-use semroute::config::RouteId;
 use semroute::route::decide::MatchedBy;
 use semroute::route::index::UtteranceIndex;
 
@@ -17,7 +16,7 @@ fn every_shipped_utterance_routes_to_its_own_route() {
     for route in &router.config().routes {
         for utterance in &route.utterances {
             let embedding = encoder().embed_one(utterance).unwrap();
-            let result = router.classify(utterance, &embedding, None);
+            let result = common::report(router, utterance, &embedding, None);
             assert_eq!(
                 result.route.as_deref(),
                 Some(route.name.as_str()),
@@ -74,7 +73,7 @@ fn paraphrases_route_to_the_right_place() {
 fn the_answer_carries_score_threshold_and_runners_up() {
     let router = shipped_router();
     let text = "Write a Python function to parse JSON";
-    let result = router.classify(text, &encoder().embed_one(text).unwrap(), None);
+    let result = common::report(router, text, &encoder().embed_one(text).unwrap(), None);
     assert_eq!(result.route.as_deref(), Some("code"));
     let score = result.score.expect("a score");
     assert!(score >= result.threshold);
@@ -90,7 +89,7 @@ fn a_keyword_beats_a_stronger_semantic_match() {
     let router = shipped_router();
     // Semantically small talk, but it names a receipt: billing's keyword wins.
     let text = "hi, how are you? quick question about a receipt";
-    let result = router.classify(text, &encoder().embed_one(text).unwrap(), None);
+    let result = common::report(router, text, &encoder().embed_one(text).unwrap(), None);
     assert_eq!(result.candidates[0].route, "small_talk", "{result:?}");
     assert_eq!(result.route.as_deref(), Some("billing"), "{result:?}");
     assert_eq!(result.matched_by, MatchedBy::Keyword);
@@ -106,7 +105,7 @@ fn when_two_routes_keywords_match_the_earlier_route_wins() {
     let router = shipped_router();
     // "poem" (creative_writing) and "invoice" (billing): creative_writing comes first in the file.
     let text = "write a cheerful little poem about an invoice";
-    let result = router.classify(text, &encoder().embed_one(text).unwrap(), None);
+    let result = common::report(router, text, &encoder().embed_one(text).unwrap(), None);
     assert_eq!(
         result.route.as_deref(),
         Some("creative_writing"),
@@ -120,7 +119,7 @@ fn when_two_routes_keywords_match_the_earlier_route_wins() {
 fn a_pattern_beats_everything() {
     let router = shipped_router();
     let text = "write a python script that charges card 4111 1111 1111 1111";
-    let result = router.classify(text, &encoder().embed_one(text).unwrap(), None);
+    let result = common::report(router, text, &encoder().embed_one(text).unwrap(), None);
     assert_eq!(
         result.route.as_deref(),
         Some("sensitive_data"),
@@ -138,7 +137,7 @@ fn a_pattern_beats_everything() {
 fn nothing_confident_falls_back_to_the_default_route() {
     let router = shipped_router();
     let text = "zxqv blorf 7731";
-    let result = router.classify(text, &encoder().embed_one(text).unwrap(), None);
+    let result = common::report(router, text, &encoder().embed_one(text).unwrap(), None);
     assert_eq!(result.route.as_deref(), Some("general"), "{result:?}");
     assert_eq!(result.matched_by, MatchedBy::Default);
     assert!(result.score.unwrap() < result.threshold);
@@ -150,7 +149,12 @@ fn without_a_default_route_nothing_confident_gives_no_route() {
         "threshold: 0.9\nroutes:\n  - name: weather\n    utterances: [will it rain tomorrow]\n",
     );
     let router = Router::build(config, encoder()).unwrap();
-    let result = router.classify("hello", &encoder().embed_one("hello").unwrap(), None);
+    let result = common::report(
+        &router,
+        "hello",
+        &encoder().embed_one("hello").unwrap(),
+        None,
+    );
     assert_eq!(result.route, None);
     assert_eq!(result.matched_by, MatchedBy::None);
 }
@@ -160,7 +164,7 @@ fn a_route_threshold_overrides_the_global_one() {
     let yaml = "threshold: -1\nroutes:\n  - name: weather\n    threshold: 0.95\n    utterances: [will it rain tomorrow]\n  - name: food\n    utterances: [what should i eat]\n";
     let router = Router::build(config_from(yaml), encoder()).unwrap();
     let text = "is it going to rain this weekend";
-    let result = router.classify(text, &encoder().embed_one(text).unwrap(), None);
+    let result = common::report(&router, text, &encoder().embed_one(text).unwrap(), None);
     assert_eq!(result.candidates[0].route, "weather");
     assert_eq!(
         result.route.as_deref(),
@@ -188,7 +192,7 @@ fn clinc150_ten_shot_loads_and_routes_its_validation_split() {
         .iter()
         .zip(&embeddings)
         .filter(|((text, route), e)| {
-            let result = router.classify(text, e, None);
+            let result = common::report(&router, text, e, None);
             result.candidates.first().map(|c| &c.route) == route.as_ref()
         })
         .count();
@@ -212,7 +216,9 @@ fn hnsw_finds_the_same_top_10_as_exhaustive_search() {
         .into_iter()
         .map(|e| e.vector)
         .collect();
-    let routes = vec![RouteId(0); vectors.len()];
+    // Ids come only from a config: one route owns every vector.
+    let one = config_from("routes:\n  - name: all\n    utterances: [anything]\n");
+    let routes = vec![one.route_id("all").unwrap(); vectors.len()];
     let index = UtteranceIndex::build(&vectors, &routes).unwrap();
     let queries: Vec<&str> = common::labelled("datasets/clinc150/val.jsonl")
         .iter()
@@ -262,8 +268,8 @@ fn a_rebuild_reads_unchanged_utterances_from_the_cache() {
     assert!(files[0].starts_with("embeddings-") && files[1].starts_with("head-"));
     let warm = Router::build_cached(common::shipped_config(), encoder(), Some(dir.path())).unwrap();
     let (a, b) = (
-        cold.classify(text, &query, None),
-        warm.classify(text, &query, None),
+        common::report(&cold, text, &query, None),
+        common::report(&warm, text, &query, None),
     );
     assert_eq!(a.route, b.route);
     assert_eq!(
@@ -288,14 +294,14 @@ fn a_rebuild_reads_unchanged_utterances_from_the_cache() {
     }
     let rebuilt =
         Router::build_cached(common::shipped_config(), encoder(), Some(dir.path())).unwrap();
-    assert_eq!(rebuilt.classify(text, &query, None).score, a.score);
+    assert_eq!(common::report(&rebuilt, text, &query, None).score, a.score);
 }
 
 #[test]
 fn close_runner_ups_make_an_answer_ambiguous() {
     let router = shipped_router();
     let text = "you charged my card two times for the same order";
-    let result = router.classify(text, &encoder().embed_one(text).unwrap(), None);
+    let result = common::report(router, text, &encoder().embed_one(text).unwrap(), None);
     let margin = result.margin.unwrap();
     assert!((margin - (result.candidates[0].score - result.candidates[1].score)).abs() < 1e-6);
     assert_eq!(result.ambiguous, margin < 0.03);
@@ -304,10 +310,7 @@ fn close_runner_ups_make_an_answer_ambiguous() {
     let mut config = common::shipped_config();
     config.ambiguity_margin = 2.0;
     let wide = Router::build(config, encoder()).unwrap();
-    assert!(
-        wide.classify(text, &encoder().embed_one(text).unwrap(), None)
-            .ambiguous
-    );
+    assert!(common::report(&wide, text, &encoder().embed_one(text).unwrap(), None).ambiguous);
 }
 
 #[test]
@@ -316,14 +319,14 @@ fn an_override_route_outside_the_candidates_is_scored_like_the_candidates() {
     let text = "hi, how are you? quick question about a receipt";
     let query = encoder().embed_one(text).unwrap();
     // top_k 64 retrieves every shipped utterance: billing's score is the plain formula.
-    let all = router.classify(text, &query, Some(64));
+    let all = common::report(router, text, &query, Some(64));
     let billing = all
         .candidates
         .iter()
         .find(|c| c.route == "billing")
         .unwrap();
     // top_k 1 keeps only small_talk as a candidate; billing wins by keyword and is scored apart.
-    let one = router.classify(text, &query, Some(1));
+    let one = common::report(router, text, &query, Some(1));
     assert_eq!(one.route.as_deref(), Some("billing"));
     assert!(
         (one.score.unwrap() - billing.score).abs() < 1e-5,

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use semroute::Router;
 use semroute::config::{Config, EncoderConfig};
 use semroute::embed::{Encoder, files};
-use semroute::route::Classification;
+use semroute::http::classify::ClassifyResponse;
 use semroute::serve::{self, ServeOptions};
 use serde::Serialize;
 use std::io::{BufRead, Write};
@@ -292,6 +292,7 @@ fn classify(path: &Path, json: bool, top_k: Option<usize>, texts: Vec<String>) -
         let mut result = router.classify(&text, &embedding, top_k);
         result.timing_us.embed = embed_us;
         result.timing_us.total = started.elapsed().as_micros() as u64;
+        let result = ClassifyResponse::new(&result, router.config());
         if json {
             writeln!(out, "{}", serde_json::to_string(&result)?)?;
         } else {
@@ -315,7 +316,7 @@ fn report_error(out: &mut impl Write, json: bool, text: &str, message: &str) -> 
     Ok(())
 }
 
-fn write_human(out: &mut impl Write, text: &str, result: &Classification) -> Result<()> {
+fn write_human(out: &mut impl Write, text: &str, result: &ClassifyResponse) -> Result<()> {
     let score = result
         .score
         .map_or_else(|| "-".to_string(), |s| format!("{s:.3}"));

@@ -4,12 +4,11 @@
 use super::{load_encoder, read_jsonl};
 use anyhow::Result;
 use semroute::Router;
-use semroute::config::{Config, RouteId, Threshold};
-use semroute::offline::eval::{EvalReport, Outcome, Sample};
-use semroute::offline::fit::{Fit, Observation};
-use semroute::offline::tune::TuneReport;
+use semroute::config::Config;
+use semroute::offline::eval::{EvalReport, Sample};
+use semroute::offline::fit::{Fit, FitRun, Tuning};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 /// Labelled prompts: every line needs a string `text` and a `route` that is a string or null.
@@ -178,88 +177,50 @@ pub fn fit(options: FitOptions) -> Result<ExitCode> {
         );
     }
     let (router, encoder, samples) = load(config_path, data)?;
-    let (classifications, queries_per_s) =
-        semroute::offline::eval::classify_all(&router, &encoder, &samples)?;
-    let before_outcomes: Vec<Outcome> = samples
-        .iter()
-        .zip(&classifications)
-        .map(|(s, c)| Outcome::from_classification(s.route.clone(), c))
-        .collect();
-    // With tuning, thresholds are fitted to the tuned encoder's scores.
-    let (router, classifications, tuned) = match tune {
-        None => (router, classifications, None::<(PathBuf, TuneReport)>),
-        Some(tune) => {
-            let model_dir = std::path::absolute(out.with_extension("model"))?;
-            let mut config = (**router.config()).clone();
-            let files = semroute::embed::files::resolve(
-                &config.encoder,
-                &semroute::serve::model_roots(Some(config_path)),
-            )?;
-            let routes: Vec<Vec<String>> =
-                config.routes.iter().map(|r| r.utterances.clone()).collect();
+    let tuning = match tune {
+        None => None,
+        Some(options) => {
+            let utterances: usize = router
+                .config()
+                .routes
+                .iter()
+                .map(|r| r.utterances.len())
+                .sum();
             eprintln!(
-                "tuning the encoder on {} utterances ({} epochs); this takes minutes",
-                routes.iter().map(Vec::len).sum::<usize>(),
-                tune.epochs
+                "tuning the encoder on {utterances} utterances ({} epochs); this takes minutes",
+                options.epochs
             );
-            let report = semroute::offline::tune::tune(&files, &routes, &tune, &model_dir)?;
-            eprintln!(
-                "tuned in {:.0} s ({} steps, loss {:.3} -> {:.3}); model in {}",
-                report.seconds,
-                report.steps,
-                report.first_loss,
-                report.last_loss,
-                model_dir.display()
-            );
-            config.encoder.path = Some(model_dir.clone());
-            let encoder = load_encoder(&config.encoder, None)?;
-            let cache_dir = semroute::embed::cache::default_dir();
-            let router = Router::build_cached(config, &encoder, cache_dir.as_deref())?;
-            let (classifications, _) =
-                semroute::offline::eval::classify_all(&router, &encoder, &samples)?;
-            (router, classifications, Some((model_dir, report)))
+            Some(Tuning {
+                options,
+                model_dir: std::path::absolute(out.with_extension("model"))?,
+                model_roots: semroute::serve::model_roots(Some(config_path)),
+            })
         }
     };
-    let config = router.config().clone();
-    let route_id = |name: &str| config.route_id(name);
-    let observations: Vec<Observation> = samples
-        .iter()
-        .zip(&classifications)
-        .filter_map(|(s, c)| Observation::new(s.route.as_deref().and_then(route_id), c, route_id))
-        .collect();
-    let current: Vec<Option<f32>> = config
-        .routes
-        .iter()
-        .map(|r| r.threshold.map(Threshold::get))
-        .collect();
-    let fitted = semroute::offline::fit::fit(&observations, &current)?;
-
-    let texts: Vec<&str> = samples.iter().map(|s| s.text.as_str()).collect();
-    let name = |r: RouteId| config.route(r).name.to_string();
-    let after_outcomes: Vec<Outcome> = observations
-        .iter()
-        .zip(&samples)
-        .map(|(o, sample)| Outcome {
-            expected: sample.route.clone(),
-            predicted: fitted.thresholds.decide(o).map(name),
-            top1: o.scores.first().map(|s| name(s.route)),
-        })
-        .collect();
-    let before = semroute::offline::eval::metrics(&before_outcomes, &texts, queries_per_s);
-    let after = semroute::offline::eval::metrics(&after_outcomes, &texts, queries_per_s);
-
-    let mut written = (*config).clone();
-    written.threshold = Threshold::new(fitted.thresholds.global)
-        .ok_or_else(|| anyhow::anyhow!("fit produced an invalid threshold"))?;
-    for (route, value) in written.routes.iter_mut().zip(&fitted.thresholds.routes) {
-        route.threshold = value.and_then(Threshold::new);
+    let FitRun {
+        config,
+        written,
+        fitted,
+        before,
+        after,
+        tuned,
+    } = semroute::offline::fit::run(router, &encoder, &samples, tuning)?;
+    if let Some((dir, report)) = &tuned {
+        eprintln!(
+            "tuned in {:.0} s ({} steps, loss {:.3} -> {:.3}); model in {}",
+            report.seconds,
+            report.steps,
+            report.first_loss,
+            report.last_loss,
+            dir.display()
+        );
     }
     let header = format!(
         "Written by `semroute fit` from {} and {} ({} labelled prompts){}.\n\
          Overall accuracy on those prompts: {} before, {} after; cross-validated ({} folds): {}.",
         config_path.display(),
         data.display(),
-        observations.len(),
+        samples.len(),
         if tuned.is_some() {
             ", with the encoder tuned on the route utterances"
         } else {

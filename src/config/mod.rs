@@ -135,7 +135,7 @@ impl Config {
 
     pub fn route(&self, id: RouteId) -> &Route {
         // RouteIds are only minted by validation, as indexes into `routes`.
-        &self.routes[id.0]
+        &self.routes[id.index()]
     }
 
     pub fn backend(&self, id: BackendId) -> &Backend {
@@ -154,7 +154,18 @@ impl Config {
         self.routes
             .iter()
             .position(|route| route.name.as_str() == name)
-            .map(RouteId)
+            .map(RouteId::new)
+    }
+
+    /// Every route's id, in file order.
+    pub fn route_ids(&self) -> impl ExactSizeIterator<Item = RouteId> + use<> {
+        (0..self.routes.len()).map(RouteId::new)
+    }
+
+    /// The id of the route at `index` in `routes`, if there is one (for ids read back from
+    /// a cache).
+    pub fn route_at(&self, index: usize) -> Option<RouteId> {
+        (index < self.routes.len()).then_some(RouteId::new(index))
     }
 
     /// The threshold a route's score must clear: its own, else the global one.
@@ -329,7 +340,7 @@ impl Checker<'_> {
             for keyword in &route.keywords {
                 regexes.push(keyword.regex_source().to_string());
                 all.sources.push(RuleSource {
-                    route: RouteId(r),
+                    route: RouteId::new(r),
                     pattern: false,
                     text: keyword.as_str().to_string(),
                 });
@@ -340,7 +351,7 @@ impl Checker<'_> {
                 }
                 regexes.push(pattern.as_str().to_string());
                 all.sources.push(RuleSource {
-                    route: RouteId(r),
+                    route: RouteId::new(r),
                     pattern: true,
                     text: pattern.as_str().to_string(),
                 });
@@ -641,7 +652,7 @@ impl Checker<'_> {
         routes: &[Route],
     ) -> Option<Option<RouteId>> {
         if let Some(i) = routes.iter().position(|r| r.name.as_str() == name.value) {
-            return Some(Some(RouteId(i)));
+            return Some(Some(RouteId::new(i)));
         }
         let known: Vec<&str> = routes.iter().take(12).map(|r| r.name.as_str()).collect();
         let more = if routes.len() > known.len() {
@@ -667,7 +678,7 @@ impl Checker<'_> {
             let empty = route.utterances.is_empty()
                 && route.keywords.is_empty()
                 && route.patterns.is_empty();
-            if empty && default != Some(RouteId(i)) {
+            if empty && default != Some(RouteId::new(i)) {
                 self.issues.push(ConfigIssue {
                     path: format!("routes[{i}]"),
                     line: Some(route.line).filter(|&l| l > 0),

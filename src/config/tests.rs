@@ -76,15 +76,15 @@ routes:
     assert_eq!(config.threshold.get(), 0.5);
     assert_eq!(config.top_k, 7);
     assert_eq!(config.aggregation, Aggregation::Max);
-    assert_eq!(config.default_route, Some(RouteId(0)));
+    assert_eq!(config.default_route, Some(RouteId::at(0)));
     let billing = &config.routes[1];
     assert_eq!(billing.threshold.map(Threshold::get), Some(0.6));
     assert_eq!(billing.keywords[0].as_str(), "invoice");
     assert_eq!(billing.patterns[0].as_str(), r"\d{16}");
     assert_eq!(billing.description.as_deref(), Some("money questions"));
     assert_eq!(billing.metadata["team"], serde_json::json!("payments"));
-    assert_eq!(config.threshold_for(RouteId(1)).get(), 0.6);
-    assert_eq!(config.threshold_for(RouteId(0)).get(), 0.5);
+    assert_eq!(config.threshold_for(RouteId::at(1)).get(), 0.6);
+    assert_eq!(config.threshold_for(RouteId::at(0)).get(), 0.5);
 }
 
 #[test]
@@ -147,7 +147,7 @@ fn the_default_route_alone_may_have_no_utterances() {
     let config = valid(
         "default_route: fallback\nroutes:\n  - name: a\n    utterances: [x]\n  - name: fallback\n",
     );
-    assert_eq!(config.default_route, Some(RouteId(1)));
+    assert_eq!(config.default_route, Some(RouteId::at(1)));
 }
 
 #[test]
@@ -306,7 +306,7 @@ routes:
     assert_eq!(again.threshold.get(), 0.42);
     assert_eq!(again.top_k, 7);
     assert_eq!(again.aggregation, Aggregation::TopMean(2));
-    assert_eq!(again.default_route, Some(RouteId(1)));
+    assert_eq!(again.default_route, Some(RouteId::at(1)));
     assert_eq!(again.ambiguity_margin, 0.05);
     assert_eq!(again.head_weight, 1.5);
     assert_eq!(again.encoder.device, DeviceChoice::Cuda(1));

@@ -16,6 +16,15 @@ impl Threshold {
         (value.is_finite() && (-1.0..=1.0).contains(&value)).then_some(Threshold(value))
     }
 
+    /// `value` clamped into range (NaN: 1, which nothing but a perfect match clears).
+    pub fn saturating(value: f32) -> Threshold {
+        Threshold(if value.is_nan() {
+            1.0
+        } else {
+            value.clamp(-1.0, 1.0)
+        })
+    }
+
     pub fn get(self) -> f32 {
         self.0
     }
@@ -42,9 +51,27 @@ impl fmt::Display for RouteName {
     }
 }
 
-/// A route's position in `Config::routes`; only validation mints them.
+/// A route's position in `Config::routes`. Only validation mints them (the field and the
+/// constructor are private to `config`), so an id always names a route of its config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RouteId(pub usize);
+pub struct RouteId(usize);
+
+impl RouteId {
+    pub(in crate::config) fn new(index: usize) -> RouteId {
+        RouteId(index)
+    }
+
+    /// The route's position in `Config::routes`.
+    pub fn index(self) -> usize {
+        self.0
+    }
+
+    /// An id for unit tests that need routes without a config.
+    #[cfg(test)]
+    pub(crate) fn at(index: usize) -> RouteId {
+        RouteId(index)
+    }
+}
 
 /// A case-insensitive word or phrase that selects its route when it appears as a whole word.
 #[derive(Debug, Clone)]

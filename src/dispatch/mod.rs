@@ -298,7 +298,7 @@ impl Dispatcher {
             Destination::Backend(b) => (vec![b], None, crate::config::Strategy::Fallback),
             Destination::Route(r) => {
                 let d = &self.config.route(r).dispatch;
-                (d.targets.clone(), self.counters.get(r.0), d.strategy)
+                (d.targets.clone(), self.counters.get(r.index()), d.strategy)
             }
         };
         let class = request.data_class.as_ref();

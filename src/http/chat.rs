@@ -278,11 +278,12 @@ async fn classify(
     state
         .metrics
         .observe("semroute_classification_seconds", &[], started.elapsed());
-    match c
-        .route
-        .and_then(|name| config.route_id(&name).map(|r| (r, name)))
-    {
-        Some((r, name)) => Ok((Destination::Route(r), Some(name), c.score)),
+    match c.route {
+        Some(r) => Ok((
+            Destination::Route(r),
+            Some(config.route(r).name.to_string()),
+            c.score,
+        )),
         None => Err(ApiError::invalid(
             "no route matched this prompt and the config has no `default_route` to send it to",
         )),

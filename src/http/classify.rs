@@ -2,13 +2,14 @@
 
 use super::AppState;
 use super::json::ApiJson;
-use crate::config::MAX_TOP_K;
+use crate::config::{Config, MAX_TOP_K};
 use crate::embed::has_visible_text;
 use crate::error::ApiError;
-use crate::route::Classification;
+use crate::route::decide::{MatchedBy, OverrideKind};
+use crate::route::{Classification, Timing};
 use axum::Json;
 use axum::extract::State;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::time::Instant;
 
@@ -105,10 +106,96 @@ fn content_text(content: &serde_json::Value) -> Option<Cow<'_, str>> {
     }
 }
 
+/// A classification as `POST /classify` (and `semroute classify --json`) shows it: routes
+/// and utterances by name.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassifyResponse {
+    pub route: Option<String>,
+    pub score: Option<f32>,
+    pub matched_by: MatchedBy,
+    pub threshold: f32,
+    pub margin: Option<f32>,
+    pub ambiguous: bool,
+    pub overrides: Vec<OverrideReport>,
+    pub candidates: Vec<CandidateReport>,
+    pub tokens: usize,
+    pub timing_us: Timing,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OverrideReport {
+    pub route: String,
+    pub kind: OverrideKind,
+    pub rule: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CandidateReport {
+    pub route: String,
+    pub score: f32,
+    pub threshold: f32,
+    pub neighbors: Vec<NeighborReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NeighborReport {
+    pub utterance: String,
+    pub similarity: f32,
+}
+
+impl ClassifyResponse {
+    /// Renders `c`, a classification by the router built from `config`.
+    pub fn new(c: &Classification, config: &Config) -> ClassifyResponse {
+        let name = |r| config.route(r).name.to_string();
+        ClassifyResponse {
+            route: c.route.map(name),
+            score: c.score,
+            matched_by: c.matched_by,
+            threshold: c.threshold,
+            margin: c.margin,
+            ambiguous: c.ambiguous,
+            overrides: c
+                .overrides
+                .iter()
+                .map(|h| OverrideReport {
+                    route: name(h.route),
+                    kind: h.kind,
+                    rule: h.rule.clone(),
+                })
+                .collect(),
+            candidates: c
+                .candidates
+                .iter()
+                .map(|cand| CandidateReport {
+                    route: name(cand.route),
+                    score: cand.score,
+                    threshold: cand.threshold,
+                    neighbors: cand
+                        .neighbors
+                        .iter()
+                        .filter_map(|n| {
+                            Some(NeighborReport {
+                                utterance: config
+                                    .route(cand.route)
+                                    .utterances
+                                    .get(n.utterance)?
+                                    .clone(),
+                                similarity: n.similarity,
+                            })
+                        })
+                        .collect(),
+                })
+                .collect(),
+            tokens: c.tokens,
+            timing_us: c.timing_us,
+        }
+    }
+}
+
 pub async fn classify(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<ClassifyRequest>,
-) -> Result<Json<Classification>, ApiError> {
+) -> Result<Json<ClassifyResponse>, ApiError> {
     let started = Instant::now();
     let text = request.prompt()?;
     let top_k = request.top_k()?;
@@ -121,5 +208,5 @@ pub async fn classify(
     let mut result = engine.router.classify(&text, &embedding, top_k);
     result.timing_us.embed = embed_us;
     result.timing_us.total = started.elapsed().as_micros() as u64;
-    Ok(Json(result))
+    Ok(Json(ClassifyResponse::new(&result, engine.router.config())))
 }

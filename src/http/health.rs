@@ -50,7 +50,7 @@ pub async fn routes(State(state): State<AppState>) -> Json<Value> {
                 .map(|p| p.as_str().to_string())
                 .collect(),
             description: route.description.clone(),
-            is_default: config.default_route.is_some_and(|d| d.0 == i),
+            is_default: config.default_route.is_some_and(|d| d.index() == i),
         })
         .collect();
     Json(json!({

@@ -2,7 +2,7 @@
 //! and no socket. The state becomes ready once the model and the index are loaded.
 
 mod chat;
-mod classify;
+pub mod classify;
 mod health;
 mod json;
 pub mod server;

@@ -3,6 +3,7 @@
 //! none (`matched_by` `default`/`none`), since the default route is the fallback for prompts
 //! that nothing claims.
 
+use crate::config::Config;
 use crate::embed::{EmbedError, Encoder};
 use crate::route::decide::MatchedBy;
 use crate::route::{Classification, Router};
@@ -33,15 +34,21 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn from_classification(expected: Option<String>, c: &Classification) -> Outcome {
+    /// From a classification by the router built from `config`.
+    pub fn from_classification(
+        expected: Option<String>,
+        c: &Classification,
+        config: &Config,
+    ) -> Outcome {
+        let name = |r| config.route(r).name.to_string();
         let predicted = match c.matched_by {
-            MatchedBy::Semantic | MatchedBy::Keyword | MatchedBy::Pattern => c.route.clone(),
+            MatchedBy::Semantic | MatchedBy::Keyword | MatchedBy::Pattern => c.route.map(name),
             MatchedBy::Default | MatchedBy::None => None,
         };
         Outcome {
             expected,
             predicted,
-            top1: c.candidates.first().map(|c| c.route.clone()),
+            top1: c.candidates.first().map(|c| name(c.route)),
         }
     }
 }
@@ -176,7 +183,7 @@ pub fn run(
     let outcomes: Vec<Outcome> = samples
         .iter()
         .zip(&classifications)
-        .map(|(sample, c)| Outcome::from_classification(sample.route.clone(), c))
+        .map(|(sample, c)| Outcome::from_classification(sample.route.clone(), c, router.config()))
         .collect();
     let texts: Vec<&str> = samples.iter().map(|s| s.text.as_str()).collect();
     Ok(metrics(&outcomes, &texts, queries_per_s))

@@ -1,5 +1,6 @@
 //! The routing decision: a pure function of the routes' semantic scores, the keyword and
-//! pattern hits, and the config. No model, no index: everything here is unit-tested alone.
+//! pattern hits, and the policy (the config's thresholds and default route). No model, no
+//! index: everything here is unit-tested alone. The service and `fit` both decide here.
 //!
 //! Precedence, first rule that applies wins:
 //! 1. a `patterns` hit: the first route in file order whose pattern matches;
@@ -57,8 +58,33 @@ pub struct Decision {
     pub threshold: Threshold,
 }
 
+/// What the decision needs beyond the scores and hits: the threshold each route must clear
+/// and the route that takes what none clears. The config is the policy the service runs;
+/// `fit` tries others through the same function.
+pub trait Policy {
+    /// The threshold a route's score must clear.
+    fn threshold_for(&self, route: RouteId) -> Threshold;
+    /// The threshold reported when there is no score at all.
+    fn global_threshold(&self) -> Threshold;
+    fn default_route(&self) -> Option<RouteId>;
+}
+
+impl Policy for Config {
+    fn threshold_for(&self, route: RouteId) -> Threshold {
+        Config::threshold_for(self, route)
+    }
+
+    fn global_threshold(&self) -> Threshold {
+        self.threshold
+    }
+
+    fn default_route(&self) -> Option<RouteId> {
+        self.default_route
+    }
+}
+
 /// Decides the route. `scores` may be in any order and need not cover every route.
-pub fn decide(scores: &[RouteScore], hits: &[OverrideHit], config: &Config) -> Decision {
+pub fn decide(scores: &[RouteScore], hits: &[OverrideHit], policy: &impl Policy) -> Decision {
     let score_of = |route: RouteId| scores.iter().find(|s| s.route == route).map(|s| s.score);
     // Rules 1 and 2: the hit with the strongest kind, then the earliest route.
     if let Some(hit) = hits.iter().min_by_key(|hit| (hit.kind, hit.route)) {
@@ -69,28 +95,28 @@ pub fn decide(scores: &[RouteScore], hits: &[OverrideHit], config: &Config) -> D
                 OverrideKind::Keyword => MatchedBy::Keyword,
             },
             score: score_of(hit.route),
-            threshold: config.threshold_for(hit.route),
+            threshold: policy.threshold_for(hit.route),
         };
     }
     // Rule 3: best score among routes that clear their own thresholds.
     let cleared = scores
         .iter()
-        .filter(|s| s.score >= config.threshold_for(s.route).get())
+        .filter(|s| s.score >= policy.threshold_for(s.route).get())
         .min_by(|a, b| b.score.total_cmp(&a.score).then(a.route.cmp(&b.route)));
     if let Some(best) = cleared {
         return Decision {
             route: Some(best.route),
             matched_by: MatchedBy::Semantic,
             score: Some(best.score),
-            threshold: config.threshold_for(best.route),
+            threshold: policy.threshold_for(best.route),
         };
     }
     let best = scores
         .iter()
         .min_by(|a, b| b.score.total_cmp(&a.score).then(a.route.cmp(&b.route)));
-    let threshold = best.map_or(config.threshold, |b| config.threshold_for(b.route));
+    let threshold = best.map_or(policy.global_threshold(), |b| policy.threshold_for(b.route));
     let score = best.map(|b| b.score);
-    match config.default_route {
+    match policy.default_route() {
         Some(route) => Decision {
             route: Some(route),
             matched_by: MatchedBy::Default,
@@ -136,14 +162,14 @@ routes:
 
     fn score(route: usize, score: f32) -> RouteScore {
         RouteScore {
-            route: RouteId(route),
+            route: RouteId::at(route),
             score,
         }
     }
 
     fn hit(route: usize, kind: OverrideKind) -> OverrideHit {
         OverrideHit {
-            route: RouteId(route),
+            route: RouteId::at(route),
             kind,
             rule: "rule".into(),
         }
@@ -153,7 +179,7 @@ routes:
     fn best_score_above_its_threshold_wins() {
         let config = config(ROUTES);
         let d = decide(&[score(0, 0.6), score(3, 0.9)], &[], &config);
-        assert_eq!(d.route, Some(RouteId(3)));
+        assert_eq!(d.route, Some(RouteId::at(3)));
         assert_eq!(d.matched_by, MatchedBy::Semantic);
         assert_eq!(d.score, Some(0.9));
         assert_eq!(d.threshold.get(), 0.5);
@@ -164,10 +190,10 @@ routes:
         let config = config(ROUTES);
         // billing (0.65) beats code (0.55) on score but misses its own 0.7 threshold.
         let d = decide(&[score(1, 0.65), score(0, 0.55)], &[], &config);
-        assert_eq!(d.route, Some(RouteId(0)));
+        assert_eq!(d.route, Some(RouteId::at(0)));
         assert_eq!(d.threshold.get(), 0.5);
         let d = decide(&[score(1, 0.7)], &[], &config);
-        assert_eq!(d.route, Some(RouteId(1)));
+        assert_eq!(d.route, Some(RouteId::at(1)));
         assert_eq!(d.threshold.get(), 0.7);
     }
 
@@ -185,7 +211,7 @@ routes:
     fn nothing_confident_falls_back_to_the_default_route() {
         let config = config(&format!("{ROUTES}default_route: chat\n"));
         let d = decide(&[score(0, 0.3)], &[], &config);
-        assert_eq!(d.route, Some(RouteId(3)));
+        assert_eq!(d.route, Some(RouteId::at(3)));
         assert_eq!(d.matched_by, MatchedBy::Default);
         assert_eq!(d.score, Some(0.3));
     }
@@ -194,7 +220,7 @@ routes:
     fn no_scores_at_all_falls_back_too() {
         let config = config(&format!("{ROUTES}default_route: chat\n"));
         let d = decide(&[], &[], &config);
-        assert_eq!(d.route, Some(RouteId(3)));
+        assert_eq!(d.route, Some(RouteId::at(3)));
         assert_eq!(d.score, None);
         assert_eq!(d.threshold.get(), 0.5);
     }
@@ -207,7 +233,7 @@ routes:
             &[hit(1, OverrideKind::Keyword)],
             &config,
         );
-        assert_eq!(d.route, Some(RouteId(1)));
+        assert_eq!(d.route, Some(RouteId::at(1)));
         assert_eq!(d.matched_by, MatchedBy::Keyword);
         assert_eq!(d.score, Some(0.2));
     }
@@ -217,7 +243,7 @@ routes:
         let config = config(ROUTES);
         let hits = [hit(0, OverrideKind::Keyword), hit(2, OverrideKind::Pattern)];
         let d = decide(&[score(0, 0.9)], &hits, &config);
-        assert_eq!(d.route, Some(RouteId(2)));
+        assert_eq!(d.route, Some(RouteId::at(2)));
         assert_eq!(d.matched_by, MatchedBy::Pattern);
         assert_eq!(d.score, None);
     }
@@ -227,20 +253,20 @@ routes:
         let config = config(ROUTES);
         let hits = [hit(1, OverrideKind::Keyword), hit(0, OverrideKind::Keyword)];
         let d = decide(&[score(1, 0.9)], &hits, &config);
-        assert_eq!(d.route, Some(RouteId(0)));
+        assert_eq!(d.route, Some(RouteId::at(0)));
     }
 
     #[test]
     fn equal_scores_go_to_the_earlier_route() {
         let config = config(ROUTES);
         let d = decide(&[score(3, 0.8), score(0, 0.8)], &[], &config);
-        assert_eq!(d.route, Some(RouteId(0)));
+        assert_eq!(d.route, Some(RouteId::at(0)));
     }
 
     #[test]
     fn a_keyword_wins_even_below_the_threshold() {
         let config = config(ROUTES);
         let d = decide(&[score(1, 0.1)], &[hit(1, OverrideKind::Keyword)], &config);
-        assert_eq!(d.route, Some(RouteId(1)));
+        assert_eq!(d.route, Some(RouteId::at(1)));
     }
 }

@@ -92,7 +92,7 @@ impl Head {
         out.extend_from_slice(&(self.dim as u64).to_le_bytes());
         out.extend_from_slice(&(self.routes.len() as u64).to_le_bytes());
         for r in &self.routes {
-            out.extend_from_slice(&(r.0 as u64).to_le_bytes());
+            out.extend_from_slice(&(r.index() as u64).to_le_bytes());
         }
         for v in self.weights.iter().chain(&self.bias) {
             out.extend_from_slice(&v.to_le_bytes());
@@ -100,8 +100,9 @@ impl Head {
         out
     }
 
-    /// The inverse of `to_bytes`; `None` for anything malformed.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Head> {
+    /// The inverse of `to_bytes`; `None` for anything malformed or a route `route_at` does
+    /// not know (the config's routes are the only source of ids).
+    pub fn from_bytes(bytes: &[u8], route_at: impl Fn(usize) -> Option<RouteId>) -> Option<Head> {
         let mut words = bytes.chunks_exact(8);
         let mut next = || -> Option<usize> {
             usize::try_from(u64::from_le_bytes(words.next()?.try_into().ok()?)).ok()
@@ -109,7 +110,7 @@ impl Head {
         let dim = next()?;
         let count = next()?;
         let routes: Vec<RouteId> = (0..count)
-            .map(|_| next().map(RouteId))
+            .map(|_| next().and_then(&route_at))
             .collect::<Option<_>>()?;
         let start = 16usize.checked_add(count.checked_mul(8)?)?;
         let floats: Vec<f32> = bytes
@@ -335,7 +336,7 @@ mod tests {
                 v[route] = 1.0;
                 let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
                 vectors.push(v.iter().map(|x| x / norm).collect());
-                owners.push(RouteId(route * 2));
+                owners.push(RouteId::at(route * 2));
             }
         }
         (vectors, owners)
@@ -351,7 +352,7 @@ mod tests {
             let probs = head.probabilities(&query);
             assert_eq!(probs.len(), 3);
             let best = probs.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
-            assert_eq!(best.0, RouteId(route * 2), "{probs:?}");
+            assert_eq!(best.0, RouteId::at(route * 2), "{probs:?}");
             assert!(best.1 > 0.5, "{probs:?}");
             let total: f32 = probs.iter().map(|p| p.1).sum();
             assert!((total - 1.0).abs() < 1e-5);
@@ -361,7 +362,7 @@ mod tests {
     #[test]
     fn lbfgs_reaches_the_gradient_tolerance_on_a_small_problem() {
         let (vectors, owners) = clusters();
-        let labels: Vec<usize> = owners.iter().map(|r| r.0 / 2).collect();
+        let labels: Vec<usize> = owners.iter().map(|r| r.index() / 2).collect();
         let flat: Vec<f32> = vectors.iter().flatten().copied().collect();
         let problem = Problem::new(&flat, labels, 4, 3).unwrap();
         let theta = lbfgs(&problem, vec![0.0; problem.parameters()]);
@@ -378,7 +379,7 @@ mod tests {
     #[test]
     fn the_gradient_matches_finite_differences() {
         let (vectors, owners) = clusters();
-        let labels: Vec<usize> = owners.iter().map(|r| r.0 / 2).collect();
+        let labels: Vec<usize> = owners.iter().map(|r| r.index() / 2).collect();
         let flat: Vec<f32> = vectors.iter().flatten().copied().collect();
         let problem = Problem::new(&flat, labels, 4, 3).unwrap();
         let theta: Vec<f32> = (0..problem.parameters())
@@ -406,7 +407,7 @@ mod tests {
     #[test]
     fn one_route_trains_no_head() {
         let (vectors, _) = clusters();
-        let owners = vec![RouteId(0); vectors.len()];
+        let owners = vec![RouteId::at(0); vectors.len()];
         assert!(Head::train(&vectors, &owners).is_none());
     }
 
@@ -415,9 +416,12 @@ mod tests {
         let (vectors, owners) = clusters();
         let head = Head::train(&vectors, &owners).unwrap();
         let bytes = head.to_bytes();
-        assert_eq!(Head::from_bytes(&bytes), Some(head));
-        assert!(Head::from_bytes(&bytes[..bytes.len() - 1]).is_none());
-        assert!(Head::from_bytes(&bytes[..10]).is_none());
-        assert!(Head::from_bytes(&[]).is_none());
+        assert_eq!(
+            Head::from_bytes(&bytes, |i| Some(RouteId::at(i))),
+            Some(head)
+        );
+        assert!(Head::from_bytes(&bytes[..bytes.len() - 1], |i| Some(RouteId::at(i))).is_none());
+        assert!(Head::from_bytes(&bytes[..10], |i| Some(RouteId::at(i))).is_none());
+        assert!(Head::from_bytes(&[], |i| Some(RouteId::at(i))).is_none());
     }
 }

@@ -204,12 +204,12 @@ mod tests {
             unit(&[0.0, 1.0, 0.0]),
             unit(&[0.0, 0.0, 1.0]),
         ];
-        let routes = [RouteId(0), RouteId(1), RouteId(1)];
+        let routes = [RouteId::at(0), RouteId::at(1), RouteId::at(1)];
         let index = UtteranceIndex::build(&vectors, &routes).unwrap_or_else(|e| panic!("{e}"));
         let found = index.search(&unit(&[0.1, 0.9, 0.2]), 2);
         assert_eq!(found.len(), 2);
         assert_eq!(found[0].utterance, 1);
-        assert_eq!(found[0].route, RouteId(1));
+        assert_eq!(found[0].route, RouteId::at(1));
         assert!(found[0].similarity > found[1].similarity);
         assert_eq!(found, index.search_exhaustive(&unit(&[0.1, 0.9, 0.2]), 2));
     }
@@ -217,7 +217,7 @@ mod tests {
     #[test]
     fn asking_for_more_than_exists_returns_all() {
         let vectors = vec![unit(&[1.0, 0.0]), unit(&[0.0, 1.0])];
-        let index = UtteranceIndex::build(&vectors, &[RouteId(0), RouteId(1)])
+        let index = UtteranceIndex::build(&vectors, &[RouteId::at(0), RouteId::at(1)])
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(index.search(&unit(&[1.0, 1.0]), 50).len(), 2);
         assert!(
@@ -228,10 +228,12 @@ mod tests {
 
     #[test]
     fn refuses_vectors_that_are_not_unit_or_not_the_same_size() {
-        let bad = UtteranceIndex::build(&[vec![3.0, 4.0]], &[RouteId(0)]);
+        let bad = UtteranceIndex::build(&[vec![3.0, 4.0]], &[RouteId::at(0)]);
         assert!(matches!(bad, Err(IndexError::NotUnit { index: 0 })));
-        let ragged =
-            UtteranceIndex::build(&[unit(&[1.0, 0.0]), vec![1.0]], &[RouteId(0), RouteId(0)]);
+        let ragged = UtteranceIndex::build(
+            &[unit(&[1.0, 0.0]), vec![1.0]],
+            &[RouteId::at(0), RouteId::at(0)],
+        );
         assert!(matches!(
             ragged,
             Err(IndexError::Dimension { index: 1, .. })

@@ -12,6 +12,4 @@ pub mod score;
 
 mod router;
 
-pub use router::{
-    BuildError, Candidate, Classification, NeighborReport, OverrideReport, Router, Timing,
-};
+pub use router::{BuildError, Candidate, Classification, NearUtterance, Router, Timing};

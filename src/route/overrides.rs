@@ -88,7 +88,7 @@ routes:
         let hits = m.hits("my card is 4111 1111 1111 1111");
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].kind, OverrideKind::Pattern);
-        assert_eq!(hits[0].route, RouteId(2));
+        assert_eq!(hits[0].route, RouteId::at(2));
         assert!(!hits[0].rule.contains("4111"));
     }
 
@@ -96,7 +96,7 @@ routes:
     fn every_hit_is_reported_in_file_order() {
         let m = matcher(YAML);
         let hits = m.hits("refund my python API_KEY");
-        let routes: Vec<usize> = hits.iter().map(|h| h.route.0).collect();
+        let routes: Vec<usize> = hits.iter().map(|h| h.route.index()).collect();
         assert_eq!(routes, [0, 1, 2]);
     }
 

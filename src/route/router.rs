@@ -6,9 +6,9 @@ use crate::config::{Config, MAX_TOP_K, RouteId};
 use crate::embed::cache::{EmbeddingCache, HeadCache, TextKey, text_key};
 use crate::embed::{EmbedError, Embedding, Encoder};
 use crate::kernels::vector::dot;
-use crate::route::decide::{MatchedBy, OverrideHit, OverrideKind, RouteScore, decide};
+use crate::route::decide::{MatchedBy, OverrideHit, RouteScore, decide};
 use crate::route::head::{Head, INVERSE_REGULARIZATION};
-use crate::route::index::{IndexError, UtteranceIndex};
+use crate::route::index::{IndexError, Neighbor, UtteranceIndex};
 use crate::route::overrides::OverrideMatcher;
 use crate::route::score::{Hit, apply_head, mix_with_prototypes, route_scores};
 use serde::Serialize;
@@ -44,20 +44,21 @@ pub enum BuildError {
     Count { got: usize, expected: usize },
 }
 
-/// The answer to "which route?", with the evidence: the shape of `POST /classify`.
-#[derive(Debug, Clone, Serialize)]
+/// The answer to "which route?", with the evidence, in the engine's terms: routes are ids.
+/// `http::classify::ClassifyResponse` renders it with names (the shape of `POST /classify`).
+#[derive(Debug, Clone)]
 pub struct Classification {
-    pub route: Option<String>,
+    pub route: Option<RouteId>,
     pub score: Option<f32>,
     pub matched_by: MatchedBy,
     pub threshold: f32,
-    /// The best route's score minus the runner-up's (`null` with fewer than two candidates).
+    /// The best route's score minus the runner-up's (`None` with fewer than two candidates).
     pub margin: Option<f32>,
     /// The best two routes are closer than the config's `ambiguity_margin`: a caller may
     /// want to ask the user which they meant.
     pub ambiguous: bool,
     /// Every keyword or pattern that matched, in file order (the first decides).
-    pub overrides: Vec<OverrideReport>,
+    pub overrides: Vec<OverrideHit>,
     /// Routes with retrieved neighbours, best first.
     pub candidates: Vec<Candidate>,
     /// Tokens the prompt was embedded as (after truncation).
@@ -65,24 +66,20 @@ pub struct Classification {
     pub timing_us: Timing,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct OverrideReport {
-    pub route: String,
-    pub kind: OverrideKind,
-    pub rule: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Candidate {
-    pub route: String,
+    pub route: RouteId,
     pub score: f32,
     pub threshold: f32,
-    pub neighbors: Vec<NeighborReport>,
+    /// The route's utterances nearest the prompt, nearest first.
+    pub neighbors: Vec<NearUtterance>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct NeighborReport {
-    pub utterance: String,
+/// One of a route's utterances and its similarity to the prompt.
+#[derive(Debug, Clone, Copy)]
+pub struct NearUtterance {
+    /// Its position in the route's `utterances`.
+    pub utterance: usize,
     pub similarity: f32,
 }
 
@@ -177,10 +174,8 @@ impl Router {
         head: Option<Head>,
     ) -> Result<Router, BuildError> {
         let utterances: Vec<(RouteId, usize)> = config
-            .routes
-            .iter()
-            .enumerate()
-            .flat_map(|(r, route)| (0..route.utterances.len()).map(move |u| (RouteId(r), u)))
+            .route_ids()
+            .flat_map(|r| (0..config.route(r).utterances.len()).map(move |u| (r, u)))
             .collect();
         if vectors.len() != utterances.len() {
             return Err(BuildError::Count {
@@ -232,6 +227,51 @@ impl Router {
         let config = &self.config;
         let k = top_k.unwrap_or(config.top_k).clamp(1, MAX_TOP_K);
         let neighbors = self.index.search(&query.vector, k);
+        let scores = self.candidate_scores(&neighbors, &override_hits, &query.vector, k);
+        let decision = decide(&scores, &override_hits, config.as_ref());
+        let candidates = scores
+            .iter()
+            .map(|s| Candidate {
+                route: s.route,
+                score: s.score,
+                threshold: config.threshold_for(s.route).get(),
+                neighbors: self.near_utterances(s.route, &neighbors, &query.vector),
+            })
+            .collect();
+        let search = started.elapsed().as_micros() as u64;
+        let margin = match scores.as_slice() {
+            [first, second, ..] => Some(first.score - second.score),
+            _ => None,
+        };
+        Classification {
+            margin,
+            ambiguous: margin.is_some_and(|m| m < config.ambiguity_margin),
+            route: decision.route,
+            score: decision.score,
+            matched_by: decision.matched_by,
+            threshold: decision.threshold.get(),
+            overrides: override_hits,
+            candidates,
+            tokens: query.tokens,
+            timing_us: Timing {
+                embed: 0,
+                search,
+                total: search,
+            },
+        }
+    }
+
+    /// The candidates' scores, best first: the routes of the `k` neighbours (mixed with the
+    /// prototypes and the head as configured), plus every route an override selected, so
+    /// the answer always carries the chosen route's score.
+    fn candidate_scores(
+        &self,
+        neighbors: &[Neighbor],
+        override_hits: &[OverrideHit],
+        query: &[f32],
+        k: usize,
+    ) -> Vec<RouteScore> {
+        let config = &self.config;
         let hits: Vec<Hit> = neighbors
             .iter()
             .map(|n| Hit {
@@ -245,63 +285,24 @@ impl Router {
             let sims: Vec<(RouteId, f32)> = self
                 .prototypes
                 .iter()
-                .map(|(r, p)| (*r, dot(p, &query.vector)))
+                .map(|(r, p)| (*r, dot(p, query)))
                 .collect();
             scores = mix_with_prototypes(&scores, floor, &sims, weight);
         }
-        let probabilities = self.head_probabilities(&query.vector);
+        let probabilities = self.head_probabilities(query);
         apply_head(&mut scores, &probabilities, config.head_weight);
         // As many candidates as neighbours searched.
         scores.truncate(k);
-        // A route selected by an override gets its exact score even if none of its
-        // utterances was retrieved, so the answer always carries one.
-        for hit in &override_hits {
+        for hit in override_hits {
             if !scores.iter().any(|s| s.route == hit.route)
-                && let Some(score) = self.exact_score(hit.route, &query.vector)
+                && let Some(score) = self.exact_score(hit.route, query)
             {
                 scores.push(score);
             }
         }
         // Candidates are listed best first, the added ones included.
         scores.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.route.cmp(&b.route)));
-        let decision = decide(&scores, &override_hits, config);
-        let candidates = scores
-            .iter()
-            .map(|s| Candidate {
-                route: config.route(s.route).name.to_string(),
-                score: s.score,
-                threshold: config.threshold_for(s.route).get(),
-                neighbors: self.neighbor_reports(s.route, &neighbors, &query.vector),
-            })
-            .collect();
-        let search = started.elapsed().as_micros() as u64;
-        let margin = match scores.as_slice() {
-            [first, second, ..] => Some(first.score - second.score),
-            _ => None,
-        };
-        Classification {
-            margin,
-            ambiguous: margin.is_some_and(|m| m < config.ambiguity_margin),
-            route: decision.route.map(|r| config.route(r).name.to_string()),
-            score: decision.score,
-            matched_by: decision.matched_by,
-            threshold: decision.threshold.get(),
-            overrides: override_hits
-                .iter()
-                .map(|h| OverrideReport {
-                    route: config.route(h.route).name.to_string(),
-                    kind: h.kind,
-                    rule: h.rule.clone(),
-                })
-                .collect(),
-            candidates,
-            tokens: query.tokens,
-            timing_us: Timing {
-                embed: 0,
-                search,
-                total: search,
-            },
-        }
+        scores
     }
 
     fn exact_score(&self, route: RouteId, query: &[f32]) -> Option<RouteScore> {
@@ -344,12 +345,12 @@ impl Router {
         }
     }
 
-    fn neighbor_reports(
+    fn near_utterances(
         &self,
         route: RouteId,
-        retrieved: &[crate::route::index::Neighbor],
+        retrieved: &[Neighbor],
         query: &[f32],
-    ) -> Vec<NeighborReport> {
+    ) -> Vec<NearUtterance> {
         let mut mine: Vec<_> = retrieved
             .iter()
             .filter(|n| n.route == route)
@@ -361,9 +362,9 @@ impl Router {
         mine.iter()
             .take(NEIGHBORS_SHOWN)
             .filter_map(|n| {
-                let (r, u) = self.utterances.get(n.utterance)?;
-                Some(NeighborReport {
-                    utterance: self.config.route(*r).utterances.get(*u)?.clone(),
+                let (_, u) = self.utterances.get(n.utterance)?;
+                Some(NearUtterance {
+                    utterance: *u,
                     similarity: n.similarity,
                 })
             })
@@ -374,10 +375,8 @@ impl Router {
 /// Each indexed utterance's route, in index order.
 fn owners(config: &Config) -> Vec<RouteId> {
     config
-        .routes
-        .iter()
-        .enumerate()
-        .flat_map(|(r, route)| std::iter::repeat_n(RouteId(r), route.utterances.len()))
+        .route_ids()
+        .flat_map(|r| std::iter::repeat_n(r, config.route(r).utterances.len()))
         .collect()
 }
 
@@ -411,10 +410,13 @@ fn cached_head(
     hasher.update(INVERSE_REGULARIZATION.to_le_bytes());
     for (key, route) in keys.iter().zip(&owners) {
         hasher.update(key);
-        hasher.update((route.0 as u64).to_le_bytes());
+        hasher.update((route.index() as u64).to_le_bytes());
     }
     let content: [u8; 32] = hasher.finalize().into();
-    if let Some(head) = cache.load(&content).and_then(|b| Head::from_bytes(&b)) {
+    if let Some(head) = cache
+        .load(&content)
+        .and_then(|b| Head::from_bytes(&b, |i| config.route_at(i)))
+    {
         return Some(head);
     }
     let head = train_head(config, vectors)?;

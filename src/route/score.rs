@@ -109,7 +109,7 @@ mod tests {
     fn hits(list: &[(usize, f32)]) -> Vec<Hit> {
         list.iter()
             .map(|&(route, similarity)| Hit {
-                route: RouteId(route),
+                route: RouteId::at(route),
                 similarity,
             })
             .collect()
@@ -123,7 +123,7 @@ mod tests {
     fn max_takes_each_routes_best_neighbour() {
         let scores = route_scores(&hits(&[(1, 0.9), (0, 0.8), (1, 0.5)]), Aggregation::Max);
         assert_eq!(scores.len(), 2);
-        assert_eq!(scores[0].route, RouteId(1));
+        assert_eq!(scores[0].route, RouteId::at(1));
         assert!(close(scores[0].score, 0.9));
         assert!(close(scores[1].score, 0.8));
     }
@@ -131,7 +131,7 @@ mod tests {
     #[test]
     fn mean_averages_all_retrieved_neighbours() {
         let scores = route_scores(&hits(&[(1, 0.9), (0, 0.8), (1, 0.5)]), Aggregation::Mean);
-        assert_eq!(scores[0].route, RouteId(0));
+        assert_eq!(scores[0].route, RouteId::at(0));
         assert!(close(scores[0].score, 0.8));
         assert!(close(scores[1].score, 0.7));
     }
@@ -141,7 +141,7 @@ mod tests {
         // Route 0 has one neighbour; its other two count as 0.4, the weakest retrieved.
         let list = [(1, 0.9), (0, 0.85), (1, 0.8), (1, 0.7), (1, 0.4)];
         let scores = route_scores(&hits(&list), Aggregation::TopMean(3));
-        assert_eq!(scores[0].route, RouteId(1));
+        assert_eq!(scores[0].route, RouteId::at(1));
         assert!(close(scores[0].score, (0.9 + 0.8 + 0.7) / 3.0));
         assert!(close(scores[1].score, (0.85 + 0.4 + 0.4) / 3.0));
     }
@@ -149,20 +149,20 @@ mod tests {
     #[test]
     fn ties_go_to_the_earlier_route() {
         let scores = route_scores(&hits(&[(2, 0.5), (1, 0.5)]), Aggregation::Max);
-        assert_eq!(scores[0].route, RouteId(1));
+        assert_eq!(scores[0].route, RouteId::at(1));
     }
 
     #[test]
     fn prototypes_mix_with_neighbours_and_cover_unretrieved_routes() {
         let neighbours = [RouteScore {
-            route: RouteId(0),
+            route: RouteId::at(0),
             score: 0.8,
         }];
-        let protos = [(RouteId(0), 0.6), (RouteId(1), 0.9)];
+        let protos = [(RouteId::at(0), 0.6), (RouteId::at(1), 0.9)];
         let mixed = mix_with_prototypes(&neighbours, 0.2, &protos, 0.5);
         assert_eq!(mixed.len(), 2);
         // Route 0: 0.5·0.6 + 0.5·0.8; route 1 was not retrieved: 0.5·0.9 + 0.5·floor.
-        assert_eq!(mixed[0].route, RouteId(0));
+        assert_eq!(mixed[0].route, RouteId::at(0));
         assert!(close(mixed[0].score, 0.5 * 0.6 + 0.5 * 0.8));
         assert!(close(mixed[1].score, 0.5 * 0.9 + 0.5 * 0.2));
     }
@@ -170,7 +170,7 @@ mod tests {
     fn scored(list: &[(usize, f32)]) -> Vec<RouteScore> {
         list.iter()
             .map(|&(route, score)| RouteScore {
-                route: RouteId(route),
+                route: RouteId::at(route),
                 score,
             })
             .collect()
@@ -180,11 +180,15 @@ mod tests {
     fn the_head_reorders_scores_without_raising_any() {
         let mut scores = scored(&[(0, 0.6), (1, 0.5), (2, -0.2), (3, 0.4)]);
         // Route 3 is unknown to the head and keeps its score.
-        let probs = [(RouteId(0), 0.1), (RouteId(1), 0.8), (RouteId(2), 0.1)];
+        let probs = [
+            (RouteId::at(0), 0.1),
+            (RouteId::at(1), 0.8),
+            (RouteId::at(2), 0.1),
+        ];
         apply_head(&mut scores, &probs, 1.0);
-        assert_eq!(scores[0].route, RouteId(1));
+        assert_eq!(scores[0].route, RouteId::at(1));
         assert!(close(scores[0].score, 0.5));
-        assert_eq!(scores[1].route, RouteId(3));
+        assert_eq!(scores[1].route, RouteId::at(3));
         assert!(close(scores[1].score, 0.4));
         assert!(close(scores[2].score, 0.6 * 0.125));
         // A negative score falls by the same fraction of its size.
@@ -194,7 +198,11 @@ mod tests {
     #[test]
     fn a_head_weight_of_zero_changes_nothing() {
         let mut scores = scored(&[(0, 0.6), (1, 0.5)]);
-        apply_head(&mut scores, &[(RouteId(0), 0.01), (RouteId(1), 0.99)], 0.0);
+        apply_head(
+            &mut scores,
+            &[(RouteId::at(0), 0.01), (RouteId::at(1), 0.99)],
+            0.0,
+        );
         assert_eq!(scores, scored(&[(0, 0.6), (1, 0.5)]));
     }
 

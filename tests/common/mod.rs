@@ -5,6 +5,7 @@
 use semroute::Router;
 use semroute::config::Config;
 use semroute::embed::{Encoder, files};
+use semroute::http::classify::ClassifyResponse;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -86,7 +87,17 @@ pub fn labelled(relative: &str) -> Vec<(String, Option<String>)> {
 /// The route a prompt goes to on a router.
 pub fn route_of(router: &Router, text: &str) -> Option<String> {
     let embedding = encoder().embed_one(text).expect("embed");
-    router.classify(text, &embedding, None).route
+    report(router, text, &embedding, None).route
+}
+
+/// A classification as `POST /classify` renders it (routes and utterances by name).
+pub fn report(
+    router: &Router,
+    text: &str,
+    embedding: &semroute::Embedding,
+    top_k: Option<usize>,
+) -> ClassifyResponse {
+    ClassifyResponse::new(&router.classify(text, embedding, top_k), router.config())
 }
 
 /// An HTTP client for talking to a served semroute (reqwest is built without a default TLS

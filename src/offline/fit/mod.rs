@@ -9,9 +9,13 @@
 //! affect (those where it is a candidate), nearest the global one among equals. Per-route
 //! thresholds are kept only when cross-validation says they beat the global one alone.
 
-use crate::config::RouteId;
+mod run;
+
+pub use run::{FitRun, FitRunError, Tuning, run};
+
+use crate::config::{RouteId, Threshold};
 use crate::route::Classification;
-use crate::route::decide::{MatchedBy, RouteScore};
+use crate::route::decide::{OverrideHit, Policy, RouteScore, decide};
 
 /// Labelled prompts a route needs before it gets a threshold of its own.
 pub const MIN_ROUTE_EXAMPLES: usize = 10;
@@ -28,38 +32,26 @@ const MIN_GAIN: usize = 1;
 pub struct Observation {
     /// The route it should go to; `None`: no route should match.
     pub expected: Option<RouteId>,
-    /// The route a keyword or pattern forced (thresholds do not apply).
-    pub forced: Option<RouteId>,
+    /// The keywords and patterns that matched (thresholds do not apply to them).
+    pub overrides: Vec<OverrideHit>,
     /// Semantic scores, best first.
     pub scores: Vec<RouteScore>,
 }
 
 impl Observation {
-    /// From a classification; `None` when it names a route the config lacks.
-    pub fn new(
-        expected: Option<RouteId>,
-        c: &Classification,
-        route_id: impl Fn(&str) -> Option<RouteId>,
-    ) -> Option<Observation> {
-        let forced = match c.matched_by {
-            MatchedBy::Keyword | MatchedBy::Pattern => Some(route_id(c.route.as_deref()?)?),
-            _ => None,
-        };
-        let scores = c
-            .candidates
-            .iter()
-            .map(|cand| {
-                Some(RouteScore {
-                    route: route_id(&cand.route)?,
+    pub fn new(expected: Option<RouteId>, c: &Classification) -> Observation {
+        Observation {
+            expected,
+            overrides: c.overrides.clone(),
+            scores: c
+                .candidates
+                .iter()
+                .map(|cand| RouteScore {
+                    route: cand.route,
                     score: cand.score,
                 })
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(Observation {
-            expected,
-            forced,
-            scores,
-        })
+                .collect(),
+        }
     }
 }
 
@@ -70,24 +62,34 @@ pub struct Thresholds {
     pub routes: Vec<Option<f32>>,
 }
 
+impl Policy for Thresholds {
+    fn threshold_for(&self, route: RouteId) -> Threshold {
+        Threshold::saturating(self.for_route(route))
+    }
+
+    fn global_threshold(&self) -> Threshold {
+        Threshold::saturating(self.global)
+    }
+
+    /// None: a label says whether a route should claim the prompt, and the default route
+    /// is what takes the prompts no route claims (`eval` counts it as no route, too).
+    fn default_route(&self) -> Option<RouteId> {
+        None
+    }
+}
+
 impl Thresholds {
     pub fn for_route(&self, route: RouteId) -> f32 {
         self.routes
-            .get(route.0)
+            .get(route.index())
             .copied()
             .flatten()
             .unwrap_or(self.global)
     }
 
-    /// What the router decides under these thresholds (`decide`'s rules; `None`: no route).
+    /// What the router decides under these thresholds (`None`: no route claims it).
     pub fn decide(&self, o: &Observation) -> Option<RouteId> {
-        if o.forced.is_some() {
-            return o.forced;
-        }
-        o.scores
-            .iter()
-            .find(|s| s.score >= self.for_route(s.route))
-            .map(|s| s.route)
+        decide(&o.scores, &o.overrides, self).route
     }
 
     /// Prompts decided as labelled.
@@ -138,9 +140,12 @@ pub enum FitError {
     NoInScope { got: usize },
 }
 
-/// Fits thresholds on `observations`. `current` are the config's per-route thresholds
-/// (kept for routes that cannot be fitted).
-pub fn fit(observations: &[Observation], current: &[Option<f32>]) -> Result<Fit, FitError> {
+/// Fits thresholds on `observations`. `current` are the config's routes with their own
+/// thresholds, in route order (kept for routes that cannot be fitted).
+pub fn fit(
+    observations: &[Observation],
+    current: &[(RouteId, Option<f32>)],
+) -> Result<Fit, FitError> {
     let got = observations.len();
     if got < MIN_SAMPLES {
         return Err(FitError::TooFewSamples { got });
@@ -153,14 +158,14 @@ pub fn fit(observations: &[Observation], current: &[Option<f32>]) -> Result<Fit,
     }
     let all: Vec<&Observation> = observations.iter().collect();
     let global = fit_global(&all, current);
-    let per_route = fit_routes(&all, global.clone());
+    let per_route = fit_routes(&all, current, global.clone());
     let in_sample_global = global.correct(&all) as f64 / got as f64;
     let in_sample_per_route = per_route.correct(&all) as f64 / got as f64;
     let (cross_validated_global, cross_validated_per_route) = cross_validate(observations, current);
     let per_route_kept = cross_validated_per_route > cross_validated_global;
-    let skipped = (0..current.len())
-        .map(RouteId)
-        .map(|route| Skipped {
+    let skipped = current
+        .iter()
+        .map(|&(route, _)| Skipped {
             route,
             examples: observations
                 .iter()
@@ -182,10 +187,10 @@ pub fn fit(observations: &[Observation], current: &[Option<f32>]) -> Result<Fit,
 
 /// The global threshold with the most correct decisions (per-route ones fixed at
 /// `current`); among equals, the middle of the best run, so it sits between prompts.
-fn fit_global(observations: &[&Observation], current: &[Option<f32>]) -> Thresholds {
+fn fit_global(observations: &[&Observation], current: &[(RouteId, Option<f32>)]) -> Thresholds {
     let mut thresholds = Thresholds {
         global: 0.0,
-        routes: current.to_vec(),
+        routes: current.iter().map(|&(_, t)| t).collect(),
     };
     let mut scores: Vec<f32> = observations
         .iter()
@@ -208,10 +213,14 @@ fn fit_global(observations: &[&Observation], current: &[Option<f32>]) -> Thresho
 
 /// Each route with at least `MIN_ROUTE_EXAMPLES` labelled prompts gets the threshold that
 /// decides the most prompts where it is a candidate correctly, if that beats `start`.
-fn fit_routes(observations: &[&Observation], start: Thresholds) -> Thresholds {
+fn fit_routes(
+    observations: &[&Observation],
+    current: &[(RouteId, Option<f32>)],
+    start: Thresholds,
+) -> Thresholds {
     let mut thresholds = start;
-    for r in 0..thresholds.routes.len() {
-        let route = RouteId(r);
+    for &(route, _) in current {
+        let r = route.index();
         let examples = observations
             .iter()
             .filter(|o| o.expected == Some(route))
@@ -279,7 +288,7 @@ fn round(x: f32) -> f32 {
 }
 
 /// Mean held-out accuracy over `FOLDS` interleaved folds: (global only, with per-route).
-fn cross_validate(observations: &[Observation], current: &[Option<f32>]) -> (f64, f64) {
+fn cross_validate(observations: &[Observation], current: &[(RouteId, Option<f32>)]) -> (f64, f64) {
     let (mut global_correct, mut per_route_correct, mut total) = (0usize, 0usize, 0usize);
     for fold in 0..FOLDS {
         let mut held: Vec<&Observation> = Vec::new();
@@ -295,7 +304,7 @@ fn cross_validate(observations: &[Observation], current: &[Option<f32>]) -> (f64
             continue;
         }
         let global = fit_global(&train, current);
-        let per_route = fit_routes(&train, global.clone());
+        let per_route = fit_routes(&train, current, global.clone());
         global_correct += global.correct(&held);
         per_route_correct += per_route.correct(&held);
         total += held.len();
@@ -310,15 +319,24 @@ fn cross_validate(observations: &[Observation], current: &[Option<f32>]) -> (f64
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::decide::OverrideKind;
+
+    /// The config's routes, none with its own threshold, or with `own` ones.
+    fn routes(own: &[Option<f32>]) -> Vec<(RouteId, Option<f32>)> {
+        own.iter()
+            .enumerate()
+            .map(|(r, &t)| (RouteId::at(r), t))
+            .collect()
+    }
 
     fn obs(expected: Option<usize>, scores: &[(usize, f32)]) -> Observation {
         Observation {
-            expected: expected.map(RouteId),
-            forced: None,
+            expected: expected.map(RouteId::at),
+            overrides: Vec::new(),
             scores: scores
                 .iter()
                 .map(|&(r, score)| RouteScore {
-                    route: RouteId(r),
+                    route: RouteId::at(r),
                     score,
                 })
                 .collect(),
@@ -347,19 +365,23 @@ mod tests {
         // Route 0 is below the global threshold; route 1 clears its own lower one.
         assert_eq!(
             t.decide(&obs(None, &[(0, 0.45), (1, 0.3)])),
-            Some(RouteId(1))
+            Some(RouteId::at(1))
         );
         assert_eq!(t.decide(&obs(None, &[(0, 0.45), (1, 0.1)])), None);
         let mut forced = obs(None, &[(0, 0.1)]);
-        forced.forced = Some(RouteId(1));
-        assert_eq!(t.decide(&forced), Some(RouteId(1)));
+        forced.overrides = vec![OverrideHit {
+            route: RouteId::at(1),
+            kind: OverrideKind::Keyword,
+            rule: "refund".into(),
+        }];
+        assert_eq!(t.decide(&forced), Some(RouteId::at(1)));
     }
 
     #[test]
     fn the_global_threshold_separates_in_scope_from_out_of_scope() {
         let data = data();
         let all: Vec<&Observation> = data.iter().collect();
-        let t = fit_global(&all, &[None, None]);
+        let t = fit_global(&all, &routes(&[None, None]));
         // Everything from 0.29 up is routed; accuracy is as high as one threshold allows.
         let correct = t.correct(&all);
         for other in [0.2f32, 0.3, 0.35, 0.4, 0.45, 0.5] {
@@ -374,14 +396,14 @@ mod tests {
     #[test]
     fn per_route_thresholds_fix_what_one_global_threshold_cannot() {
         let data = data();
-        let fit = fit(&data, &[None, None]).unwrap();
+        let fit = fit(&data, &routes(&[None, None])).unwrap();
         assert_eq!(fit.in_sample_per_route, 1.0, "{fit:?}");
         assert!(fit.in_sample_global < 1.0);
         assert!(fit.per_route_kept);
         assert!(fit.cross_validated_per_route > fit.cross_validated_global);
-        let route0 = fit.thresholds.for_route(RouteId(0));
+        let route0 = fit.thresholds.for_route(RouteId::at(0));
         assert!(route0 > 0.4 && route0 <= 0.6, "{route0}");
-        let route1 = fit.thresholds.for_route(RouteId(1));
+        let route1 = fit.thresholds.for_route(RouteId::at(1));
         assert!(route1 > 0.29 && route1 <= 0.3, "{route1}");
         assert!(fit.skipped.is_empty());
     }
@@ -390,11 +412,11 @@ mod tests {
     fn routes_with_too_few_examples_keep_their_threshold_and_are_reported() {
         let mut data = data();
         data.push(obs(Some(2), &[(2, 0.9)]));
-        let fit = fit(&data, &[None, None, Some(0.7)]).unwrap();
+        let fit = fit(&data, &routes(&[None, None, Some(0.7)])).unwrap();
         assert_eq!(
             fit.skipped,
             vec![Skipped {
-                route: RouteId(2),
+                route: RouteId::at(2),
                 examples: 1
             }]
         );
@@ -405,7 +427,7 @@ mod tests {
     fn too_little_data_is_refused_with_a_reason() {
         let few: Vec<Observation> = data().into_iter().take(5).collect();
         assert_eq!(
-            fit(&few, &[None, None]),
+            fit(&few, &routes(&[None, None])),
             Err(FitError::TooFewSamples { got: 5 })
         );
         let in_scope: Vec<Observation> = data()
@@ -413,7 +435,7 @@ mod tests {
             .filter(|o| o.expected.is_some())
             .collect();
         assert_eq!(
-            fit(&in_scope, &[None, None]),
+            fit(&in_scope, &routes(&[None, None])),
             Err(FitError::NoOutOfScope { got: 24 })
         );
     }

@@ -1,0 +1,137 @@
+//! `semroute fit` end to end, as a library call: classify the labelled prompts, tune the
+//! encoder and classify again if asked, fit the thresholds, and build the config to write,
+//! with the metrics before and after. The command line only reads files and prints.
+
+use super::{Fit, FitError, Observation};
+use crate::config::{Config, Threshold};
+use crate::embed::{EmbedError, Encoder, ModelError, cache};
+use crate::offline::eval::{self, EvalReport, Outcome, Sample};
+use crate::offline::tune::{self, TuneError, TuneOptions, TuneReport};
+use crate::route::{BuildError, Classification, Router};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Fine-tuning the encoder before the fit (`fit --tune-encoder`).
+pub struct Tuning {
+    pub options: TuneOptions,
+    /// Where the tuned model is written.
+    pub model_dir: PathBuf,
+    /// Where the base model's files are looked for.
+    pub model_roots: Vec<PathBuf>,
+}
+
+/// What a fit found and what to write.
+pub struct FitRun {
+    /// The config the thresholds were fitted on (the tuned encoder's, with tuning).
+    pub config: Arc<Config>,
+    /// That config with the fitted thresholds: what `fit` writes.
+    pub written: Config,
+    pub fitted: Fit,
+    /// The labelled prompts' metrics with the config as given, and as written.
+    pub before: EvalReport,
+    pub after: EvalReport,
+    /// The tuned model's directory and how tuning went.
+    pub tuned: Option<(PathBuf, TuneReport)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FitRunError {
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tune(#[from] TuneError),
+    #[error(transparent)]
+    Fit(#[from] FitError),
+    #[error("fit produced an invalid threshold: {0}")]
+    Threshold(f32),
+}
+
+/// Fits `router`'s thresholds on `samples` (labels already checked against its config).
+pub fn run(
+    router: Router,
+    encoder: &Encoder,
+    samples: &[Sample],
+    tuning: Option<Tuning>,
+) -> Result<FitRun, FitRunError> {
+    let (classifications, queries_per_s) = eval::classify_all(&router, encoder, samples)?;
+    let texts: Vec<&str> = samples.iter().map(|s| s.text.as_str()).collect();
+    let before_outcomes: Vec<Outcome> = samples
+        .iter()
+        .zip(&classifications)
+        .map(|(s, c)| Outcome::from_classification(s.route.clone(), c, router.config()))
+        .collect();
+    let before = eval::metrics(&before_outcomes, &texts, queries_per_s);
+    // With tuning, thresholds are fitted to the tuned encoder's scores.
+    let (router, classifications, tuned) = match tuning {
+        None => (router, classifications, None),
+        Some(tuning) => {
+            let (router, classifications, report) = tune_and_classify(&router, samples, &tuning)?;
+            (router, classifications, Some((tuning.model_dir, report)))
+        }
+    };
+    let config = router.config().clone();
+    let observations: Vec<Observation> = samples
+        .iter()
+        .zip(&classifications)
+        .map(|(s, c)| Observation::new(s.route.as_deref().and_then(|r| config.route_id(r)), c))
+        .collect();
+    let current: Vec<_> = config
+        .route_ids()
+        .map(|r| (r, config.route(r).threshold.map(Threshold::get)))
+        .collect();
+    let fitted = super::fit(&observations, &current)?;
+    let name = |r| config.route(r).name.to_string();
+    let after_outcomes: Vec<Outcome> = observations
+        .iter()
+        .zip(samples)
+        .map(|(o, sample)| Outcome {
+            expected: sample.route.clone(),
+            predicted: fitted.thresholds.decide(o).map(name),
+            top1: o.scores.first().map(|s| name(s.route)),
+        })
+        .collect();
+    let after = eval::metrics(&after_outcomes, &texts, queries_per_s);
+    let written = with_thresholds(&config, &fitted)?;
+    Ok(FitRun {
+        config,
+        written,
+        fitted,
+        before,
+        after,
+        tuned,
+    })
+}
+
+/// Tunes the encoder on the routes' utterances, then builds the router on the tuned model
+/// and classifies the samples with it.
+fn tune_and_classify(
+    router: &Router,
+    samples: &[Sample],
+    tuning: &Tuning,
+) -> Result<(Router, Vec<Classification>, TuneReport), FitRunError> {
+    let mut config = (**router.config()).clone();
+    let files = crate::embed::files::resolve(&config.encoder, &tuning.model_roots)
+        .map_err(ModelError::from)?;
+    let routes: Vec<Vec<String>> = config.routes.iter().map(|r| r.utterances.clone()).collect();
+    let report = tune::tune(&files, &routes, &tuning.options, &tuning.model_dir)?;
+    config.encoder.path = Some(tuning.model_dir.clone());
+    let encoder = Encoder::load(&config.encoder, &tuning.model_roots)?;
+    let router = Router::build_cached(config, &encoder, cache::default_dir().as_deref())?;
+    let (classifications, _) = eval::classify_all(&router, &encoder, samples)?;
+    Ok((router, classifications, report))
+}
+
+/// `config` with the fitted global and per-route thresholds.
+fn with_thresholds(config: &Config, fitted: &Fit) -> Result<Config, FitRunError> {
+    let global = fitted.thresholds.global;
+    let mut written = config.clone();
+    written.threshold = Threshold::new(global).ok_or(FitRunError::Threshold(global))?;
+    for (route, value) in written.routes.iter_mut().zip(&fitted.thresholds.routes) {
+        route.threshold = value.and_then(Threshold::new);
+    }
+    Ok(written)
+}
