@@ -1,6 +1,6 @@
 //! Driving the proxy in tests: a ready app over backends at mock upstreams (`upstream`),
 //! requests through `oneshot`, and readers for what comes back (JSON, SSE events, tool
-//! calls). Shared by the dispatch test files.
+//! calls, metrics). Shared by the dispatch tests (`tests/dispatch/`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::common;
@@ -147,6 +147,17 @@ pub async fn send(state: &AppState, request: Request<Body>) -> Reply {
         headers,
         body: String::from_utf8_lossy(&bytes).into_owned(),
     }
+}
+
+/// The `GET /metrics` page, which must answer 200.
+pub async fn metrics_text(s: &AppState) -> String {
+    let response = app(s.clone())
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 pub fn request(model: &str) -> Value {
