@@ -7,6 +7,7 @@ mod common;
 
 use common::{config_from, encoder, route_of, shipped_router};
 use semroute::Router;
+use semroute::offline::eval::Sample;
 use semroute::route::decide::MatchedBy;
 use semroute::route::index::UtteranceIndex;
 
@@ -334,4 +335,38 @@ fn an_override_route_outside_the_candidates_is_scored_like_the_candidates() {
         one.score,
         billing.score
     );
+}
+
+#[test]
+fn fit_run_writes_thresholds_that_decide_as_the_fit_predicted() {
+    let samples: Vec<Sample> =
+        std::fs::read_to_string(common::repo().join("tests/data/shipped-labelled.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                Sample {
+                    text: v["text"].as_str().unwrap().to_string(),
+                    route: v["route"].as_str().map(str::to_string),
+                }
+            })
+            .collect();
+    let router = Router::build(common::shipped_config(), encoder()).unwrap();
+    let run = semroute::offline::fit::run(router, encoder(), &samples, None).unwrap();
+    let (before, after) = (
+        run.before.overall_acc.unwrap(),
+        run.after.overall_acc.unwrap(),
+    );
+    assert!(
+        after >= before,
+        "fit never loses accuracy in-sample: {before} -> {after}"
+    );
+    assert_eq!(run.written.threshold.get(), run.fitted.thresholds.global);
+    // The written config, served, decides exactly as the fit said it would: fit and the
+    // router decide through the same function.
+    let refitted = Router::build(run.written, encoder()).unwrap();
+    let served = semroute::offline::eval::run(&refitted, encoder(), &samples).unwrap();
+    assert_eq!(served.overall_acc, run.after.overall_acc);
+    assert_eq!(served.per_route, run.after.per_route);
 }
