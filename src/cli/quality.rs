@@ -7,6 +7,7 @@ use semroute::Router;
 use semroute::config::Config;
 use semroute::offline::eval::{EvalReport, Sample};
 use semroute::offline::fit::{Fit, FitRun, Tuning};
+use semroute::offline::tune::TuneOptions;
 use serde::Serialize;
 use std::path::Path;
 use std::process::ExitCode;
@@ -177,35 +178,11 @@ pub fn fit(options: FitOptions) -> Result<ExitCode> {
         );
     }
     let (router, encoder, samples) = load(config_path, data)?;
-    let tuning = match tune {
-        None => None,
-        Some(options) => {
-            let utterances: usize = router
-                .config()
-                .routes
-                .iter()
-                .map(|r| r.utterances.len())
-                .sum();
-            eprintln!(
-                "tuning the encoder on {utterances} utterances ({} epochs); this takes minutes",
-                options.epochs
-            );
-            Some(Tuning {
-                options,
-                model_dir: std::path::absolute(out.with_extension("model"))?,
-                model_roots: semroute::serve::model_roots(Some(config_path)),
-            })
-        }
-    };
-    let FitRun {
-        config,
-        written,
-        fitted,
-        before,
-        after,
-        tuned,
-    } = semroute::offline::fit::run(router, &encoder, &samples, tuning)?;
-    if let Some((dir, report)) = &tuned {
+    let tuning = tune
+        .map(|options| tuning(&router, options, config_path, out))
+        .transpose()?;
+    let run = semroute::offline::fit::run(router, &encoder, &samples, tuning)?;
+    if let Some((dir, report)) = &run.tuned {
         eprintln!(
             "tuned in {:.0} s ({} steps, loss {:.3} -> {:.3}); model in {}",
             report.seconds,
@@ -221,65 +198,96 @@ pub fn fit(options: FitOptions) -> Result<ExitCode> {
         config_path.display(),
         data.display(),
         samples.len(),
-        if tuned.is_some() {
+        if run.tuned.is_some() {
             ", with the encoder tuned on the route utterances"
         } else {
             ""
         },
-        pct(before.overall_acc),
-        pct(after.overall_acc),
+        pct(run.before.overall_acc),
+        pct(run.after.overall_acc),
         semroute::offline::fit::FOLDS,
-        pct(Some(chosen_cv(&fitted))),
+        pct(Some(chosen_cv(&run.fitted))),
     );
-    std::fs::write(out, written.to_yaml(&header)?)
+    std::fs::write(out, run.written.to_yaml(&header)?)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
-
-    let too_few: std::collections::BTreeMap<&str, usize> = fitted
+    let too_few: std::collections::BTreeMap<&str, usize> = run
+        .fitted
         .skipped
         .iter()
-        .map(|s| (config.route(s.route).name.as_str(), s.examples))
+        .map(|s| (run.config.route(s.route).name.as_str(), s.examples))
         .collect();
     if json {
-        let report = FitReport {
-            out: out.display().to_string(),
-            tuned_model: tuned.as_ref().map(|(d, _)| d.display().to_string()),
-            tuning: tuned.as_ref().map(|(_, r)| TuningJson {
-                steps: r.steps,
-                seconds: r.seconds,
-                first_loss: r.first_loss,
-                last_loss: r.last_loss,
-            }),
-            before: &before,
-            after: &after,
-            threshold: fitted.thresholds.global,
-            route_thresholds: written
-                .routes
-                .iter()
-                .filter_map(|r| Some((r.name.as_str(), r.threshold?.get())))
-                .collect(),
-            per_route_kept: fitted.per_route_kept,
-            in_sample: Estimates {
-                global: fitted.in_sample_global,
-                per_route: fitted.in_sample_per_route,
-            },
-            cross_validated: Estimates {
-                global: fitted.cross_validated_global,
-                per_route: fitted.cross_validated_per_route,
-            },
-            too_few_examples: too_few,
-        };
-        println!("{}", serde_json::to_string(&report)?);
+        println!(
+            "{}",
+            serde_json::to_string(&fit_report(&run, out, too_few.clone()))?
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    print_fit(&config, &fitted, &before, &after, &too_few);
+    print_fit(&run.config, &run.fitted, &run.before, &run.after, &too_few);
     println!("\nwrote {}", out.display());
-    if let Some((dir, _)) = &tuned {
+    if let Some((dir, _)) = &run.tuned {
         println!(
             "wrote the tuned encoder to {} (the config's encoder.path)",
             dir.display()
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tuning's settings, announced on stderr (it takes minutes).
+fn tuning(router: &Router, options: TuneOptions, config_path: &Path, out: &Path) -> Result<Tuning> {
+    let utterances: usize = router
+        .config()
+        .routes
+        .iter()
+        .map(|r| r.utterances.len())
+        .sum();
+    eprintln!(
+        "tuning the encoder on {utterances} utterances ({} epochs); this takes minutes",
+        options.epochs
+    );
+    Ok(Tuning {
+        options,
+        model_dir: std::path::absolute(out.with_extension("model"))?,
+        model_roots: semroute::serve::model_roots(Some(config_path)),
+    })
+}
+
+fn fit_report<'a>(
+    run: &'a FitRun,
+    out: &Path,
+    too_few: std::collections::BTreeMap<&'a str, usize>,
+) -> FitReport<'a> {
+    let fitted = &run.fitted;
+    FitReport {
+        out: out.display().to_string(),
+        tuned_model: run.tuned.as_ref().map(|(d, _)| d.display().to_string()),
+        tuning: run.tuned.as_ref().map(|(_, r)| TuningJson {
+            steps: r.steps,
+            seconds: r.seconds,
+            first_loss: r.first_loss,
+            last_loss: r.last_loss,
+        }),
+        before: &run.before,
+        after: &run.after,
+        threshold: fitted.thresholds.global,
+        route_thresholds: run
+            .written
+            .routes
+            .iter()
+            .filter_map(|r| Some((r.name.as_str(), r.threshold?.get())))
+            .collect(),
+        per_route_kept: fitted.per_route_kept,
+        in_sample: Estimates {
+            global: fitted.in_sample_global,
+            per_route: fitted.in_sample_per_route,
+        },
+        cross_validated: Estimates {
+            global: fitted.cross_validated_global,
+            per_route: fitted.cross_validated_per_route,
+        },
+        too_few_examples: too_few,
+    }
 }
 
 /// The cross-validated accuracy of what was written.

@@ -128,6 +128,27 @@ pub fn metrics(outcomes: &[Outcome], texts: &[&str], queries_per_s: f64) -> Eval
         })
         .collect();
 
+    let confusions = confusions(outcomes, texts);
+    EvalReport {
+        overall_acc: ratio(count(&|o| o.expected == o.predicted), outcomes.len()),
+        in_scope_top1: ratio(
+            count(&|o| o.expected.is_some() && o.top1 == o.expected),
+            in_scope,
+        ),
+        in_scope_acc: ratio(
+            count(&|o| o.expected.is_some() && o.predicted == o.expected),
+            in_scope,
+        ),
+        oos_recall: ratio(oos_hit, oos),
+        oos_precision: ratio(oos_hit, predicted_none),
+        per_route,
+        confusions,
+        queries_per_s,
+    }
+}
+
+/// The most frequent (label, decision) mismatches with example texts, most frequent first.
+fn confusions(outcomes: &[Outcome], texts: &[&str]) -> Vec<Confusion> {
     // (expected, chosen) -> (count, example texts)
     type Pair<'a> = (Option<&'a str>, Option<&'a str>);
     let mut pairs: BTreeMap<Pair, (usize, Vec<String>)> = BTreeMap::new();
@@ -154,23 +175,7 @@ pub fn metrics(outcomes: &[Outcome], texts: &[&str], queries_per_s: f64) -> Eval
     // Most frequent first; the map's order breaks ties, so the list is deterministic.
     confusions.sort_by_key(|c| std::cmp::Reverse(c.count));
     confusions.truncate(CONFUSIONS_SHOWN);
-
-    EvalReport {
-        overall_acc: ratio(count(&|o| o.expected == o.predicted), outcomes.len()),
-        in_scope_top1: ratio(
-            count(&|o| o.expected.is_some() && o.top1 == o.expected),
-            in_scope,
-        ),
-        in_scope_acc: ratio(
-            count(&|o| o.expected.is_some() && o.predicted == o.expected),
-            in_scope,
-        ),
-        oos_recall: ratio(oos_hit, oos),
-        oos_precision: ratio(oos_hit, predicted_none),
-        per_route,
-        confusions,
-        queries_per_s,
-    }
+    confusions
 }
 
 /// Classifies every sample (embedding in batches) and reports the metrics.
