@@ -10,6 +10,8 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+#[cfg(test)]
+mod architecture;
 pub mod config;
 pub mod dispatch;
 pub mod embed;
