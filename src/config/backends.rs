@@ -1,10 +1,10 @@
-//! The `backends:` section and each route's `targets`, `strategy` and `data_class`: the LLM
-//! endpoints requests are dispatched to, validated into checked types like the rest of the
-//! config.
+//! The `backends:` section: the LLM endpoints requests are dispatched to, each validated
+//! into a `Backend` (a usable base URL, a model, time limits, data classes it accepts).
 
 use super::Checker;
+use super::ConfigIssue;
 use super::classes::{Accepted, DataClasses};
-use super::raw::{RawBackend, RawRoute};
+use super::raw::RawBackend;
 use serde::Serialize;
 use serde_saphyr::Spanned;
 use std::collections::HashMap;
@@ -13,21 +13,6 @@ use std::time::Duration;
 /// Index of a backend in `Config::backends`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendId(pub usize);
-
-/// How a route picks among its targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// In the order written.
-    #[default]
-    Fallback,
-    /// Weighted round robin over the healthy targets.
-    RoundRobin,
-    /// Fewest requests in flight.
-    LeastBusy,
-    /// Lowest peak-EWMA latency of two picked at random.
-    Latency,
-}
 
 /// Price per million tokens, in USD.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
@@ -90,15 +75,25 @@ pub const DEFAULT_RETRIES: i64 = 1;
 /// Longest timeout accepted: a day.
 const MAX_MS: i64 = 86_400_000;
 
-/// A route's dispatch settings, resolved against the backends.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Dispatch {
-    pub targets: Vec<BackendId>,
-    pub strategy: Strategy,
-    pub data_class: Option<String>,
+/// How long a backend is waited for, and how often it is probed.
+struct Timing {
+    timeout: Duration,
+    connect_timeout: Duration,
+    first_byte_timeout: Duration,
+    stream_idle_timeout: Duration,
+    max_retry_after: Duration,
+    health_check_interval: Option<Duration>,
+}
+
+/// How much is asked of a backend: retries, requests in flight, its share of the traffic.
+struct Limits {
+    retries: u32,
+    max_concurrent: Option<usize>,
+    weight: u32,
 }
 
 impl Checker<'_> {
+    /// Every backend, each name used once (`None` if any backend is invalid).
     pub(super) fn backends(
         &mut self,
         raw: Vec<RawBackend>,
@@ -131,19 +126,61 @@ impl Checker<'_> {
         all_valid.then_some(backends)
     }
 
+    /// One backend, with every problem in it reported (`None` if there is any).
     fn backend(&mut self, at: &str, raw: RawBackend, classes: &DataClasses) -> Option<Backend> {
-        let mut valid = true;
-        if raw.name.value.trim().is_empty() {
+        // Every step reports its own problems, so all of them run before any result is used.
+        let named = self.backend_name(at, &raw.name);
+        let url = self.url(&format!("{at}.url"), &raw.url);
+        let model = self.backend_model(at, &raw);
+        let api_key_env = self.api_key_env(at, raw.api_key_env.as_ref());
+        let timing = self.timing(at, &raw);
+        let limits = self.limits(at, &raw);
+        let cost = self.cost(at, &raw);
+        let max_stream = self.optional_ms(at, "max_stream_ms", &raw.max_stream_ms, 1);
+        let received = self.backend_classes(at, &raw, classes);
+        let ((data_classes, accepted), timing, limits) = (received?, timing?, limits?);
+        if !named {
+            return None;
+        }
+        Some(Backend {
+            name: raw.name.value,
+            url: url?,
+            model: model?,
+            api_key_env: api_key_env?,
+            timeout: timing.timeout,
+            connect_timeout: timing.connect_timeout,
+            first_byte_timeout: timing.first_byte_timeout,
+            stream_idle_timeout: timing.stream_idle_timeout,
+            max_retry_after: timing.max_retry_after,
+            retries: limits.retries,
+            max_concurrent: limits.max_concurrent,
+            weight: limits.weight,
+            cost: cost?,
+            data_classes,
+            accepted,
+            health_check_interval: timing.health_check_interval,
+            upstream_stream: raw.upstream_stream.unwrap_or(true),
+            max_stream: max_stream?,
+        })
+    }
+
+    /// Whether the name is usable (uniqueness is checked across backends).
+    fn backend_name(&mut self, at: &str, raw: &Spanned<String>) -> bool {
+        if raw.value.trim().is_empty() {
             self.issue(
                 format!("{at}.name"),
-                raw.name.referenced,
+                raw.referenced,
                 "the backend name is empty".into(),
                 "write a short name such as `fast-small`",
             );
-            valid = false;
+            return false;
         }
-        let url = self.url(&format!("{at}.url"), &raw.url);
-        let model = match &raw.model {
+        true
+    }
+
+    /// The model id sent upstream: required, not blank.
+    fn backend_model(&mut self, at: &str, raw: &RawBackend) -> Option<String> {
+        match &raw.model {
             Some(m) if !m.value.trim().is_empty() => Some(m.value.clone()),
             Some(m) => {
                 self.issue(
@@ -163,9 +200,13 @@ impl Checker<'_> {
                 );
                 None
             }
-        };
-        let api_key_env = match &raw.api_key_env {
-            Some(v) if valid_env_name(&v.value) => Some(v.value.clone()),
+        }
+    }
+
+    /// The name of the variable holding the key, if one is given (`None`: invalid).
+    fn api_key_env(&mut self, at: &str, raw: Option<&Spanned<String>>) -> Option<Option<String>> {
+        match raw {
+            Some(v) if valid_env_name(&v.value) => Some(Some(v.value.clone())),
             Some(v) => {
                 // The value is not echoed: it may be the key itself, pasted by mistake.
                 self.issue(
@@ -174,11 +215,14 @@ impl Checker<'_> {
                     "this is not an environment variable name (the value is not shown, in case it is a key)".into(),
                     "write the variable's name (letters, digits, `_`), such as OPENAI_API_KEY, never the key itself",
                 );
-                valid = false;
                 None
             }
-            None => None,
-        };
+            None => Some(None),
+        }
+    }
+
+    /// The timeouts (each in range, else its default) and the health-check interval.
+    fn timing(&mut self, at: &str, raw: &RawBackend) -> Option<Timing> {
         let mut ms = |field: &str, value: &Option<Spanned<i64>>, default: i64, min: i64| match value
         {
             Some(v) => self
@@ -211,12 +255,40 @@ impl Checker<'_> {
             DEFAULT_MAX_RETRY_AFTER_MS,
             0,
         );
-        let health_check_interval = match &raw.health_check_interval_ms {
+        let health_check_interval = self.optional_ms(
+            at,
+            "health_check_interval_ms",
+            &raw.health_check_interval_ms,
+            100,
+        );
+        Some(Timing {
+            timeout: timeout?,
+            connect_timeout: connect_timeout?,
+            first_byte_timeout: first_byte_timeout?,
+            stream_idle_timeout: stream_idle_timeout?,
+            max_retry_after: max_retry_after?,
+            health_check_interval: health_check_interval?,
+        })
+    }
+
+    /// A time limit that is off unless given (`None`: out of range).
+    fn optional_ms(
+        &mut self,
+        at: &str,
+        field: &str,
+        value: &Option<Spanned<i64>>,
+        min: i64,
+    ) -> Option<Option<Duration>> {
+        match value {
             Some(v) => self
-                .bounded(&format!("{at}.health_check_interval_ms"), v, 100, MAX_MS)
+                .bounded(&format!("{at}.{field}"), v, min, MAX_MS)
                 .map(|v| Some(Duration::from_millis(v as u64))),
             None => Some(None),
-        };
+        }
+    }
+
+    /// Retries, requests in flight and weight, each in range or its default.
+    fn limits(&mut self, at: &str, raw: &RawBackend) -> Option<Limits> {
         let retries = match &raw.retries {
             Some(v) => self
                 .bounded(&format!("{at}.retries"), v, 0, 10)
@@ -235,89 +307,87 @@ impl Checker<'_> {
                 .map(|v| v as u32),
             None => Some(1),
         };
-        let cost = match &raw.cost {
-            Some(c) => {
-                let ok = [c.input_per_mtok, c.output_per_mtok]
-                    .iter()
-                    .all(|v| v.is_finite() && *v >= 0.0);
-                if !ok {
-                    self.issue(
-                        format!("{at}.cost"),
-                        raw.name.referenced,
-                        "costs must be zero or more".into(),
-                        "write USD per million tokens, such as {input_per_mtok: 0.15, output_per_mtok: 0.60}",
-                    );
-                }
-                ok.then_some(Some(Cost {
-                    input_per_mtok: c.input_per_mtok,
-                    output_per_mtok: c.output_per_mtok,
-                }))
-            }
-            None => Some(None),
-        };
-        let max_stream = match &raw.max_stream_ms {
-            Some(v) => self
-                .bounded(&format!("{at}.max_stream_ms"), v, 1, MAX_MS)
-                .map(|v| Some(Duration::from_millis(v as u64))),
-            None => Some(None),
-        };
-        let data_classes = match &raw.data_classes {
-            Some(list) => {
-                let mut names = Vec::with_capacity(list.len());
-                for (j, class) in list.iter().enumerate() {
-                    match self.known_class(format!("{at}.data_classes[{j}]"), class, classes) {
-                        Some(name) => names.push(name),
-                        None => valid = false,
-                    }
-                }
-                Some(names)
-            }
-            None => None,
-        };
-        let accepted =
-            match &data_classes {
-                Some(list) => Accepted::Only(list.clone()),
-                None if classes.in_use() => {
-                    self.notes.push(super::ConfigIssue {
-                    path: format!("{at}.data_classes"),
-                    line: Some(raw.name.referenced.line()).filter(|&l| l > 0),
-                    message: format!(
-                        "backend `{}` lists no `data_classes`, so it receives only `{}` requests",
-                        raw.name.value,
-                        classes.lowest()
-                    ),
-                    hint: Some(format!(
-                        "list every class it may receive, e.g. `data_classes: [{}]`",
-                        classes.names().iter().take(2).cloned().collect::<Vec<_>>().join(", ")
-                    )),
-                });
-                    Accepted::Only(vec![classes.lowest().to_string()])
-                }
-                None => Accepted::Any,
-            };
-        if !valid {
-            return None;
-        }
-        Some(Backend {
-            name: raw.name.value,
-            url: url?,
-            model: model?,
-            api_key_env,
-            timeout: timeout?,
-            connect_timeout: connect_timeout?,
-            first_byte_timeout: first_byte_timeout?,
-            stream_idle_timeout: stream_idle_timeout?,
-            max_retry_after: max_retry_after?,
+        Some(Limits {
             retries: retries?,
             max_concurrent: max_concurrent?,
             weight: weight?,
-            cost: cost?,
-            data_classes,
-            accepted,
-            health_check_interval: health_check_interval?,
-            upstream_stream: raw.upstream_stream.unwrap_or(true),
-            max_stream: max_stream?,
         })
+    }
+
+    /// The price per million tokens, if given (`None`: invalid).
+    fn cost(&mut self, at: &str, raw: &RawBackend) -> Option<Option<Cost>> {
+        let Some(c) = &raw.cost else {
+            return Some(None);
+        };
+        let ok = [c.input_per_mtok, c.output_per_mtok]
+            .iter()
+            .all(|v| v.is_finite() && *v >= 0.0);
+        if !ok {
+            self.issue(
+                format!("{at}.cost"),
+                raw.name.referenced,
+                "costs must be zero or more".into(),
+                "write USD per million tokens, such as {input_per_mtok: 0.15, output_per_mtok: 0.60}",
+            );
+        }
+        ok.then_some(Some(Cost {
+            input_per_mtok: c.input_per_mtok,
+            output_per_mtok: c.output_per_mtok,
+        }))
+    }
+
+    /// The classes it may receive as written (each a known class), and what it accepts.
+    fn backend_classes(
+        &mut self,
+        at: &str,
+        raw: &RawBackend,
+        classes: &DataClasses,
+    ) -> Option<(Option<Vec<String>>, Accepted)> {
+        let Some(list) = &raw.data_classes else {
+            return Some((None, self.accepted_without_a_list(at, &raw.name, classes)));
+        };
+        let mut valid = true;
+        let mut names = Vec::with_capacity(list.len());
+        for (j, class) in list.iter().enumerate() {
+            match self.known_class(format!("{at}.data_classes[{j}]"), class, classes) {
+                Some(name) => names.push(name),
+                None => valid = false,
+            }
+        }
+        valid.then(|| (Some(names.clone()), Accepted::Only(names)))
+    }
+
+    /// Without `data_classes`: every request when the config uses no classes, else only the
+    /// lowest class (which `validate` points out).
+    fn accepted_without_a_list(
+        &mut self,
+        at: &str,
+        name: &Spanned<String>,
+        classes: &DataClasses,
+    ) -> Accepted {
+        if !classes.in_use() {
+            return Accepted::Any;
+        }
+        self.notes.push(ConfigIssue {
+            path: format!("{at}.data_classes"),
+            line: Some(name.referenced.line()).filter(|&l| l > 0),
+            message: format!(
+                "backend `{}` lists no `data_classes`, so it receives only `{}` requests",
+                name.value,
+                classes.lowest()
+            ),
+            hint: Some(format!(
+                "list every class it may receive, e.g. `data_classes: [{}]`",
+                classes
+                    .names()
+                    .iter()
+                    .take(2)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        });
+        Accepted::Only(vec![classes.lowest().to_string()])
     }
 
     fn url(&mut self, at: &str, raw: &Spanned<String>) -> Option<String> {
@@ -354,102 +424,6 @@ impl Checker<'_> {
             return None;
         }
         Some(text.trim_end_matches('/').to_string())
-    }
-
-    /// A route's targets, strategy and data class, resolved against `backends` (`None`
-    /// when they are invalid: then only what does not depend on them is checked).
-    pub(super) fn dispatch(
-        &mut self,
-        at: &str,
-        raw: &RawRoute,
-        backends: Option<&[Backend]>,
-        classes: &DataClasses,
-    ) -> Option<Dispatch> {
-        let mut valid = true;
-        let checked = backends.is_some();
-        let backends = backends.unwrap_or(&[]);
-        let mut targets = Vec::with_capacity(raw.targets.len());
-        for (j, target) in raw.targets.iter().enumerate().filter(|_| checked) {
-            match backends.iter().position(|b| b.name == target.value) {
-                Some(i) if targets.contains(&BackendId(i)) => {
-                    self.issue(
-                        format!("{at}.targets[{j}]"),
-                        target.referenced,
-                        format!("backend `{}` is listed twice", target.value),
-                        "list each backend once, in fallback order",
-                    );
-                    valid = false;
-                }
-                Some(i) => targets.push(BackendId(i)),
-                None => {
-                    let known: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
-                    self.issue(
-                        format!("{at}.targets[{j}]"),
-                        target.referenced,
-                        format!("there is no backend named `{}`", target.value),
-                        &if known.is_empty() {
-                            "define it under `backends:` (name, url, model)".to_string()
-                        } else {
-                            format!("use one of: {}", known.join(", "))
-                        },
-                    );
-                    valid = false;
-                }
-            }
-        }
-        if !backends.is_empty() && raw.targets.is_empty() {
-            self.issue(
-                format!("{at}.targets"),
-                raw.name.referenced,
-                format!("route `{}` has no targets", raw.name.value),
-                "add `targets:` with the backends this route dispatches to, in fallback order",
-            );
-            valid = false;
-        }
-        let strategy = match &raw.strategy {
-            None => Strategy::default(),
-            Some(s) => match s.value.trim() {
-                "fallback" => Strategy::Fallback,
-                "round_robin" => Strategy::RoundRobin,
-                "least_busy" => Strategy::LeastBusy,
-                "latency" => Strategy::Latency,
-                other => {
-                    self.issue(
-                        format!("{at}.strategy"),
-                        s.referenced,
-                        format!("unknown strategy `{other}`"),
-                        "use fallback, round_robin, least_busy or latency",
-                    );
-                    valid = false;
-                    Strategy::default()
-                }
-            },
-        };
-        let data_class = match &raw.data_class {
-            Some(class) => {
-                let known = self.known_class(format!("{at}.data_class"), class, classes);
-                valid &= known.is_some();
-                known
-            }
-            None => None,
-        };
-        if let (Some(class), Some(line)) = (&data_class, raw.data_class.as_ref()) {
-            let eligible = targets.iter().any(|t| backends[t.0].accepts(Some(class)));
-            if valid && !targets.is_empty() && !eligible {
-                self.issue(
-                    format!("{at}.data_class"),
-                    line.referenced,
-                    format!("none of the route's targets accepts data class `{class}`"),
-                    "add the class to a target's `data_classes`, or add a target that accepts it",
-                );
-                valid = false;
-            }
-        }
-        valid.then_some(Dispatch {
-            targets,
-            strategy,
-            data_class,
-        })
     }
 }
 

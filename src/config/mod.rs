@@ -1,17 +1,26 @@
-//! `routes.yaml`: parsed raw (see `raw.rs`), then validated once into types that cannot be
-//! invalid. Every check on the config lives here; the router and the handlers never re-check.
+//! `routes.yaml`: parsed raw (see `raw.rs`, `parse.rs`), then validated once into types that
+//! cannot be invalid. Every check on the config lives in this module, one file per section;
+//! the router and the handlers never re-check. This file holds the validated `Config` and
+//! the one pass (`Checker`) that builds it.
 
 mod backends;
 mod classes;
+mod dispatch;
 mod error;
+mod parse;
 mod raw;
+mod route_rules;
+mod routes;
 pub mod rules;
+mod settings;
 mod types;
 mod write;
 
-pub use backends::{Backend, BackendId, Cost, Dispatch, Strategy};
+pub use backends::{Backend, BackendId, Cost};
 pub use classes::{Accepted, DataClasses};
+pub use dispatch::{Dispatch, Strategy};
 pub use error::{ConfigError, ConfigIssue};
+pub use route_rules::{RuleSource, Rules};
 pub use rules::RuleSet;
 pub use types::{
     Aggregation, DeviceChoice, EncoderConfig, Keyword, Pattern, Precision, Route, RouteId,
@@ -19,10 +28,10 @@ pub use types::{
 };
 pub use write::WriteError;
 
-use raw::{RawAggregation, RawConfig, RawEncoder, RawRoute};
-use serde_saphyr::{Location, Spanned};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use parse::parse_raw;
+use raw::RawConfig;
+use serde_saphyr::Location;
+use std::path::Path;
 
 /// The model used when `encoder.model` is not given.
 pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -70,33 +79,6 @@ pub struct Config {
     /// Things that are valid but worth telling the user (printed by `validate`, logged by
     /// `serve`).
     pub notes: Vec<ConfigIssue>,
-}
-
-/// Route rules (keywords, patterns) compiled together, with where each came from.
-#[derive(Debug, Clone, Default)]
-pub struct Rules {
-    pub set: RuleSet,
-    pub sources: Vec<RuleSource>,
-}
-
-/// One keyword or pattern of a route.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RuleSource {
-    pub route: RouteId,
-    /// A pattern (a regex as written), else a keyword.
-    pub pattern: bool,
-    /// The keyword or the pattern's source.
-    pub text: String,
-}
-
-impl Rules {
-    /// The sources of the rules that match `text`, in order.
-    pub fn hits<'a>(&'a self, text: &str) -> impl Iterator<Item = &'a RuleSource> + 'a {
-        self.set
-            .matches(text)
-            .into_iter()
-            .filter_map(|i| self.sources.get(i))
-    }
 }
 
 impl Config {
@@ -171,75 +153,6 @@ impl Config {
     /// The threshold a route's score must clear: its own, else the global one.
     pub fn threshold_for(&self, id: RouteId) -> Threshold {
         self.route(id).threshold.unwrap_or(self.threshold)
-    }
-}
-
-fn parse_raw(text: &str, source: &str) -> Result<RawConfig, ConfigError> {
-    if text.trim().is_empty() {
-        return Err(ConfigError::Invalid {
-            file: source.to_string(),
-            issues: vec![ConfigIssue {
-                path: String::new(),
-                line: None,
-                message: "the file is empty".into(),
-                hint: Some(
-                    "write at least `routes:` with one route that has a `name` and `utterances`"
-                        .into(),
-                ),
-            }],
-        });
-    }
-    let mut yaml_path = String::new();
-    let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
-        let result = serde_path_to_error::deserialize::<_, RawConfig>(de);
-        result.map_err(|err| {
-            // `Spanned` wraps values in a `value` field that the user never wrote.
-            yaml_path = err.path().to_string().replace(".value", "");
-            err.into_inner()
-        })
-    });
-    parsed.map_err(|err| {
-        let plain = err.without_snippet();
-        let line = plain.location().map(|loc| loc.line()).filter(|&l| l > 0);
-        let message = strip_location_suffix(&plain.to_string());
-        ConfigError::Invalid {
-            file: source.to_string(),
-            issues: vec![ConfigIssue {
-                path: if yaml_path == "." {
-                    String::new()
-                } else {
-                    yaml_path
-                },
-                line,
-                hint: hint_for_parse_error(&message),
-                message,
-            }],
-        }
-    })
-}
-
-/// serde-saphyr appends " at line N column M"; the issue carries the line separately.
-fn strip_location_suffix(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(at) => message[..at].to_string(),
-        None => message.to_string(),
-    }
-}
-
-fn hint_for_parse_error(message: &str) -> Option<String> {
-    if message.contains("unknown field") {
-        Some(
-            "remove the key or fix its spelling; the accepted keys are listed in the message"
-                .into(),
-        )
-    } else if message.contains("missing field `routes`") {
-        Some("add `routes:` with at least one route (`name` and `utterances`)".into())
-    } else if message.contains("missing field `name`") {
-        Some("give every route a `name:`".into())
-    } else if message.contains("unknown variant") {
-        Some("use one of the values listed in the message".into())
-    } else {
-        None
     }
 }
 
@@ -328,371 +241,6 @@ impl Checker<'_> {
             class_patterns,
             notes: Vec::new(),
         })
-    }
-
-    /// Compiles the routes' keywords and patterns as `serve` runs them: all of them
-    /// together, and the patterns of classed routes together.
-    fn rules(&mut self, routes: &[Route]) -> Option<(Rules, Rules)> {
-        let mut all = Rules::default();
-        let mut regexes = Vec::new();
-        let mut classed = Vec::new();
-        for (r, route) in routes.iter().enumerate() {
-            for keyword in &route.keywords {
-                regexes.push(keyword.regex_source().to_string());
-                all.sources.push(RuleSource {
-                    route: RouteId::new(r),
-                    pattern: false,
-                    text: keyword.as_str().to_string(),
-                });
-            }
-            for pattern in &route.patterns {
-                if route.dispatch.data_class.is_some() {
-                    classed.push(all.sources.len());
-                }
-                regexes.push(pattern.as_str().to_string());
-                all.sources.push(RuleSource {
-                    route: RouteId::new(r),
-                    pattern: true,
-                    text: pattern.as_str().to_string(),
-                });
-            }
-        }
-        all.set = match RuleSet::new(&regexes) {
-            Ok(set) => set,
-            Err(err) => {
-                self.rule_failed(err.index, &err.reason);
-                return None;
-            }
-        };
-        let class_regexes: Vec<String> = classed.iter().map(|&i| regexes[i].clone()).collect();
-        let class_patterns = match RuleSet::new(&class_regexes) {
-            Ok(set) => Rules {
-                set,
-                sources: classed.iter().map(|&i| all.sources[i].clone()).collect(),
-            },
-            Err(err) => {
-                self.rule_failed(classed.get(err.index).copied().unwrap_or(0), &err.reason);
-                return None;
-            }
-        };
-        Some((all, class_patterns))
-    }
-
-    fn rule_failed(&mut self, site: usize, reason: &str) {
-        let (path, at) = self
-            .rule_sites
-            .get(site)
-            .cloned()
-            .unwrap_or_else(|| ("routes".to_string(), Location::UNKNOWN));
-        self.issue(
-            path,
-            at,
-            format!("the routes' keywords and patterns cannot be compiled together from this one on: {reason}"),
-            "simplify this pattern (bounded repetitions such as {1000} and large Unicode classes such as \\w make it big), or split the routes",
-        );
-    }
-
-    /// A number in `[0, max]`.
-    fn within(&mut self, path: &str, raw: &Spanned<f64>, max: f64, hint: &str) -> Option<f32> {
-        if (0.0..=max).contains(&raw.value) {
-            return Some(raw.value as f32);
-        }
-        self.issue(
-            path.into(),
-            raw.referenced,
-            format!("{} is outside [0, {max}]", raw.value),
-            hint,
-        );
-        None
-    }
-
-    fn encoder(&mut self, raw: Option<RawEncoder>, base_dir: &Path) -> Option<EncoderConfig> {
-        let Some(raw) = raw else {
-            return Some(EncoderConfig::default());
-        };
-        let mut config = EncoderConfig::default();
-        if let Some(model) = raw.model {
-            if model.value.trim().is_empty() || !model.value.contains('/') {
-                self.issue(
-                    "encoder.model".into(),
-                    model.referenced,
-                    format!("`{}` is not a Hugging Face model id", model.value),
-                    "write an id of the form owner/name, e.g. sentence-transformers/all-MiniLM-L6-v2",
-                );
-            }
-            config.model = model.value;
-        }
-        if let Some(revision) = raw.revision {
-            config.revision = revision.value;
-        }
-        if let Some(path) = raw.path {
-            let p = PathBuf::from(&path.value);
-            config.path = Some(if p.is_absolute() { p } else { base_dir.join(p) });
-        }
-        if let Some(device) = raw.device {
-            match DeviceChoice::parse(&device.value) {
-                Some(choice) => config.device = choice,
-                None => self.issue(
-                    "encoder.device".into(),
-                    device.referenced,
-                    format!("unknown device `{}`", device.value),
-                    "write one of: cpu, cuda, cuda:N, metal, auto",
-                ),
-            }
-        }
-        if let Some(precision) = raw.precision {
-            match precision.value.trim().to_ascii_lowercase().as_str() {
-                "f32" | "float32" => config.precision = Precision::F32,
-                "bf16" | "bfloat16" => config.precision = Precision::Bf16,
-                other => self.issue(
-                    "encoder.precision".into(),
-                    precision.referenced,
-                    format!("unknown precision `{other}`"),
-                    "write f32 (the default) or bf16",
-                ),
-            }
-        }
-        if let Some(max) = raw.max_tokens {
-            config.max_tokens = self.bounded("encoder.max_tokens", &max, 2, 8192)?;
-        }
-        Some(config)
-    }
-
-    fn threshold(&mut self, path: &str, raw: &Spanned<f64>) -> Option<Threshold> {
-        let threshold = Threshold::new(raw.value as f32);
-        if threshold.is_none() {
-            self.issue(
-                path.into(),
-                raw.referenced,
-                format!("threshold {} is outside [-1, 1]", raw.value),
-                "a threshold is a cosine similarity: write a number between -1 and 1, typically 0.3 to 0.7",
-            );
-        }
-        threshold
-    }
-
-    fn bounded(&mut self, path: &str, raw: &Spanned<i64>, min: i64, max: i64) -> Option<usize> {
-        if raw.value < min || raw.value > max {
-            self.issue(
-                path.into(),
-                raw.referenced,
-                format!("{} is outside the accepted range {min}..={max}", raw.value),
-                &format!("write a whole number from {min} to {max}"),
-            );
-            return None;
-        }
-        usize::try_from(raw.value).ok()
-    }
-
-    fn aggregation(&mut self, raw: &Spanned<RawAggregation>) -> Option<Aggregation> {
-        match raw.value {
-            RawAggregation::Max => Some(Aggregation::Max),
-            RawAggregation::Mean => Some(Aggregation::Mean),
-            RawAggregation::TopMean(n) => {
-                let n = self.bounded(
-                    "aggregation.top_mean",
-                    &Spanned::new(n, raw.referenced, raw.defined),
-                    1,
-                    MAX_TOP_K as i64,
-                )?;
-                Some(Aggregation::TopMean(n))
-            }
-            RawAggregation::CentroidMix(w) if (0.0..=1.0).contains(&w) => {
-                Some(Aggregation::CentroidMix(w as f32))
-            }
-            RawAggregation::CentroidMix(w) => {
-                self.issue(
-                    "aggregation.centroid_mix".into(),
-                    raw.referenced,
-                    format!("the centroid weight {w} is outside [0, 1]"),
-                    "write a weight between 0 and 1, e.g. {centroid_mix: 0.7}",
-                );
-                None
-            }
-        }
-    }
-
-    fn routes(
-        &mut self,
-        raw: Spanned<Vec<RawRoute>>,
-        backends: Option<&[Backend]>,
-        classes: &DataClasses,
-    ) -> Option<Vec<Route>> {
-        if raw.value.is_empty() {
-            self.issue(
-                "routes".into(),
-                raw.referenced,
-                "there are no routes".into(),
-                "add at least one route with a `name` and `utterances`",
-            );
-            return None;
-        }
-        let mut seen: HashMap<String, u64> = HashMap::new();
-        let mut routes = Vec::with_capacity(raw.value.len());
-        let mut all_valid = true;
-        for (i, raw_route) in raw.value.into_iter().enumerate() {
-            let at = format!("routes[{i}]");
-            let name = &raw_route.name;
-            if let Some(first_line) = seen.get(&name.value) {
-                self.issue(
-                    format!("{at}.name"),
-                    name.referenced,
-                    format!(
-                        "route name `{}` is already used (line {first_line})",
-                        name.value
-                    ),
-                    "give every route a unique name, or merge the two routes' utterances",
-                );
-                all_valid = false;
-            } else {
-                seen.insert(name.value.clone(), name.referenced.line());
-            }
-            match self.route(&at, raw_route, backends, classes) {
-                Some(route) => routes.push(route),
-                None => all_valid = false,
-            }
-        }
-        all_valid.then_some(routes)
-    }
-
-    fn route(
-        &mut self,
-        at: &str,
-        raw: RawRoute,
-        backends: Option<&[Backend]>,
-        classes: &DataClasses,
-    ) -> Option<Route> {
-        let name = RouteName::new(&raw.name.value);
-        if name.is_none() {
-            self.issue(
-                format!("{at}.name"),
-                raw.name.referenced,
-                "the route name is empty".into(),
-                "write a short name such as `billing` or `code`",
-            );
-        }
-        let dispatch = self.dispatch(at, &raw, backends, classes);
-        let mut valid = name.is_some() && dispatch.is_some();
-        let mut utterances = Vec::with_capacity(raw.utterances.len());
-        for (j, utterance) in raw.utterances.into_iter().enumerate() {
-            if utterance.value.trim().is_empty() {
-                self.issue(
-                    format!("{at}.utterances[{j}]"),
-                    utterance.referenced,
-                    "the utterance is empty".into(),
-                    "remove it, or write an example prompt this route should receive",
-                );
-                valid = false;
-            }
-            utterances.push(utterance.value);
-        }
-        let mut keywords = Vec::with_capacity(raw.keywords.len());
-        for (j, keyword) in raw.keywords.iter().enumerate() {
-            match Keyword::new(&keyword.value) {
-                Some(k) => {
-                    self.rule_sites
-                        .push((format!("{at}.keywords[{j}]"), keyword.referenced));
-                    keywords.push(k);
-                }
-                None => {
-                    self.issue(
-                        format!("{at}.keywords[{j}]"),
-                        keyword.referenced,
-                        "the keyword is empty".into(),
-                        "remove it, or write a word or phrase that should select this route",
-                    );
-                    valid = false;
-                }
-            }
-        }
-        let mut patterns = Vec::with_capacity(raw.patterns.len());
-        for (j, pattern) in raw.patterns.iter().enumerate() {
-            match Pattern::new(&pattern.value) {
-                Ok(p) => {
-                    self.rule_sites
-                        .push((format!("{at}.patterns[{j}]"), pattern.referenced));
-                    patterns.push(p);
-                }
-                Err(reason) => {
-                    self.issue(
-                        format!("{at}.patterns[{j}]"),
-                        pattern.referenced,
-                        format!("invalid regular expression: {reason}"),
-                        "fix the regex (Rust `regex` syntax: no look-around or back-references); escape literal characters such as . ( ) [ ] with a backslash",
-                    );
-                    valid = false;
-                }
-            }
-        }
-        let threshold = match &raw.threshold {
-            Some(t) => {
-                let checked = self.threshold(&format!("{at}.threshold"), t);
-                valid &= checked.is_some();
-                checked
-            }
-            None => None,
-        };
-        Some(Route {
-            name: name?,
-            line: raw.name.referenced.line(),
-            utterances,
-            keywords,
-            patterns,
-            threshold,
-            dispatch: dispatch?,
-            description: raw.description,
-            metadata: raw.metadata,
-        })
-        .filter(|_| valid)
-    }
-
-    fn default_route(
-        &mut self,
-        name: &Spanned<String>,
-        routes: &[Route],
-    ) -> Option<Option<RouteId>> {
-        if let Some(i) = routes.iter().position(|r| r.name.as_str() == name.value) {
-            return Some(Some(RouteId::new(i)));
-        }
-        let known: Vec<&str> = routes.iter().take(12).map(|r| r.name.as_str()).collect();
-        let more = if routes.len() > known.len() {
-            ", ..."
-        } else {
-            ""
-        };
-        self.issue(
-            "default_route".into(),
-            name.referenced,
-            format!("`{}` names no route", name.value),
-            &format!(
-                "write the name of one of the routes ({}{more}), or remove `default_route`",
-                known.join(", ")
-            ),
-        );
-        None
-    }
-
-    /// Every route but the default needs something to match on.
-    fn routes_have_examples(&mut self, routes: &[Route], default: Option<RouteId>) {
-        for (i, route) in routes.iter().enumerate() {
-            let empty = route.utterances.is_empty()
-                && route.keywords.is_empty()
-                && route.patterns.is_empty();
-            if empty && default != Some(RouteId::new(i)) {
-                self.issues.push(ConfigIssue {
-                    path: format!("routes[{i}]"),
-                    line: Some(route.line).filter(|&l| l > 0),
-                    message: format!(
-                        "route `{}` has no utterances, keywords or patterns, so nothing can select it",
-                        route.name
-                    ),
-                    hint: Some(
-                        "add `utterances:` with example prompts (or `keywords:`/`patterns:`), or make it the `default_route`"
-                            .into(),
-                    ),
-                });
-            }
-        }
     }
 }
 

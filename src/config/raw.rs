@@ -1,5 +1,5 @@
 //! The YAML shape of `routes.yaml`, exactly as written: unknown keys are refused and every
-//! value keeps the line it came from, so validation (in `config/mod.rs`) can point at it.
+//! value keeps the line it came from, so validation (the rest of `config/`) can point at it.
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;

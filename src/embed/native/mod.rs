@@ -7,7 +7,8 @@
 pub mod ops;
 
 use crate::config::Precision;
-use crate::kernels::gemm::{self, Isa, Linear};
+use crate::kernels::gemm::Linear;
+use crate::kernels::isa::{Isa, bf16_supported};
 use crate::kernels::team::Team;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
@@ -31,6 +32,27 @@ struct Layer {
     out_norm: Norm,
 }
 
+impl Layer {
+    /// Encoder layer `i`, with query, key and value fused into one layer.
+    fn load(w: &Weights, i: usize, hidden: usize, inter: usize) -> Result<Layer, String> {
+        let l = format!("encoder.layer.{i}");
+        let qkv_names = [
+            format!("{l}.attention.self.query"),
+            format!("{l}.attention.self.key"),
+            format!("{l}.attention.self.value"),
+        ];
+        let qkv_refs: Vec<&str> = qkv_names.iter().map(String::as_str).collect();
+        Ok(Layer {
+            qkv: w.linear(&qkv_refs, hidden, hidden)?,
+            attn_out: w.linear(&[&format!("{l}.attention.output.dense")], hidden, hidden)?,
+            attn_norm: w.norm(&format!("{l}.attention.output.LayerNorm"), hidden)?,
+            up: w.linear(&[&format!("{l}.intermediate.dense")], inter, hidden)?,
+            down: w.linear(&[&format!("{l}.output.dense")], hidden, inter)?,
+            out_norm: w.norm(&format!("{l}.output.LayerNorm"), hidden)?,
+        })
+    }
+}
+
 /// Buffers of one forward pass, kept between calls.
 #[derive(Default)]
 struct Scratch {
@@ -40,6 +62,22 @@ struct Scratch {
     tmp: Vec<f32>,
     up: Vec<f32>,
     scores: Vec<f32>,
+}
+
+impl Scratch {
+    /// Zeroed activations for `tokens` rows (the attention scores size themselves).
+    fn size_for(&mut self, tokens: usize, hidden: usize, intermediate: usize) {
+        for (buffer, len) in [
+            (&mut self.x, tokens * hidden),
+            (&mut self.qkv, tokens * 3 * hidden),
+            (&mut self.ctx, tokens * hidden),
+            (&mut self.tmp, tokens * hidden),
+            (&mut self.up, tokens * intermediate),
+        ] {
+            buffer.clear();
+            buffer.resize(len, 0.0);
+        }
+    }
 }
 
 pub struct NativeBert {
@@ -68,6 +106,22 @@ struct Weights {
 }
 
 impl Weights {
+    /// Maps the checkpoint; its tensors may or may not be under `bert.`.
+    fn open(path: &Path, precision: Precision) -> Result<Weights, String> {
+        // SAFETY: the file is memory-mapped read-only while loading; see `Encoder::load_files`.
+        let file = unsafe { MmapedSafetensors::new(path) }.map_err(|e| e.to_string())?;
+        let prefix = if file.get("bert.embeddings.word_embeddings.weight").is_ok() {
+            "bert."
+        } else {
+            ""
+        };
+        Ok(Weights {
+            file,
+            prefix,
+            precision,
+        })
+    }
+
     fn get(&self, name: &str, len: usize) -> Result<Vec<f32>, String> {
         let full = format!("{}{name}", self.prefix);
         let tensor = self
@@ -127,7 +181,7 @@ impl NativeBert {
         isa: Isa,
         precision: Precision,
     ) -> Result<NativeBert, String> {
-        let precision = if precision == Precision::Bf16 && !gemm::bf16_supported() {
+        let precision = if precision == Precision::Bf16 && !bf16_supported() {
             tracing::warn!("encoder.precision is bf16 but this CPU lacks AVX512_BF16; using f32");
             Precision::F32
         } else {
@@ -143,36 +197,10 @@ impl NativeBert {
                 "hidden size {hidden} does not split into {heads} heads"
             ));
         }
-        // SAFETY: the file is memory-mapped read-only while loading; see `Encoder::load_files`.
-        let file = unsafe { MmapedSafetensors::new(path) }.map_err(|e| e.to_string())?;
-        let prefix = if file.get("bert.embeddings.word_embeddings.weight").is_ok() {
-            "bert."
-        } else {
-            ""
-        };
-        let w = Weights {
-            file,
-            prefix,
-            precision,
-        };
-        let inter = config.intermediate_size;
+        let w = Weights::open(path, precision)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
-            let l = format!("encoder.layer.{i}");
-            let qkv_names = [
-                format!("{l}.attention.self.query"),
-                format!("{l}.attention.self.key"),
-                format!("{l}.attention.self.value"),
-            ];
-            let qkv_refs: Vec<&str> = qkv_names.iter().map(String::as_str).collect();
-            layers.push(Layer {
-                qkv: w.linear(&qkv_refs, hidden, hidden)?,
-                attn_out: w.linear(&[&format!("{l}.attention.output.dense")], hidden, hidden)?,
-                attn_norm: w.norm(&format!("{l}.attention.output.LayerNorm"), hidden)?,
-                up: w.linear(&[&format!("{l}.intermediate.dense")], inter, hidden)?,
-                down: w.linear(&[&format!("{l}.output.dense")], hidden, inter)?,
-                out_norm: w.norm(&format!("{l}.output.LayerNorm"), hidden)?,
-            });
+            layers.push(Layer::load(&w, i, hidden, config.intermediate_size)?);
         }
         Ok(NativeBert {
             word: w.get(
@@ -235,14 +263,14 @@ impl NativeBert {
         Ok(out)
     }
 
-    /// One packed forward pass using scratch buffers `slot` (0 or 1).
+    /// One packed forward pass using scratch buffers `slot` (0 or 1): the embeddings, then
+    /// each layer's attention and feed-forward blocks, then pooling.
     fn forward(
         &self,
         sequences: &[&[u32]],
         slot: usize,
         team: Option<&Team>,
     ) -> Result<Vec<Vec<f32>>, String> {
-        let h = self.hidden;
         let total: usize = sequences.iter().map(|s| s.len()).sum();
         // Reuse the previous call's buffers (no page faults on the hot path); a concurrent
         // caller, which the inference thread never is, gets fresh ones.
@@ -252,115 +280,128 @@ impl NativeBert {
             Ok(reused) => reused,
             Err(_) => &mut fresh,
         };
-        let inter = self.layers.first().map_or(0, |l| l.up.out_features());
-        let Scratch {
-            x,
-            qkv,
-            ctx,
-            tmp,
-            up,
-            scores,
-        } = scratch;
-        for (buffer, len) in [
-            (&mut *x, total * h),
-            (&mut *qkv, total * 3 * h),
-            (&mut *ctx, total * h),
-            (&mut *tmp, total * h),
-            (&mut *up, total * inter),
-        ] {
-            buffer.clear();
-            buffer.resize(len, 0.0);
+        scratch.size_for(total, self.hidden, self.intermediate());
+        let pass = Pass {
+            model: self,
+            sequences,
+            total,
+            team,
+        };
+        pass.embeddings(&mut scratch.x)?;
+        for layer in &self.layers {
+            pass.attention(layer, scratch)?;
+            pass.feed_forward(layer, scratch)?;
         }
-        // Embeddings: word + position + token type 0, then layer norm.
+        Ok(pass.pool(&scratch.x))
+    }
+
+    /// Width of the feed-forward layer (0 without layers).
+    fn intermediate(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.up.out_features())
+    }
+}
+
+/// One forward pass over a packed batch: its steps, in the order `NativeBert::forward` runs
+/// them. Every activation has one row per token of the batch.
+struct Pass<'a> {
+    model: &'a NativeBert,
+    sequences: &'a [&'a [u32]],
+    /// Tokens in the batch.
+    total: usize,
+    /// Shares each large layer between two threads.
+    team: Option<&'a Team>,
+}
+
+impl Pass<'_> {
+    /// Word + position + token type 0 for every token, then layer norm.
+    fn embeddings(&self, x: &mut [f32]) -> Result<(), String> {
+        let m = self.model;
+        let h = m.hidden;
         let mut row = 0;
-        for seq in sequences {
-            if seq.len() > self.max_positions {
+        for seq in self.sequences {
+            if seq.len() > m.max_positions {
                 return Err(format!(
                     "a sequence of {} tokens exceeds the model's {}",
                     seq.len(),
-                    self.max_positions
+                    m.max_positions
                 ));
             }
             for (pos, &id) in seq.iter().enumerate() {
                 let id = id as usize;
-                if id >= self.vocab {
+                if id >= m.vocab {
                     return Err(format!("token id {id} is outside the vocabulary"));
                 }
                 let out = &mut x[row * h..(row + 1) * h];
-                let word = &self.word[id * h..(id + 1) * h];
-                let position = &self.position[pos * h..(pos + 1) * h];
+                let word = &m.word[id * h..(id + 1) * h];
+                let position = &m.position[pos * h..(pos + 1) * h];
                 for (((o, w), p), t) in out
                     .iter_mut()
                     .zip(word)
                     .zip(position)
-                    .zip(&self.token_type[..h])
+                    .zip(&m.token_type[..h])
                 {
                     *o = w + p + t;
                 }
                 row += 1;
             }
         }
-        ops::layer_norm(
-            x,
-            h,
-            &self.embed_norm.gamma,
-            &self.embed_norm.beta,
-            self.eps,
-        );
+        ops::layer_norm(x, h, &m.embed_norm.gamma, &m.embed_norm.beta, m.eps);
+        Ok(())
+    }
 
-        let head_dim = h / self.heads;
-        let shape_err = || "internal shape mismatch in the encoder".to_string();
-        for layer in &self.layers {
-            layer
-                .qkv
-                .forward(self.isa, x, total, qkv, team)
-                .then_some(())
-                .ok_or_else(shape_err)?;
-            let mut start = 0;
-            for seq in sequences {
-                let len = seq.len();
-                ops::attention(
-                    &qkv[start * 3 * h..(start + len) * 3 * h],
-                    len,
-                    self.heads,
-                    head_dim,
-                    &mut ctx[start * h..(start + len) * h],
-                    scores,
-                );
-                start += len;
-            }
-            layer
-                .attn_out
-                .forward(self.isa, ctx, total, tmp, team)
-                .then_some(())
-                .ok_or_else(shape_err)?;
-            ops::add_assign(x, tmp);
-            ops::layer_norm(
-                x,
-                h,
-                &layer.attn_norm.gamma,
-                &layer.attn_norm.beta,
-                self.eps,
-            );
-            layer
-                .up
-                .forward(self.isa, x, total, up, team)
-                .then_some(())
-                .ok_or_else(shape_err)?;
-            ops::gelu(up);
-            layer
-                .down
-                .forward(self.isa, up, total, tmp, team)
-                .then_some(())
-                .ok_or_else(shape_err)?;
-            ops::add_assign(x, tmp);
-            ops::layer_norm(x, h, &layer.out_norm.gamma, &layer.out_norm.beta, self.eps);
-        }
-
-        // Mean pooling over each sequence's tokens, then L2 normalisation.
-        let mut out = Vec::with_capacity(sequences.len());
+    /// Self-attention within each sequence, projected and added back:
+    /// `x = norm(x + out(attention(qkv(x))))`.
+    fn attention(&self, layer: &Layer, s: &mut Scratch) -> Result<(), String> {
+        let m = self.model;
+        let h = m.hidden;
+        let head_dim = h / m.heads;
+        self.linear(&layer.qkv, &s.x, &mut s.qkv)?;
         let mut start = 0;
-        for seq in sequences {
+        for seq in self.sequences {
+            let len = seq.len();
+            ops::attention(
+                &s.qkv[start * 3 * h..(start + len) * 3 * h],
+                len,
+                m.heads,
+                head_dim,
+                &mut s.ctx[start * h..(start + len) * h],
+                &mut s.scores,
+            );
+            start += len;
+        }
+        self.linear(&layer.attn_out, &s.ctx, &mut s.tmp)?;
+        ops::add_assign(&mut s.x, &s.tmp);
+        let norm = &layer.attn_norm;
+        ops::layer_norm(&mut s.x, h, &norm.gamma, &norm.beta, m.eps);
+        Ok(())
+    }
+
+    /// The feed-forward block, added back: `x = norm(x + down(gelu(up(x))))`.
+    fn feed_forward(&self, layer: &Layer, s: &mut Scratch) -> Result<(), String> {
+        self.linear(&layer.up, &s.x, &mut s.up)?;
+        ops::gelu(&mut s.up);
+        self.linear(&layer.down, &s.up, &mut s.tmp)?;
+        ops::add_assign(&mut s.x, &s.tmp);
+        let norm = &layer.out_norm;
+        let m = self.model;
+        ops::layer_norm(&mut s.x, m.hidden, &norm.gamma, &norm.beta, m.eps);
+        Ok(())
+    }
+
+    /// `y = layer(x)` for every token, with the model's kernel.
+    fn linear(&self, layer: &Linear, x: &[f32], y: &mut [f32]) -> Result<(), String> {
+        layer
+            .forward(self.model.isa, x, self.total, y, self.team)
+            .then_some(())
+            .ok_or_else(|| "internal shape mismatch in the encoder".to_string())
+    }
+
+    /// Mean pooling over each sequence's tokens, then L2 normalisation.
+    fn pool(&self, x: &[f32]) -> Vec<Vec<f32>> {
+        let h = self.model.hidden;
+        let mut out = Vec::with_capacity(self.sequences.len());
+        let mut start = 0;
+        for seq in self.sequences {
             let len = seq.len().max(1);
             let mut v = vec![0.0f32; h];
             for r in start..start + seq.len() {
@@ -373,6 +414,6 @@ impl NativeBert {
             out.push(v);
             start += seq.len();
         }
-        Ok(out)
+        out
     }
 }
