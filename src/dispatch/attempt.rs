@@ -145,11 +145,8 @@ impl Dispatcher {
             Err(err) => return Err(Outcome::Connect(error_chain(&err.without_url()))),
             Ok(response) => response,
         };
-        self.metrics.observe(
-            "semroute_upstream_ttfb_seconds",
-            &[("backend", backend.name.as_str())],
-            started.elapsed(),
-        );
+        self.metrics
+            .upstream_ttfb(backend.name.as_str(), started.elapsed());
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
             return Ok(response);

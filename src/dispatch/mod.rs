@@ -17,7 +17,7 @@ mod sse;
 pub mod verdict;
 
 use crate::config::{BackendId, Config, RouteId};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, TokenKind};
 use bytes::Bytes;
 use health::{Availability, Health};
 use relay::Piece;
@@ -186,26 +186,19 @@ impl Dispatcher {
                 .get(key)
                 .and_then(serde_json::Value::as_f64)
                 .unwrap_or(0.0)
+                // A counter never goes down: a negative count from a confused upstream is none.
+                .max(0.0)
         };
         let (input, output) = (tokens("prompt_tokens"), tokens("completion_tokens"));
-        let labels = |kind| {
-            [
-                ("route", route),
-                ("backend", backend.name.as_str()),
-                ("kind", kind),
-            ]
-        };
+        let (route, name) = (route, backend.name.as_str());
+        // Token counts are whole numbers (a fraction is dropped).
         self.metrics
-            .add("semroute_tokens_total", &labels("prompt"), input);
+            .tokens(route, name, TokenKind::Prompt, input as u64);
         self.metrics
-            .add("semroute_tokens_total", &labels("completion"), output);
+            .tokens(route, name, TokenKind::Completion, output as u64);
         if let Some(cost) = backend.cost {
             let usd = (input * cost.input_per_mtok + output * cost.output_per_mtok) / 1e6;
-            self.metrics.add(
-                "semroute_cost_usd_total",
-                &[("route", route), ("backend", backend.name.as_str())],
-                usd,
-            );
+            self.metrics.cost(route, name, usd);
         }
     }
 
@@ -225,11 +218,8 @@ impl Dispatcher {
     }
 
     fn cooled(&self, b: BackendId) {
-        self.metrics.add(
-            "semroute_cooldowns_total",
-            &[("backend", self.config.backend(b).name.as_str())],
-            1.0,
-        );
+        self.metrics
+            .cooled_down(self.config.backend(b).name.as_str());
     }
 
     /// Starts the active health checks (`GET {url}/models` every `health_check_interval_ms`)
@@ -419,16 +409,9 @@ impl Dispatcher {
                 let started = Instant::now();
                 let outcome = match self.attempt(b, request, &order[i + 1..]).await {
                     Ok(mut answer) => {
-                        self.metrics.add(
-                            "semroute_upstream_attempts_total",
-                            &[("backend", backend.name.as_str()), ("outcome", "ok")],
-                            1.0,
-                        );
-                        self.metrics.observe(
-                            "semroute_upstream_latency_seconds",
-                            &[("backend", backend.name.as_str())],
-                            started.elapsed(),
-                        );
+                        self.metrics.attempted(backend.name.as_str(), "ok");
+                        self.metrics
+                            .upstream_latency(backend.name.as_str(), started.elapsed());
                         health.succeeded();
                         health.observe_latency(Instant::now(), started.elapsed());
                         let streaming = matches!(answer.body, AnswerBody::Stream(_));
@@ -438,14 +421,8 @@ impl Dispatcher {
                     }
                     Err(outcome) => outcome,
                 };
-                self.metrics.add(
-                    "semroute_upstream_attempts_total",
-                    &[
-                        ("backend", backend.name.as_str()),
-                        ("outcome", &outcome.label()),
-                    ],
-                    1.0,
-                );
+                self.metrics
+                    .attempted(backend.name.as_str(), &outcome.label());
                 let verdict = judge(&outcome, tries_here, backend, self.jitter());
                 tracing::warn!(backend = %backend.name, attempt = tries_here, outcome = %outcome.describe(), ?verdict, "attempt failed");
                 match verdict {
@@ -464,14 +441,8 @@ impl Dispatcher {
                     }
                     Verdict::FallOver(cooldown) => {
                         self.cool_down(b, cooldown);
-                        self.metrics.add(
-                            "semroute_fallbacks_total",
-                            &[
-                                ("route", &self.route_label(request)),
-                                ("backend", backend.name.as_str()),
-                            ],
-                            1.0,
-                        );
+                        self.metrics
+                            .fell_back(&self.route_label(request), backend.name.as_str());
                         failures.push(format!("{}: {}", backend.name, outcome.describe()));
                         break;
                     }

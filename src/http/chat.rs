@@ -121,15 +121,9 @@ pub async fn chat_completions(
         Err(DispatchError::AllCooling { .. }) => ("503".into(), "-".into()),
         Err(DispatchError::Exhausted { .. }) => ("502".into(), "-".into()),
     };
-    state.metrics.add(
-        "semroute_requests_total",
-        &[
-            ("route", &route_label),
-            ("backend", &backend_label),
-            ("status", &status_label),
-        ],
-        1.0,
-    );
+    state
+        .metrics
+        .answered(&route_label, &backend_label, &status_label);
     let answer = result.map_err(|err| match err {
         DispatchError::NotEligible { .. } => {
             ApiError::new(ErrorKind::DataClassRefused, err.to_string())
@@ -275,9 +269,7 @@ async fn classify(
     let started = std::time::Instant::now();
     let embedding = engine.worker.embed(prefix).await?;
     let c = engine.router.classify_with_hits(hits, &embedding, None);
-    state
-        .metrics
-        .observe("semroute_classification_seconds", &[], started.elapsed());
+    state.metrics.classified(started.elapsed());
     match c.route {
         Some(r) => Ok((
             Destination::Route(r),
