@@ -11,14 +11,14 @@ use super::json::read_json_body;
 use crate::config::{Config, RouteId};
 use crate::dispatch::classes::{self, Classed};
 use crate::dispatch::relay::{Piece, frame};
-use crate::dispatch::{AnswerBody, ChatRequest, Destination, DispatchError};
+use crate::dispatch::{Answer, AnswerBody, ChatRequest, Destination, DispatchError};
 use crate::embed::has_visible_text;
 use crate::error::{ApiError, ErrorKind};
 use crate::route::decide::{OverrideHit, OverrideKind};
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
@@ -50,60 +50,27 @@ pub async fn chat_completions(
         ));
     };
     let config = dispatcher.config().clone();
-    // Every value of the header counts (a proxy in between may add its own): the
-    // strictest applies.
-    let mut header_classes = Vec::new();
-    for value in request.headers().get_all(DATA_CLASS_HEADER) {
-        let class = value
-            .to_str()
-            .map_err(|_| ApiError::invalid(format!("{DATA_CLASS_HEADER} must be ASCII")))?
-            .trim();
-        if !class.is_empty() {
-            header_classes.push(class.to_string());
-        }
-    }
+    let header_classes = header_classes(request.headers())?;
     let limit = state.body_limit.max(super::CHAT_BODY_LIMIT);
     let bytes = read_json_body(request, limit, state.body_timeout).await?;
     let size = bytes.len();
-    let engine = state
-        .engine
-        .get()
-        .map(|e| (e.router.clone(), e.worker.clone()));
-    let prepared = {
-        let config = config.clone();
-        let work = move || prepare(&bytes, &config, engine.as_ref());
-        if size > BLOCKING_BYTES {
-            tokio::task::spawn_blocking(work)
-                .await
-                .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))??
-        } else {
-            work()?
-        }
-    };
-    let (destination, route, score) = match (prepared.destination, prepared.prompt) {
-        (Some(destination), _) => {
-            let route = match destination {
-                Destination::Route(r) => Some(config.route(r).name.to_string()),
-                Destination::Backend(_) => None,
-            };
-            (destination, route, None)
-        }
-        (None, Some((prefix, hits))) => classify(&state, &config, prefix, hits).await?,
+    let prepared = prepare_off_runtime(&state, &config, bytes).await?;
+    let (destination, score) = match (prepared.destination, prepared.prompt) {
+        (Some(destination), _) => (destination, None),
+        (None, Some((prefix, hits))) => classify(&state, prefix, hits).await?,
         (None, None) => return Err(ApiError::new(ErrorKind::Internal, "nothing to route by")),
     };
-    let route_id = match destination {
+    let route = match destination {
         Destination::Route(r) => Some(r),
         Destination::Backend(_) => None,
     };
-    let data_class =
-        classes::request_class(&config, &header_classes, route_id, &prepared.class_hits).map_err(
-            |(class, reason)| {
-                ApiError::new(
-                    ErrorKind::DataClassRefused,
-                    DispatchError::NotEligible { class, reason }.to_string(),
-                )
-            },
-        )?;
+    let data_class = classes::request_class(&config, &header_classes, route, &prepared.class_hits)
+        .map_err(|(class, reason)| {
+            ApiError::new(
+                ErrorKind::DataClassRefused,
+                DispatchError::NotEligible { class, reason }.to_string(),
+            )
+        })?;
     if let Some(Classed { class, because }) = &data_class {
         tracing::debug!(%class, %because, "data class");
     }
@@ -113,18 +80,74 @@ pub async fn chat_completions(
         data_class,
         size,
     };
-    let route_label = route.clone().unwrap_or_else(|| "-".into());
     let result = dispatcher.dispatch(&request).await;
-    let (status_label, backend_label) = match &result {
-        Ok(a) => (a.status.to_string(), config.backend(a.backend).name.clone()),
-        Err(DispatchError::NotEligible { .. }) => ("403".into(), "-".into()),
-        Err(DispatchError::AllCooling { .. }) => ("503".into(), "-".into()),
-        Err(DispatchError::Exhausted { .. }) => ("502".into(), "-".into()),
+    count_answer(&state, &config, route, &result);
+    let answer = result.map_err(api_error)?;
+    respond(answer, &config, route, score)
+}
+
+/// Every value of the data-class header (a proxy in between may add its own): the
+/// strictest applies.
+fn header_classes(headers: &HeaderMap) -> Result<Vec<String>, ApiError> {
+    let mut classes = Vec::new();
+    for value in headers.get_all(DATA_CLASS_HEADER) {
+        let class = value
+            .to_str()
+            .map_err(|_| ApiError::invalid(format!("{DATA_CLASS_HEADER} must be ASCII")))?
+            .trim();
+        if !class.is_empty() {
+            classes.push(class.to_string());
+        }
+    }
+    Ok(classes)
+}
+
+/// `prepare`, on a blocking thread when the body is large.
+async fn prepare_off_runtime(
+    state: &AppState,
+    config: &Arc<Config>,
+    bytes: Bytes,
+) -> Result<Prepared, ApiError> {
+    let engine = state
+        .engine
+        .get()
+        .map(|e| (e.router.clone(), e.worker.clone()));
+    let config = config.clone();
+    let large = bytes.len() > BLOCKING_BYTES;
+    let work = move || prepare(&bytes, &config, engine.as_ref());
+    if large {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?
+    } else {
+        work()
+    }
+}
+
+/// `semroute_requests_total` for this answer (or refusal).
+fn count_answer(
+    state: &AppState,
+    config: &Config,
+    route: Option<RouteId>,
+    result: &Result<Answer, DispatchError>,
+) {
+    let route_label = route.map_or("-", |r| config.route(r).name.as_str());
+    let (status_label, backend_label) = match result {
+        Ok(a) => (
+            a.status.to_string(),
+            config.backend(a.backend).name.as_str(),
+        ),
+        Err(DispatchError::NotEligible { .. }) => ("403".into(), "-"),
+        Err(DispatchError::AllCooling { .. }) => ("503".into(), "-"),
+        Err(DispatchError::Exhausted { .. }) => ("502".into(), "-"),
     };
     state
         .metrics
-        .answered(&route_label, &backend_label, &status_label);
-    let answer = result.map_err(|err| match err {
+        .answered(route_label, backend_label, &status_label);
+}
+
+fn api_error(err: DispatchError) -> ApiError {
+    match err {
         DispatchError::NotEligible { .. } => {
             ApiError::new(ErrorKind::DataClassRefused, err.to_string())
         }
@@ -135,7 +158,17 @@ pub async fn chat_completions(
         DispatchError::Exhausted { .. } => {
             ApiError::new(ErrorKind::UpstreamFailed, err.to_string())
         }
-    })?;
+    }
+}
+
+/// The upstream's answer with semroute's headers: the route and backend by name, the
+/// route's score, the attempts made.
+fn respond(
+    answer: Answer,
+    config: &Config,
+    route: Option<RouteId>,
+    score: Option<f32>,
+) -> Result<Response, ApiError> {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let body = match answer.body {
         AnswerBody::Full(bytes) => Body::from(bytes),
@@ -153,7 +186,8 @@ pub async fn chat_completions(
         h.insert(header::CONTENT_TYPE, ct);
     }
     let text = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("-"));
-    h.insert("x-semroute-route", text(route.as_deref().unwrap_or("-")));
+    let route = route.map_or("-", |r| config.route(r).name.as_str());
+    h.insert("x-semroute-route", text(route));
     h.insert(
         "x-semroute-backend",
         text(&config.backend(answer.backend).name),
@@ -258,24 +292,19 @@ fn named(config: &Config, model: &str) -> Result<Option<Destination>, ApiError> 
     ))
 }
 
-/// Embeds the prompt and decides the route.
+/// Embeds the prompt and decides the route: the destination and the route's score.
 async fn classify(
     state: &AppState,
-    config: &Config,
     prefix: String,
     hits: Vec<OverrideHit>,
-) -> Result<(Destination, Option<String>, Option<f32>), ApiError> {
+) -> Result<(Destination, Option<f32>), ApiError> {
     let engine = state.engine()?;
     let started = std::time::Instant::now();
     let embedding = engine.worker.embed(prefix).await?;
     let c = engine.router.classify_with_hits(hits, &embedding, None);
     state.metrics.classified(started.elapsed());
     match c.route {
-        Some(r) => Ok((
-            Destination::Route(r),
-            Some(config.route(r).name.to_string()),
-            c.score,
-        )),
+        Some(r) => Ok((Destination::Route(r), c.score)),
         None => Err(ApiError::invalid(
             "no route matched this prompt and the config has no `default_route` to send it to",
         )),
