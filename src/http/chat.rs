@@ -361,11 +361,3 @@ pub async fn model(
             )
         })
 }
-
-/// `GET /metrics`: Prometheus' text format.
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-}

@@ -1,10 +1,13 @@
-//! `GET /healthz` (the process is alive), `GET /readyz` (the model and index are loaded) and
-//! `GET /routes` (what the router was configured with).
+//! The operator's endpoints: `GET /healthz` (the process is alive), `GET /readyz` (the model
+//! and index are loaded), `GET /metrics` (Prometheus) and `GET /routes` (what the router was
+//! configured with).
 
 use super::AppState;
 use crate::error::ApiError;
 use axum::Json;
 use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -60,4 +63,12 @@ pub async fn routes(State(state): State<AppState>) -> Json<Value> {
         "top_k": config.top_k,
         "aggregation": config.aggregation,
     }))
+}
+
+/// `GET /metrics`: Prometheus' text format.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }

@@ -126,7 +126,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(chat::models))
         .route("/v1/models/{*id}", get(chat::model))
-        .route("/metrics", get(chat::metrics))
+        .route("/metrics", get(health::metrics))
         .route("/routes", get(health::routes))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
