@@ -77,7 +77,9 @@ impl RouteId {
 #[derive(Debug, Clone)]
 pub struct Keyword {
     text: String,
-    regex: Regex,
+    /// The matcher's source; compiled once, with every other rule, into the config's
+    /// `RuleSet` (never alone).
+    source: String,
 }
 
 impl Keyword {
@@ -95,10 +97,9 @@ impl Keyword {
             .join(r"\s+");
         let start = if is_word_char(first) { r"\b" } else { "" };
         let end = if is_word_char(last) { r"\b" } else { "" };
-        let regex = Regex::new(&format!("(?i){start}{body}{end}")).ok()?;
         Some(Keyword {
             text: words.join(" "),
-            regex,
+            source: format!("(?i){start}{body}{end}"),
         })
     }
 
@@ -108,11 +109,7 @@ impl Keyword {
 
     /// The regex source, for building one combined matcher over all keywords.
     pub fn regex_source(&self) -> &str {
-        self.regex.as_str()
-    }
-
-    pub fn is_match(&self, text: &str) -> bool {
-        self.regex.is_match(text)
+        &self.source
     }
 }
 
@@ -142,10 +139,6 @@ impl Pattern {
 
     pub fn as_str(&self) -> &str {
         self.regex.as_str()
-    }
-
-    pub fn is_match(&self, text: &str) -> bool {
-        self.regex.is_match(text)
     }
 }
 
