@@ -1,11 +1,61 @@
 //! The order a route's targets are tried in, by its strategy: written order (fallback),
 //! weighted round robin, fewest in flight, or peak-EWMA latency with two random choices.
 //! Every strategy returns all the targets: the first is preferred, the rest are fallbacks.
+//! The `Balancer` owns what they remember between requests, and the random numbers they
+//! (and the jitter of retries and cooldowns) draw.
 
 use super::health::Health;
-use crate::config::{Backend, BackendId, Strategy};
+use crate::config::{Backend, BackendId, RouteId, Strategy};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Each route's round-robin position, and a shared random generator.
+pub struct Balancer {
+    /// Round-robin position per route.
+    positions: Vec<AtomicUsize>,
+    seed: AtomicU64,
+}
+
+impl Balancer {
+    pub fn new(routes: usize) -> Balancer {
+        Balancer {
+            positions: (0..routes).map(|_| AtomicUsize::new(0)).collect(),
+            seed: AtomicU64::new(0x853c_49e6_748f_ea9b ^ std::process::id() as u64),
+        }
+    }
+
+    /// `targets` of `route` (`None`: a backend named directly) reordered for one request.
+    pub fn order(
+        &self,
+        strategy: Strategy,
+        route: Option<RouteId>,
+        targets: &[BackendId],
+        backends: &[Backend],
+        health: &[Arc<Health>],
+    ) -> Vec<BackendId> {
+        let unrouted = AtomicUsize::new(0);
+        let position = route
+            .and_then(|r| self.positions.get(r.0))
+            .unwrap_or(&unrouted);
+        order(strategy, targets, backends, health, position, self.random())
+    }
+
+    pub fn random(&self) -> u64 {
+        // SplitMix64 over a shared counter: cheap, lock-free, good enough for jitter.
+        let mut z = self
+            .seed
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A random number in [0, 1).
+    pub fn jitter(&self) -> f64 {
+        (self.random() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
 
 /// `targets` reordered for one request. `counter` is the route's round-robin position;
 /// `random` is a fresh random number.
