@@ -10,9 +10,27 @@ use serde_saphyr::Spanned;
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// Index of a backend in `Config::backends`.
+/// A backend's position in `Config::backends`. Only validation mints them (the field and
+/// the constructor are private to `config`), so an id always names a backend of its config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BackendId(pub usize);
+pub struct BackendId(usize);
+
+impl BackendId {
+    pub(in crate::config) fn new(index: usize) -> BackendId {
+        BackendId(index)
+    }
+
+    /// The backend's position in `Config::backends`.
+    pub fn index(self) -> usize {
+        self.0
+    }
+
+    /// An id for unit tests that need backends without a config.
+    #[cfg(test)]
+    pub(crate) fn at(index: usize) -> BackendId {
+        BackendId(index)
+    }
+}
 
 /// Price per million tokens, in USD.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]

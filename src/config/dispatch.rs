@@ -75,7 +75,7 @@ impl Checker<'_> {
         let mut targets = Vec::with_capacity(raw.targets.len());
         for (j, target) in raw.targets.iter().enumerate() {
             match backends.iter().position(|b| b.name == target.value) {
-                Some(i) if targets.contains(&BackendId(i)) => {
+                Some(i) if targets.contains(&BackendId::new(i)) => {
                     self.issue(
                         format!("{at}.targets[{j}]"),
                         target.referenced,
@@ -84,7 +84,7 @@ impl Checker<'_> {
                     );
                     valid = false;
                 }
-                Some(i) => targets.push(BackendId(i)),
+                Some(i) => targets.push(BackendId::new(i)),
                 None => {
                     let known: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
                     self.issue(
@@ -147,7 +147,9 @@ impl Checker<'_> {
             return true;
         };
         let targets = &dispatch.targets;
-        let eligible = targets.iter().any(|t| backends[t.0].accepts(Some(class)));
+        let eligible = targets
+            .iter()
+            .any(|t| backends[t.index()].accepts(Some(class)));
         if !targets.is_empty() && !eligible {
             self.issue(
                 format!("{at}.data_class"),

@@ -122,14 +122,19 @@ impl Config {
 
     pub fn backend(&self, id: BackendId) -> &Backend {
         // BackendIds are only minted by validation, as indexes into `backends`.
-        &self.backends[id.0]
+        &self.backends[id.index()]
     }
 
     pub fn backend_id(&self, name: &str) -> Option<BackendId> {
         self.backends
             .iter()
             .position(|b| b.name == name)
-            .map(BackendId)
+            .map(BackendId::new)
+    }
+
+    /// Every backend's id, in file order.
+    pub fn backend_ids(&self) -> impl ExactSizeIterator<Item = BackendId> + use<> {
+        (0..self.backends.len()).map(BackendId::new)
     }
 
     pub fn route_id(&self, name: &str) -> Option<RouteId> {

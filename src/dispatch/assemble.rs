@@ -3,6 +3,10 @@
 //! upstream as a stream), and a whole completion turned into one chunk (for a provider that
 //! answered a streaming request without streaming).
 
+use super::relay::Piece;
+use super::{Answer, AnswerBody, DispatchError};
+use crate::config::BackendId;
+use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
@@ -247,6 +251,46 @@ pub fn completion_to_chunk(completion: &Value) -> Value {
         .unwrap_or_default();
     chunk.insert("choices".into(), choices.into());
     Value::Object(chunk)
+}
+
+/// A streamed answer for a client that did not ask to stream: its pieces folded into one
+/// completion.
+pub async fn reassembled(
+    pieces: tokio::sync::mpsc::Receiver<Piece>,
+    attempts: u32,
+) -> Result<Answer, DispatchError> {
+    let (completion, backend) = collect(pieces).await?;
+    let bytes = serde_json::to_vec(&completion).map_err(|e| DispatchError::Exhausted {
+        attempts: vec![format!("cannot write the answer: {e}")],
+    })?;
+    Ok(Answer {
+        status: 200,
+        content_type: Some("application/json".into()),
+        body: AnswerBody::Full(Bytes::from(bytes)),
+        backend,
+        attempts,
+    })
+}
+
+/// Folds a relay's pieces into one completion, or the failure that ended it.
+async fn collect(
+    mut pieces: tokio::sync::mpsc::Receiver<Piece>,
+) -> Result<(Value, BackendId), DispatchError> {
+    let mut assembler = Assembler::default();
+    while let Some(piece) = pieces.recv().await {
+        match piece {
+            Piece::Chunk(chunk) => assembler.add(&chunk),
+            Piece::Done { backend } => return Ok((assembler.finish(), backend)),
+            Piece::Failed(failure) => {
+                return Err(DispatchError::Exhausted {
+                    attempts: vec![failure],
+                });
+            }
+        }
+    }
+    Err(DispatchError::Exhausted {
+        attempts: vec!["the answer ended without finishing".into()],
+    })
 }
 
 #[cfg(test)]

@@ -1,11 +1,61 @@
 //! The order a route's targets are tried in, by its strategy: written order (fallback),
 //! weighted round robin, fewest in flight, or peak-EWMA latency with two random choices.
 //! Every strategy returns all the targets: the first is preferred, the rest are fallbacks.
+//! The `Balancer` owns what they remember between requests, and the random numbers they
+//! (and the jitter of retries and cooldowns) draw.
 
 use super::health::Health;
-use crate::config::{Backend, BackendId, Strategy};
+use crate::config::{Backend, BackendId, RouteId, Strategy};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Each route's round-robin position, and a shared random generator.
+pub struct Balancer {
+    /// Round-robin position per route.
+    positions: Vec<AtomicUsize>,
+    seed: AtomicU64,
+}
+
+impl Balancer {
+    pub fn new(routes: usize) -> Balancer {
+        Balancer {
+            positions: (0..routes).map(|_| AtomicUsize::new(0)).collect(),
+            seed: AtomicU64::new(0x853c_49e6_748f_ea9b ^ std::process::id() as u64),
+        }
+    }
+
+    /// `targets` of `route` (`None`: a backend named directly) reordered for one request.
+    pub fn order(
+        &self,
+        strategy: Strategy,
+        route: Option<RouteId>,
+        targets: &[BackendId],
+        backends: &[Backend],
+        health: &[Arc<Health>],
+    ) -> Vec<BackendId> {
+        let unrouted = AtomicUsize::new(0);
+        let position = route
+            .and_then(|r| self.positions.get(r.index()))
+            .unwrap_or(&unrouted);
+        order(strategy, targets, backends, health, position, self.random())
+    }
+
+    pub fn random(&self) -> u64 {
+        // SplitMix64 over a shared counter: cheap, lock-free, good enough for jitter.
+        let mut z = self
+            .seed
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A random number in [0, 1).
+    pub fn jitter(&self) -> f64 {
+        (self.random() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
 
 /// `targets` reordered for one request. `counter` is the route's round-robin position;
 /// `random` is a fresh random number.
@@ -21,13 +71,16 @@ pub fn order(
     match strategy {
         Strategy::Fallback => {}
         Strategy::RoundRobin => {
-            let total: usize = targets.iter().map(|t| backends[t.0].weight as usize).sum();
+            let total: usize = targets
+                .iter()
+                .map(|t| backends[t.index()].weight as usize)
+                .sum();
             if total > 0 {
                 let mut slot = counter.fetch_add(1, Ordering::Relaxed) % total;
                 let first = targets
                     .iter()
                     .position(|t| {
-                        let w = backends[t.0].weight as usize;
+                        let w = backends[t.index()].weight as usize;
                         if slot < w {
                             true
                         } else {
@@ -40,7 +93,7 @@ pub fn order(
             }
         }
         Strategy::LeastBusy => {
-            out.sort_by_key(|t| health[t.0].in_flight());
+            out.sort_by_key(|t| health[t.index()].in_flight());
         }
         Strategy::Latency => {
             if out.len() >= 2 {
@@ -48,13 +101,13 @@ pub fn order(
                 let a = (random % out.len() as u64) as usize;
                 let b = ((random >> 32) % (out.len() as u64 - 1)) as usize;
                 let b = if b >= a { b + 1 } else { b };
-                let cost = |i: usize| health[out[i].0].latency_cost();
+                let cost = |i: usize| health[out[i].index()].latency_cost();
                 let best = if cost(b) < cost(a) { b } else { a };
                 let chosen = out.remove(best);
                 out.sort_by(|x, y| {
-                    health[x.0]
+                    health[x.index()]
                         .latency_cost()
-                        .total_cmp(&health[y.0].latency_cost())
+                        .total_cmp(&health[y.index()].latency_cost())
                 });
                 out.insert(0, chosen);
             }
@@ -86,7 +139,7 @@ mod tests {
     }
 
     fn ids(n: usize) -> Vec<BackendId> {
-        (0..n).map(BackendId).collect()
+        (0..n).map(BackendId::at).collect()
     }
 
     #[test]
@@ -95,7 +148,7 @@ mod tests {
         let health: Vec<Arc<Health>> = (0..2).map(|_| Arc::default()).collect();
         let counter = AtomicUsize::new(0);
         let firsts: Vec<usize> = (0..8)
-            .map(|_| order(Strategy::RoundRobin, &ids(2), &b, &health, &counter, 0)[0].0)
+            .map(|_| order(Strategy::RoundRobin, &ids(2), &b, &health, &counter, 0)[0].index())
             .collect();
         assert_eq!(firsts, [0, 0, 0, 1, 0, 0, 0, 1]);
         // The other target is always there as the fallback.
@@ -120,7 +173,7 @@ mod tests {
             &AtomicUsize::new(0),
             0,
         );
-        assert_eq!(got, [BackendId(2), BackendId(1), BackendId(0)]);
+        assert_eq!(got, [BackendId::at(2), BackendId::at(1), BackendId::at(0)]);
     }
 
     #[test]
@@ -139,7 +192,7 @@ mod tests {
                 &AtomicUsize::new(0),
                 random,
             );
-            assert_eq!(got, [BackendId(1), BackendId(0)], "random {random}");
+            assert_eq!(got, [BackendId::at(1), BackendId::at(0)], "random {random}");
         }
     }
 

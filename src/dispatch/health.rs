@@ -6,8 +6,11 @@
 //! slot whatever becomes of the request: success closes the breaker, failure opens it
 //! again. Also the load figures the balancers read: requests in flight (held by an
 //! `InFlight` guard for as long as the answer, streams included, lasts) and a peak-EWMA of
-//! latency.
+//! latency. `Board` holds every backend's `Health` and applies attempts' and active health
+//! checks' verdicts to it.
 
+use super::verdict::Cooldown;
+use crate::config::{Backend, BackendId};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -74,6 +77,17 @@ impl Health {
             }
             Some(_) => Availability::Probe,
         }
+    }
+
+    /// Admits a request: at once when the backend is ready or cooling (the caller checked
+    /// it may be tried), as its probe when the cooldown is over, and `None` while another
+    /// request holds the probe.
+    pub fn admit(self: &Arc<Self>, now: Instant) -> Option<Admission> {
+        let probe = match self.availability(now) {
+            Availability::Probe => Some(self.start_probe()?),
+            _ => None,
+        };
+        Some(Admission { _probe: probe })
     }
 
     /// Claims the probe slot; `None` if another request holds it. The slot is freed when
@@ -212,6 +226,98 @@ impl Drop for ProbeSlot {
     }
 }
 
+/// Every backend's health, by `BackendId`.
+pub struct Board(Vec<Arc<Health>>);
+
+impl Board {
+    pub fn new(backends: usize) -> Board {
+        Board((0..backends).map(|_| Arc::default()).collect())
+    }
+
+    pub fn get(&self, b: BackendId) -> &Arc<Health> {
+        &self.0[b.index()]
+    }
+
+    pub fn all(&self) -> &[Arc<Health>] {
+        &self.0
+    }
+
+    /// Whether `b` may be tried now: not cooling down and not at its concurrency limit.
+    pub fn usable(&self, b: BackendId, max_concurrent: Option<usize>, now: Instant) -> bool {
+        let health = self.get(b);
+        let full = max_concurrent.is_some_and(|max| health.in_flight() >= max);
+        !full && !matches!(health.availability(now), Availability::Cooling(_))
+    }
+
+    /// Applies a failed attempt's effect on `backend` (`b`); `jitter` in [0, 1) spreads a
+    /// rate limit's end. Returns whether the backend entered a cooldown.
+    pub fn cool_down(
+        &self,
+        backend: &Backend,
+        b: BackendId,
+        cooldown: Cooldown,
+        jitter: f64,
+    ) -> bool {
+        let (health, now) = (self.get(b), Instant::now());
+        match cooldown {
+            Cooldown::None => false,
+            Cooldown::Failure => {
+                let cooled = health.failed(now);
+                if cooled {
+                    tracing::warn!(backend = %backend.name, "backend cooling down");
+                }
+                cooled
+            }
+            Cooldown::RateLimited(wait) => {
+                // Jittered, so a herd of clients does not return at once.
+                let wait = wait.map(|w| w.mul_f64(1.0 + 0.2 * jitter));
+                health.rate_limited(now, wait);
+                true
+            }
+            Cooldown::Credential => {
+                tracing::error!(
+                    backend = %backend.name,
+                    api_key_env = backend.api_key_env.as_deref().unwrap_or("-"),
+                    cooldown_s = CREDENTIAL_COOLDOWN.as_secs(),
+                    "the backend refused its own credential (HTTP 401/403); check the key in this variable"
+                );
+                health.credential_refused(now);
+                true
+            }
+        }
+    }
+
+    /// Applies an active health check's answer (`None`: no answer) to `backend` (`b`): a 2xx
+    /// brings it back at once. Returns whether the backend entered a cooldown.
+    pub fn checked(&self, backend: &Backend, b: BackendId, status: Option<u16>) -> bool {
+        if let Some(401 | 403) = status {
+            tracing::error!(backend = %backend.name, api_key_env = backend.api_key_env.as_deref().unwrap_or("-"), "the backend refuses its credential; check the key in this variable");
+        }
+        let (health, now) = (self.get(b), Instant::now());
+        if matches!(status, Some(200..=299)) {
+            // Back in at once, without waiting for a probe request.
+            let was_out = health.availability(now) != Availability::Ready;
+            health.check_passed(now);
+            if was_out && health.availability(now) == Availability::Ready {
+                tracing::info!(backend = %backend.name, "health check passed; backend back in");
+            }
+            false
+        } else if health.failed(now) {
+            tracing::warn!(backend = %backend.name, "health check failed; backend cooling down");
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Leave to send to a backend now; when that is its half-open probe, it holds the probe
+/// slot until dropped.
+#[derive(Debug)]
+pub struct Admission {
+    _probe: Option<ProbeSlot>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,5 +449,48 @@ mod tests {
         let _guard = h.enter();
         assert_eq!(h.in_flight(), 1);
         assert!((h.latency_cost() - 2.0 * decayed).abs() < 1.0);
+    }
+
+    fn backend() -> Backend {
+        let yaml = "backends:\n  - {name: a, url: 'http://127.0.0.1:1/v1', model: m}\nroutes:\n  - {name: r, utterances: [x], targets: [a]}\n";
+        let config = crate::config::Config::parse(yaml, "t", std::path::Path::new("."));
+        config.unwrap_or_else(|e| panic!("{e}")).backends.remove(0)
+    }
+
+    #[test]
+    fn the_board_says_when_a_verdict_or_a_check_put_a_backend_in_a_cooldown() {
+        let (board, a, b) = (Board::new(1), backend(), BackendId::at(0));
+        let now = Instant::now();
+        assert!(!board.cool_down(&a, b, Cooldown::None, 0.5));
+        assert!(!board.cool_down(&a, b, Cooldown::Failure, 0.5));
+        assert!(board.usable(b, None, now));
+        assert!(!board.usable(b, Some(0), now), "at its concurrency limit");
+        assert!(!board.checked(&a, b, None));
+        assert!(
+            board.checked(&a, b, Some(503)),
+            "the third failure in a row"
+        );
+        assert!(!board.usable(b, None, Instant::now()));
+        assert!(!board.checked(&a, b, Some(200)));
+        assert!(
+            board.usable(b, None, Instant::now()),
+            "a passing check lifts it"
+        );
+        assert!(board.cool_down(&a, b, Cooldown::RateLimited(None), 0.5));
+        assert!(board.cool_down(&a, b, Cooldown::Credential, 0.5));
+        assert!(!board.usable(b, None, Instant::now()));
+    }
+
+    #[test]
+    fn an_admission_after_the_cooldown_holds_the_probe_slot_until_dropped() {
+        let h = Arc::new(Health::default());
+        let t0 = Instant::now();
+        for _ in 0..FAILURES_TO_OPEN {
+            h.failed(t0);
+        }
+        let probe = h.admit(t0 + BASE_COOLDOWN);
+        assert!(probe.is_some() && h.start_probe().is_none());
+        drop(probe);
+        assert!(h.start_probe().is_some());
     }
 }

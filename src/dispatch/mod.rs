@@ -3,8 +3,12 @@
 //! data class, retrying and falling over by the rules in `verdict.rs`, and relaying the
 //! answer. Requests go upstream as streams (a non-streaming one too, reassembled by
 //! `assemble.rs`, unless the backend says `upstream_stream: false`), so first-byte and
-//! stall detection and mid-answer continuation (`relay.rs`) work for every answer. One
-//! upstream call and what came of it is `attempt.rs`.
+//! stall detection and mid-answer continuation (`relay.rs`) work for every answer.
+//!
+//! This file is the `Dispatcher` facade and the loop that tries a request's targets in
+//! order. The targets and their order are `plan.rs` (with `balance.rs`); one upstream call
+//! and what came of it, and the backends' clients and keys, are `attempt.rs`; each
+//! backend's breaker, cooldowns and active checks are `health.rs`.
 
 mod assemble;
 mod attempt;
@@ -12,18 +16,20 @@ mod balance;
 mod body;
 pub mod classes;
 pub mod health;
+mod plan;
 pub mod relay;
 mod sse;
 pub mod verdict;
 
 use crate::config::{BackendId, Config, RouteId};
 use crate::telemetry::{Metrics, TokenKind};
+use attempt::Upstreams;
+use balance::Balancer;
 use bytes::Bytes;
-use health::{Availability, Health};
+use health::{Board, Health};
 use relay::Piece;
 use serde_json::{Map, Value};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use verdict::{Cooldown, Outcome, Verdict, judge};
 
@@ -100,55 +106,34 @@ fn fmt_ms(d: Duration) -> String {
 
 pub struct Dispatcher {
     config: Arc<Config>,
-    /// One HTTP client per backend (its own connection pool and connect timeout).
-    clients: Vec<reqwest::Client>,
-    /// API keys, read from the environment once.
-    keys: Vec<Option<String>>,
-    health: Vec<Arc<Health>>,
-    /// Round-robin position per route.
-    counters: Vec<AtomicUsize>,
-    seed: AtomicU64,
+    /// The backends' HTTP clients and keys.
+    upstreams: Upstreams,
+    /// The backends' breakers, cooldowns and load.
+    health: Board,
+    /// The routes' round-robin positions and the random numbers for balancing and jitter.
+    balancer: Balancer,
     metrics: Arc<Metrics>,
     /// Set when the server's drain time is over: open streams end with an error event.
     closing: tokio::sync::watch::Sender<bool>,
 }
 
+/// What the attempts on a request's targets came to so far.
+#[derive(Default)]
+struct Tally {
+    /// Attempts made, on every target.
+    attempts: u32,
+    /// `backend: outcome` per target given up on.
+    failures: Vec<String>,
+}
+
 impl Dispatcher {
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Dispatcher, reqwest::Error> {
-        // reqwest is built without a default TLS provider; install ring's once.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let clients = config
-            .backends
-            .iter()
-            .map(|b| {
-                reqwest::Client::builder()
-                    .connect_timeout(b.connect_timeout)
-                    // A redirect would send the conversation to a host the config never
-                    // named (past its data classes): a 3xx is a failed attempt instead.
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let keys = config
-            .backends
-            .iter()
-            .map(|b| {
-                let name = b.api_key_env.as_deref()?;
-                let key = std::env::var(name).ok().filter(|k| !k.is_empty());
-                if key.is_none() {
-                    tracing::warn!(backend = %b.name, variable = name, "the API key variable is not set; sending no key");
-                }
-                key
-            })
-            .collect();
         Ok(Dispatcher {
-            health: config.backends.iter().map(|_| Arc::default()).collect(),
+            upstreams: Upstreams::new(&config.backends)?,
+            health: Board::new(config.backends.len()),
+            balancer: Balancer::new(config.routes.len()),
             closing: tokio::sync::watch::Sender::new(false),
-            counters: config.routes.iter().map(|_| AtomicUsize::new(0)).collect(),
-            seed: AtomicU64::new(0x853c_49e6_748f_ea9b ^ std::process::id() as u64),
             config,
-            clients,
-            keys,
             metrics,
         })
     }
@@ -158,7 +143,7 @@ impl Dispatcher {
     }
 
     pub fn health(&self, backend: BackendId) -> &Arc<Health> {
-        &self.health[backend.0]
+        self.health.get(backend)
     }
 
     /// Ends every stream still open with an error event (the server's drain time is over).
@@ -170,63 +155,11 @@ impl Dispatcher {
         &self.metrics
     }
 
-    /// The route a request counts under in metrics (`-` for a backend named directly).
-    fn route_label(&self, request: &ChatRequest) -> String {
-        match request.destination {
-            Destination::Route(r) => self.config.route(r).name.to_string(),
-            Destination::Backend(_) => "-".into(),
-        }
-    }
-
-    /// Adds an upstream `usage` object's tokens and their cost.
-    fn record_usage(&self, route: &str, b: BackendId, usage: &serde_json::Value) {
-        let backend = self.config.backend(b);
-        let tokens = |key: &str| {
-            usage
-                .get(key)
-                .and_then(serde_json::Value::as_f64)
-                .unwrap_or(0.0)
-                // A counter never goes down: a negative count from a confused upstream is none.
-                .max(0.0)
-        };
-        let (input, output) = (tokens("prompt_tokens"), tokens("completion_tokens"));
-        let (route, name) = (route, backend.name.as_str());
-        // Token counts are whole numbers (a fraction is dropped).
-        self.metrics
-            .tokens(route, name, TokenKind::Prompt, input as u64);
-        self.metrics
-            .tokens(route, name, TokenKind::Completion, output as u64);
-        if let Some(cost) = backend.cost {
-            let usd = (input * cost.input_per_mtok + output * cost.output_per_mtok) / 1e6;
-            self.metrics.cost(route, name, usd);
-        }
-    }
-
-    fn random(&self) -> u64 {
-        // SplitMix64 over a shared counter: cheap, lock-free, good enough for jitter.
-        let mut z = self
-            .seed
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn jitter(&self) -> f64 {
-        (self.random() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn cooled(&self, b: BackendId) {
-        self.metrics
-            .cooled_down(self.config.backend(b).name.as_str());
-    }
-
     /// Starts the active health checks (`GET {url}/models` every `health_check_interval_ms`)
     /// of the backends that ask for them. Each task stops when the dispatcher is dropped.
     pub fn start_health_checks(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
-        for (i, backend) in self.config.backends.iter().enumerate() {
-            let Some(interval) = backend.health_check_interval else {
+        for b in self.config.backend_ids() {
+            let Some(interval) = self.config.backend(b).health_check_interval else {
                 continue;
             };
             let weak = Arc::downgrade(self);
@@ -238,7 +171,7 @@ impl Dispatcher {
                     let Some(dispatcher) = weak.upgrade() else {
                         return;
                     };
-                    dispatcher.check_health(BackendId(i)).await;
+                    dispatcher.check_health(b).await;
                 }
             });
         }
@@ -246,84 +179,10 @@ impl Dispatcher {
 
     async fn check_health(&self, b: BackendId) {
         let backend = self.config.backend(b);
-        let mut request = self.clients[b.0]
-            .get(format!("{}/models", backend.url))
-            .timeout(backend.first_byte_timeout);
-        if let Some(key) = &self.keys[b.0] {
-            request = request.bearer_auth(key);
-        }
-        let status = request.send().await.map(|r| r.status().as_u16());
-        if let Ok(401 | 403) = status {
-            tracing::error!(backend = %backend.name, api_key_env = backend.api_key_env.as_deref().unwrap_or("-"), "the backend refuses its credential; check the key in this variable");
-        }
-        let healthy = matches!(status, Ok(200..=299));
-        let health = &self.health[b.0];
-        if healthy {
-            // Back in at once, without waiting for a probe request.
-            let now = Instant::now();
-            let was_out = health.availability(now) != Availability::Ready;
-            health.check_passed(now);
-            if was_out && health.availability(now) == Availability::Ready {
-                tracing::info!(backend = %backend.name, "health check passed; backend back in");
-            }
-        } else if health.failed(Instant::now()) {
-            tracing::warn!(backend = %backend.name, "health check failed; backend cooling down");
+        let status = self.upstreams.models_status(b, backend).await;
+        if self.health.checked(backend, b, status) {
             self.cooled(b);
         }
-    }
-
-    /// Whether `b` may be tried now: not cooling down and not at its concurrency limit.
-    fn usable(&self, b: BackendId, now: Instant) -> bool {
-        let full = self
-            .config
-            .backend(b)
-            .max_concurrent
-            .is_some_and(|max| self.health[b.0].in_flight() >= max);
-        !full && !matches!(self.health[b.0].availability(now), Availability::Cooling(_))
-    }
-
-    /// The targets to try, best first, with the data class enforced.
-    fn plan(&self, request: &ChatRequest) -> Result<Vec<BackendId>, DispatchError> {
-        let (targets, counter, strategy) = match request.destination {
-            Destination::Backend(b) => (vec![b], None, crate::config::Strategy::Fallback),
-            Destination::Route(r) => {
-                let d = &self.config.route(r).dispatch;
-                (d.targets.clone(), self.counters.get(r.index()), d.strategy)
-            }
-        };
-        let class = request.data_class.as_ref();
-        let eligible: Vec<BackendId> = targets
-            .iter()
-            .copied()
-            .filter(|&t| {
-                self.config
-                    .backend(t)
-                    .accepts(class.map(|c| c.class.as_str()))
-            })
-            .collect();
-        if let (true, Some(class)) = (eligible.is_empty(), class) {
-            let names: Vec<&str> = targets
-                .iter()
-                .map(|&t| self.config.backend(t).name.as_str())
-                .collect();
-            return Err(DispatchError::NotEligible {
-                class: class.class.clone(),
-                reason: format!(
-                    "it was set by {}, and none of the targets ({}) accepts it in `data_classes`",
-                    class.because,
-                    names.join(", ")
-                ),
-            });
-        }
-        let fallback = AtomicUsize::new(0);
-        Ok(balance::order(
-            strategy,
-            &eligible,
-            &self.config.backends,
-            &self.health,
-            counter.unwrap_or(&fallback),
-            self.random(),
-        ))
     }
 
     /// Sends `request` and returns the answer to relay: a stream for a streaming client, else
@@ -332,189 +191,172 @@ impl Dispatcher {
         self: &Arc<Self>,
         request: &ChatRequest,
     ) -> Result<Answer, DispatchError> {
-        let plan = self.plan(request)?;
-        let now = Instant::now();
-        // Ready targets in plan order; a full one (max_concurrent) or one cooling down waits.
-        let usable: Vec<BackendId> = plan
-            .iter()
-            .copied()
-            .filter(|&b| self.usable(b, now))
-            .collect();
-        let order = if usable.is_empty() {
-            // Every target is cooling down: wait for the first to recover, if soon enough.
-            let soonest = plan
-                .iter()
-                .map(|&b| match self.health[b.0].availability(now) {
-                    Availability::Cooling(until) => (until, b),
-                    _ => (now, b),
-                })
-                .min_by_key(|(until, _)| *until);
-            match soonest {
-                Some((until, b)) if until.saturating_duration_since(now) <= MAX_RECOVERY_WAIT => {
-                    tokio::time::sleep_until(until.into()).await;
-                    vec![b]
-                }
-                Some((until, _)) => {
-                    return Err(DispatchError::AllCooling {
-                        retry_after: until.saturating_duration_since(now),
-                    });
-                }
-                None => Vec::new(),
-            }
-        } else {
-            usable
-        };
+        let order = plan::targets(request, &self.config, &self.health, &self.balancer).await?;
         let answer = self.try_in_order(request, &order).await?;
         match answer.body {
             AnswerBody::Stream(pieces) if !request.is_stream() => {
-                let (completion, backend) = collect(pieces).await?;
-                let bytes =
-                    serde_json::to_vec(&completion).map_err(|e| DispatchError::Exhausted {
-                        attempts: vec![format!("cannot write the answer: {e}")],
-                    })?;
-                Ok(Answer {
-                    status: 200,
-                    content_type: Some("application/json".into()),
-                    body: AnswerBody::Full(Bytes::from(bytes)),
-                    backend,
-                    attempts: answer.attempts,
-                })
+                assemble::reassembled(pieces, answer.attempts).await
             }
             _ => Ok(answer),
         }
     }
 
+    /// Tries `order`'s targets one after the other until one answers.
     async fn try_in_order(
         self: &Arc<Self>,
         request: &ChatRequest,
         order: &[BackendId],
     ) -> Result<Answer, DispatchError> {
-        let mut attempts = 0u32;
-        let mut failures = Vec::new();
+        let mut tally = Tally::default();
         for (i, &b) in order.iter().enumerate() {
-            let health = &self.health[b.0];
-            // A probe holds the slot until this target is done with, whatever happens.
-            let _probe = match health.availability(Instant::now()) {
-                Availability::Probe => match health.start_probe() {
-                    Some(slot) => Some(slot),
-                    None => continue,
-                },
-                _ => None,
+            // A probe holds its slot until this target is done with, whatever happens.
+            let Some(_admission) = self.health.get(b).admit(Instant::now()) else {
+                continue;
             };
-            let backend = self.config.backend(b);
-            let mut tries_here = 0u32;
-            loop {
-                tries_here += 1;
-                attempts += 1;
-                let started = Instant::now();
-                let outcome = match self.attempt(b, request, &order[i + 1..]).await {
-                    Ok(mut answer) => {
-                        self.metrics.attempted(backend.name.as_str(), "ok");
-                        self.metrics
-                            .upstream_latency(backend.name.as_str(), started.elapsed());
-                        health.succeeded();
-                        health.observe_latency(Instant::now(), started.elapsed());
-                        let streaming = matches!(answer.body, AnswerBody::Stream(_));
-                        tracing::info!(backend = %backend.name, attempts, status = answer.status, streaming, "answering");
-                        answer.attempts = attempts;
-                        return Ok(answer);
-                    }
-                    Err(outcome) => outcome,
-                };
-                self.metrics
-                    .attempted(backend.name.as_str(), &outcome.label());
-                let verdict = judge(&outcome, tries_here, backend, self.jitter());
-                tracing::warn!(backend = %backend.name, attempt = tries_here, outcome = %outcome.describe(), ?verdict, "attempt failed");
-                match verdict {
-                    Verdict::Retry(pause) => tokio::time::sleep(pause).await,
-                    Verdict::ToClient => {
-                        if let Outcome::Status { status, body, .. } = outcome {
-                            return Ok(Answer {
-                                status,
-                                content_type: Some("application/json".into()),
-                                body: AnswerBody::Full(self.client_error_body(status, &body)),
-                                backend: b,
-                                attempts,
-                            });
-                        }
-                        break;
-                    }
-                    Verdict::FallOver(cooldown) => {
-                        self.cool_down(b, cooldown);
-                        self.metrics
-                            .fell_back(&self.route_label(request), backend.name.as_str());
-                        failures.push(format!("{}: {}", backend.name, outcome.describe()));
-                        break;
-                    }
-                }
+            let rest = &order[i + 1..];
+            if let Some(answer) = self.try_target(b, request, rest, &mut tally).await {
+                return Ok(answer);
             }
         }
-        if attempts == 0 {
+        if tally.attempts == 0 {
             // Every target was taken by another request's probe: nothing failed, ask the
             // client to come back shortly.
             return Err(DispatchError::AllCooling {
                 retry_after: Duration::from_secs(1),
             });
         }
-        Err(DispatchError::Exhausted { attempts: failures })
+        Err(DispatchError::Exhausted {
+            attempts: tally.failures,
+        })
+    }
+
+    /// Attempts on target `b`, retried as `verdict::judge` rules: the answer to relay (an
+    /// upstream's error meant for the client included), or `None` to move on to `rest`.
+    async fn try_target(
+        self: &Arc<Self>,
+        b: BackendId,
+        request: &ChatRequest,
+        rest: &[BackendId],
+        tally: &mut Tally,
+    ) -> Option<Answer> {
+        let backend = self.config.backend(b);
+        let mut tries_here = 0u32;
+        loop {
+            tries_here += 1;
+            tally.attempts += 1;
+            let started = Instant::now();
+            let outcome = match self.attempt(b, request, rest).await {
+                Ok(answer) => return Some(self.answered(b, answer, started, tally.attempts)),
+                Err(outcome) => outcome,
+            };
+            self.metrics.attempted(&backend.name, &outcome.label());
+            let verdict = judge(&outcome, tries_here, backend, self.balancer.jitter());
+            tracing::warn!(backend = %backend.name, attempt = tries_here, outcome = %outcome.describe(), ?verdict, "attempt failed");
+            match verdict {
+                Verdict::Retry(pause) => tokio::time::sleep(pause).await,
+                Verdict::ToClient => return self.for_client(b, outcome, tally.attempts),
+                Verdict::FallOver(cooldown) => {
+                    self.cool_down(b, cooldown);
+                    self.metrics
+                        .fell_back(&self.route_label(request), &backend.name);
+                    let failure = format!("{}: {}", backend.name, outcome.describe());
+                    tally.failures.push(failure);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Records a successful attempt (started at `started`) and hands its answer on.
+    fn answered(
+        &self,
+        b: BackendId,
+        mut answer: Answer,
+        started: Instant,
+        attempts: u32,
+    ) -> Answer {
+        let (backend, health) = (self.config.backend(b), self.health.get(b));
+        self.metrics.attempted(&backend.name, "ok");
+        self.metrics
+            .upstream_latency(&backend.name, started.elapsed());
+        health.succeeded();
+        health.observe_latency(Instant::now(), started.elapsed());
+        let streaming = matches!(answer.body, AnswerBody::Stream(_));
+        tracing::info!(backend = %backend.name, attempts, status = answer.status, streaming, "answering");
+        answer.attempts = attempts;
+        answer
+    }
+
+    /// An upstream's error status relayed to the client as it is (its body rebuilt without
+    /// any key); `None` for an outcome without a status.
+    fn for_client(&self, b: BackendId, outcome: Outcome, attempts: u32) -> Option<Answer> {
+        let Outcome::Status { status, body, .. } = outcome else {
+            return None;
+        };
+        Some(Answer {
+            status,
+            content_type: Some("application/json".into()),
+            body: AnswerBody::Full(self.upstreams.client_error_body(status, &body)),
+            backend: b,
+            attempts,
+        })
     }
 
     /// Applies a failed attempt's effect on the backend's health.
     fn cool_down(&self, b: BackendId, cooldown: Cooldown) {
-        let (backend, health, now) = (self.config.backend(b), &self.health[b.0], Instant::now());
-        match cooldown {
-            Cooldown::None => {}
-            Cooldown::Failure => {
-                if health.failed(now) {
-                    tracing::warn!(backend = %backend.name, "backend cooling down");
-                    self.cooled(b);
-                }
-            }
-            Cooldown::RateLimited(wait) => {
-                // Jittered, so a herd of clients does not return at once.
-                let wait = wait.map(|w| w.mul_f64(1.0 + 0.2 * self.jitter()));
-                health.rate_limited(now, wait);
-                self.cooled(b);
-            }
-            Cooldown::Credential => {
-                tracing::error!(
-                    backend = %backend.name,
-                    api_key_env = backend.api_key_env.as_deref().unwrap_or("-"),
-                    cooldown_s = health::CREDENTIAL_COOLDOWN.as_secs(),
-                    "the backend refused its own credential (HTTP 401/403); check the key in this variable"
-                );
-                health.credential_refused(now);
-                self.cooled(b);
-            }
+        let backend = self.config.backend(b);
+        if self
+            .health
+            .cool_down(backend, b, cooldown, self.balancer.jitter())
+        {
+            self.cooled(b);
         }
     }
 
     /// Records a failed attempt to open a stream's continuation (no retry there).
     fn continuation_failed(&self, b: BackendId, outcome: &Outcome) {
         let backend = self.config.backend(b);
-        if let Verdict::FallOver(cooldown) = judge(outcome, u32::MAX, backend, self.jitter()) {
+        if let Verdict::FallOver(cooldown) =
+            judge(outcome, u32::MAX, backend, self.balancer.jitter())
+        {
             self.cool_down(b, cooldown);
         }
     }
-}
 
-/// Folds a relay's pieces into one completion, or the failure that ended it.
-async fn collect(
-    mut pieces: tokio::sync::mpsc::Receiver<Piece>,
-) -> Result<(Value, BackendId), DispatchError> {
-    let mut assembler = assemble::Assembler::default();
-    while let Some(piece) = pieces.recv().await {
-        match piece {
-            Piece::Chunk(chunk) => assembler.add(&chunk),
-            Piece::Done { backend } => return Ok((assembler.finish(), backend)),
-            Piece::Failed(failure) => {
-                return Err(DispatchError::Exhausted {
-                    attempts: vec![failure],
-                });
-            }
+    /// Counts a backend entering a cooldown.
+    fn cooled(&self, b: BackendId) {
+        self.metrics.cooled_down(&self.config.backend(b).name);
+    }
+
+    /// The route a request counts under in metrics (`-` for a backend named directly).
+    fn route_label(&self, request: &ChatRequest) -> String {
+        match request.destination {
+            Destination::Route(r) => self.config.route(r).name.to_string(),
+            Destination::Backend(_) => "-".into(),
         }
     }
-    Err(DispatchError::Exhausted {
-        attempts: vec!["the answer ended without finishing".into()],
-    })
+
+    /// Adds an upstream `usage` object's tokens and their cost.
+    fn record_usage(&self, route: &str, b: BackendId, usage: &Value) {
+        let backend = self.config.backend(b);
+        let tokens = |key: &str| {
+            usage
+                .get(key)
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0)
+                // A counter never goes down: a negative count from a confused upstream is none.
+                .max(0.0)
+        };
+        let (input, output) = (tokens("prompt_tokens"), tokens("completion_tokens"));
+        let name = backend.name.as_str();
+        // Token counts are whole numbers (a fraction is dropped).
+        self.metrics
+            .tokens(route, name, TokenKind::Prompt, input as u64);
+        self.metrics
+            .tokens(route, name, TokenKind::Completion, output as u64);
+        if let Some(cost) = backend.cost {
+            let usd = (input * cost.input_per_mtok + output * cost.output_per_mtok) / 1e6;
+            self.metrics.cost(route, name, usd);
+        }
+    }
 }

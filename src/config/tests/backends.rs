@@ -25,13 +25,13 @@ fn backends_and_route_targets_are_resolved_with_their_defaults() {
     assert!(config.backends[1].accepts(Some("internal")));
     assert!(!config.backends[1].accepts(Some("pii")));
     let a = &config.routes[0].dispatch;
-    assert_eq!(a.targets, vec![BackendId(0), BackendId(1)]);
+    assert_eq!(a.targets, vec![BackendId::at(0), BackendId::at(1)]);
     assert_eq!(a.strategy, Strategy::RoundRobin);
     assert_eq!(
         config.routes[1].dispatch.data_class.as_deref(),
         Some("internal")
     );
-    assert_eq!(config.backend_id("big"), Some(BackendId(1)));
+    assert_eq!(config.backend_id("big"), Some(BackendId::at(1)));
 
     // And they survive being written out.
     let written = config.to_yaml("").unwrap_or_else(|e| panic!("{e}"));
