@@ -1,15 +1,19 @@
 //! Criterion benches for the hot paths: embedding one prompt and a batch, searching the
-//! CLINC150 10-shot index, and the decision. Needs the model: run ./models/fetch.sh first.
+//! CLINC150 10-shot index, the prototype similarities, classifying, the decision, and
+//! training the route head. Needs the model: run ./models/fetch.sh first.
 //! `cargo bench --bench router`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use semroute::Router;
-use semroute::config::{Config, EncoderConfig};
+use semroute::config::{Config, EncoderConfig, RouteId};
 use semroute::embed::{Encoder, files};
+use semroute::kernels::vector::dot;
 use semroute::route::decide::{OverrideHit, RouteScore, decide};
+use semroute::route::head::Head;
 use std::hint::black_box;
 use std::path::PathBuf;
+use std::time::Duration;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -55,10 +59,48 @@ fn benches(c: &mut Criterion) {
     group.finish();
 
     let config = Config::load(&shared().join("datasets/clinc150/routes-10shot.yaml")).unwrap();
-    let router = Router::build(config.clone(), &encoder).unwrap();
+    let texts: Vec<&str> = config
+        .routes
+        .iter()
+        .flat_map(|r| r.utterances.iter().map(String::as_str))
+        .collect();
+    let vectors: Vec<Vec<f32>> = encoder
+        .embed(&texts)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.vector)
+        .collect();
+    let owners: Vec<RouteId> = config
+        .routes
+        .iter()
+        .enumerate()
+        .flat_map(|(r, route)| std::iter::repeat_n(RouteId(r), route.utterances.len()))
+        .collect();
+    let router = Router::from_embeddings(config.clone(), vectors.clone()).unwrap();
     let query = encoder.embed_one(prompt).unwrap();
     c.bench_function("search_1500_utterances_top20", |b| {
         b.iter(|| router.index().search(black_box(&query.vector), 20))
+    });
+    // The router's prototype similarities as `Router::classify_with_hits` computes them
+    // today: one normalised mean vector per route, one dot product each.
+    let mut prototypes: Vec<(RouteId, Vec<f32>)> = Vec::new();
+    for (v, &route) in vectors.iter().zip(&owners) {
+        match prototypes.last_mut() {
+            Some((r, sum)) if *r == route => sum.iter_mut().zip(v).for_each(|(s, x)| *s += x),
+            _ => prototypes.push((route, v.clone())),
+        }
+    }
+    for (_, p) in &mut prototypes {
+        let norm = dot(p, p).sqrt().max(1e-12);
+        p.iter_mut().for_each(|x| *x /= norm);
+    }
+    c.bench_function("prototypes_150_routes", |b| {
+        b.iter(|| {
+            prototypes
+                .iter()
+                .map(|(r, p)| (*r, dot(p, black_box(&query.vector))))
+                .collect::<Vec<_>>()
+        })
     });
     c.bench_function("classify_after_embed_150_routes", |b| {
         b.iter(|| router.classify(black_box(prompt), black_box(&query), None))
@@ -79,6 +121,19 @@ fn benches(c: &mut Criterion) {
     c.bench_function("decide_150_routes", |b| {
         b.iter(|| decide(black_box(&scores), &hits, &config))
     });
+
+    train_head(c, &vectors, &owners);
+}
+
+/// Training the route head at load: 1,500 CLINC150 utterance vectors, 150 routes.
+fn train_head(c: &mut Criterion, vectors: &[Vec<f32>], owners: &[RouteId]) {
+    let mut group = c.benchmark_group("train_head_clinc150");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(8));
+    group.bench_function("1500_utterances_150_routes", |b| {
+        b.iter(|| Head::train(black_box(vectors), owners).unwrap())
+    });
+    group.finish();
 }
 
 criterion_group!(router_benches, benches);
