@@ -8,9 +8,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use semroute::Router;
 use semroute::config::{Config, EncoderConfig, RouteId};
 use semroute::embed::{Encoder, files};
-use semroute::kernels::vector::dot;
 use semroute::route::decide::{OverrideHit, RouteScore, decide};
 use semroute::route::head::Head;
+use semroute::route::prototypes::Prototypes;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -81,26 +81,9 @@ fn benches(c: &mut Criterion) {
     c.bench_function("search_1500_utterances_top20", |b| {
         b.iter(|| router.index().search(black_box(&query.vector), 20))
     });
-    // The router's prototype similarities as `Router::classify_with_hits` computes them
-    // today: one normalised mean vector per route, one dot product each.
-    let mut prototypes: Vec<(RouteId, Vec<f32>)> = Vec::new();
-    for (v, &route) in vectors.iter().zip(&owners) {
-        match prototypes.last_mut() {
-            Some((r, sum)) if *r == route => sum.iter_mut().zip(v).for_each(|(s, x)| *s += x),
-            _ => prototypes.push((route, v.clone())),
-        }
-    }
-    for (_, p) in &mut prototypes {
-        let norm = dot(p, p).sqrt().max(1e-12);
-        p.iter_mut().for_each(|x| *x /= norm);
-    }
+    let prototypes = Prototypes::new(&vectors, &owners);
     c.bench_function("prototypes_150_routes", |b| {
-        b.iter(|| {
-            prototypes
-                .iter()
-                .map(|(r, p)| (*r, dot(p, black_box(&query.vector))))
-                .collect::<Vec<_>>()
-        })
+        b.iter(|| prototypes.similarities(black_box(&query.vector)))
     });
     c.bench_function("classify_after_embed_150_routes", |b| {
         b.iter(|| router.classify(black_box(prompt), black_box(&query), None))

@@ -4,6 +4,8 @@
 //! vector extension (AVX-512, AVX2+FMA) and picks the best one at runtime, since a portable
 //! build may only assume SSE2.
 
+use ndarray::{Array1, ArrayView2};
+
 /// The widest vector extension the element-wise kernels may use on this CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -120,6 +122,21 @@ pub fn sum_sq_dev(a: &[f32], mean: f32) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// `matrix · vector` as one `dot` per row, for the engine's route matrices (`ndarray`'s own
+/// matrix-vector product is a loop of dot products compiled for the baseline SSE2: twice as
+/// slow on 150 routes x 384, see BENCHMARKS.md). Entries past the shorter of a row and
+/// `vector` are ignored, as by `dot`.
+pub fn dot_rows(matrix: ArrayView2<'_, f32>, vector: &[f32]) -> Array1<f32> {
+    matrix
+        .rows()
+        .into_iter()
+        .map(|row| match row.as_slice() {
+            Some(row) => dot(row, vector),
+            None => row.iter().zip(vector).map(|(x, y)| x * y).sum(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +149,23 @@ mod tests {
             let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
             assert!((dot(&a, &b) - naive).abs() < 1e-4, "len {len}");
         }
+    }
+
+    #[test]
+    fn dot_rows_takes_each_rows_dot_product_contiguous_or_not() {
+        let matrix = ndarray::Array2::from_shape_fn((5, 19), |(r, c)| (r * 19 + c) as f32 * 0.1);
+        let vector: Vec<f32> = (0..19).map(|i| (i as f32 * 0.3).cos()).collect();
+        let naive: Vec<f32> = matrix
+            .rows()
+            .into_iter()
+            .map(|row| row.iter().zip(&vector).map(|(x, y)| x * y).sum())
+            .collect();
+        for (a, b) in dot_rows(matrix.view(), &vector).iter().zip(&naive) {
+            assert!((a - b).abs() < 1e-4);
+        }
+        let columns = matrix.t();
+        let first_column: f32 = columns.row(0).iter().zip(&vector).map(|(x, y)| x * y).sum();
+        assert!((dot_rows(columns, &vector)[0] - first_column).abs() < 1e-4);
     }
 
     #[test]
