@@ -7,7 +7,7 @@
 
 use crate::config::RouteId;
 use crate::kernels::gemm::{Isa, Linear};
-use crate::kernels::vector::dot_rows;
+use crate::kernels::vector::{aligned_zeros, dot_rows};
 use crate::route::lbfgs::{Objective, Stopping, minimize};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Zip};
 
@@ -66,11 +66,11 @@ impl Head {
             .collect();
         let flat: Vec<f32> = vectors.iter().flatten().copied().collect();
         let problem = Problem::new(&flat, labels, dim, routes.len())?;
-        let mut weights = minimize(&problem, vec![0.0; problem.parameters()], STOPPING);
-        let bias = weights.split_off(routes.len() * dim);
+        let theta = minimize(&problem, vec![0.0; problem.parameters()], STOPPING);
+        let (weights, bias) = theta.split_at(routes.len() * dim);
         Some(Head {
-            weights: Array2::from_shape_vec((routes.len(), dim), weights).ok()?,
-            bias: Array1::from(bias),
+            weights: weights_matrix(routes.len(), dim, weights)?,
+            bias: Array1::from(bias.to_vec()),
             routes,
         })
     }
@@ -127,10 +127,17 @@ impl Head {
         let (weights, bias) = floats.split_at(weights_len);
         Some(Head {
             routes,
-            weights: Array2::from_shape_vec((count, dim), weights.to_vec()).ok()?,
+            weights: weights_matrix(count, dim, weights)?,
             bias: Array1::from(bias.to_vec()),
         })
     }
+}
+
+/// `values` (row-major) as the head's `routes x dim` weights, aligned for `dot_rows`.
+fn weights_matrix(routes: usize, dim: usize, values: &[f32]) -> Option<Array2<f32>> {
+    let mut weights = aligned_zeros(routes, dim);
+    weights.assign(&ArrayView2::from_shape((routes, dim), values).ok()?);
+    Some(weights)
 }
 
 fn softmax(mut logits: Array1<f32>) -> Array1<f32> {

@@ -2,7 +2,7 @@
 //! prompt's similarity to every route is one matrix-vector product.
 
 use crate::config::RouteId;
-use crate::kernels::vector::{dot, dot_rows};
+use crate::kernels::vector::{aligned_zeros, dot, dot_rows};
 use ndarray::Array2;
 
 /// One L2-normalised row per route that has utterances, in route order.
@@ -23,7 +23,7 @@ impl Prototypes {
         let dim = vectors.first().map_or(0, Vec::len);
         let mut routes: Vec<RouteId> = owners.iter().take(vectors.len()).copied().collect();
         routes.dedup();
-        let mut matrix = Array2::<f32>::zeros((routes.len(), dim));
+        let mut matrix = aligned_zeros(routes.len(), dim);
         let mut rows = matrix.rows_mut().into_iter().peekable();
         let mut current = routes.first().copied();
         for (vector, &route) in vectors.iter().zip(owners) {
