@@ -139,7 +139,7 @@ pub fn dot_rows(matrix: ArrayView2<'_, f32>, vector: &[f32]) -> Array1<f32> {
 
 /// A `rows x cols` zero matrix whose first element sits on a 64-byte boundary (unless it is
 /// empty), so that every row does when `cols` is a multiple of 16 (384 for the shipped
-/// model): `dot_rows` over 150 x 384 rows that each straddle cache lines measured 15% slower
+/// model): `dot_rows` over 150 x 384 rows that each straddle cache lines measured 18% slower
 /// (BENCHMARKS.md). A clone is not aligned again.
 pub fn aligned_zeros(rows: usize, cols: usize) -> Array2<f32> {
     const LANES: usize = 64 / size_of::<f32>();
