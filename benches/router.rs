@@ -1,15 +1,19 @@
 //! Criterion benches for the hot paths: embedding one prompt and a batch, searching the
-//! CLINC150 10-shot index, and the decision. Needs the model: run ./models/fetch.sh first.
+//! CLINC150 10-shot index, the prototype similarities, classifying, the decision, and
+//! training the route head. Needs the model: run ./models/fetch.sh first.
 //! `cargo bench --bench router`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use semroute::Router;
-use semroute::config::{Config, EncoderConfig};
+use semroute::config::{Config, EncoderConfig, RouteId};
 use semroute::embed::{Encoder, files};
 use semroute::route::decide::{OverrideHit, RouteScore, decide};
+use semroute::route::head::Head;
+use semroute::route::prototypes::Prototypes;
 use std::hint::black_box;
 use std::path::PathBuf;
+use std::time::Duration;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -55,10 +59,29 @@ fn benches(c: &mut Criterion) {
     group.finish();
 
     let config = Config::load(&shared().join("datasets/clinc150/routes-10shot.yaml")).unwrap();
-    let router = Router::build(config.clone(), &encoder).unwrap();
+    let texts: Vec<&str> = config
+        .routes
+        .iter()
+        .flat_map(|r| r.utterances.iter().map(String::as_str))
+        .collect();
+    let vectors: Vec<Vec<f32>> = encoder
+        .embed(&texts)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.vector)
+        .collect();
+    let owners: Vec<RouteId> = config
+        .route_ids()
+        .flat_map(|id| std::iter::repeat_n(id, config.route(id).utterances.len()))
+        .collect();
+    let router = Router::from_embeddings(config.clone(), vectors.clone()).unwrap();
     let query = encoder.embed_one(prompt).unwrap();
     c.bench_function("search_1500_utterances_top20", |b| {
         b.iter(|| router.index().search(black_box(&query.vector), 20))
+    });
+    let prototypes = Prototypes::new(&vectors, &owners);
+    c.bench_function("prototypes_150_routes", |b| {
+        b.iter(|| prototypes.similarities(black_box(&query.vector)))
     });
     c.bench_function("classify_after_embed_150_routes", |b| {
         b.iter(|| router.classify(black_box(prompt), black_box(&query), None))
@@ -77,6 +100,19 @@ fn benches(c: &mut Criterion) {
     c.bench_function("decide_150_routes", |b| {
         b.iter(|| decide(black_box(&scores), &hits, &config))
     });
+
+    train_head(c, &vectors, &owners);
+}
+
+/// Training the route head at load: 1,500 CLINC150 utterance vectors, 150 routes.
+fn train_head(c: &mut Criterion, vectors: &[Vec<f32>], owners: &[RouteId]) {
+    let mut group = c.benchmark_group("train_head_clinc150");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(8));
+    group.bench_function("1500_utterances_150_routes", |b| {
+        b.iter(|| Head::train(black_box(vectors), owners).unwrap())
+    });
+    group.finish();
 }
 
 criterion_group!(router_benches, benches);

@@ -7,6 +7,9 @@
 
 use crate::config::RouteId;
 use crate::kernels::gemm::{Isa, Linear};
+use crate::kernels::vector::{aligned_zeros, dot_rows};
+use crate::route::lbfgs::{Objective, Stopping, minimize};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Zip};
 
 /// Inverse L2 strength, as scikit-learn's `LogisticRegression(C=…)` (the mean loss plus
 /// `‖W‖² / (2·C·n)`); chosen on CLINC150 val (10 / 30 / 100 gave 91.3 / 91.8 / 91.5% top-1).
@@ -15,19 +18,22 @@ pub const INVERSE_REGULARIZATION: f32 = 30.0;
 const MAX_ITERATIONS: usize = 150;
 /// ... or when no gradient entry is larger than this.
 const GRADIENT_TOLERANCE: f64 = 1e-4;
+/// Both, for L-BFGS.
+const STOPPING: Stopping = Stopping {
+    max_iterations: MAX_ITERATIONS,
+    gradient_tolerance: GRADIENT_TOLERANCE,
+};
 /// Largest training problem (utterances x routes x dimensions) trained at load: about 12
 /// times CLINC150's 1,500 x 150 x 384, a few seconds. Larger route sets go without a head.
 pub const MAX_TRAINING_SIZE: usize = 1 << 30;
-/// Curvature pairs L-BFGS remembers.
-const HISTORY: usize = 10;
 
-/// Weights `[routes][dim]` and biases for the routes that have utterances.
+/// Weights and biases for the routes that have utterances.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Head {
     routes: Vec<RouteId>,
-    dim: usize,
-    weights: Vec<f32>,
-    bias: Vec<f32>,
+    /// `routes x dim`: row `r` scores `routes[r]`.
+    weights: Array2<f32>,
+    bias: Array1<f32>,
 }
 
 impl Head {
@@ -60,36 +66,29 @@ impl Head {
             .collect();
         let flat: Vec<f32> = vectors.iter().flatten().copied().collect();
         let problem = Problem::new(&flat, labels, dim, routes.len())?;
-        let theta = lbfgs(&problem, vec![0.0; problem.parameters()]);
+        let theta = minimize(&problem, vec![0.0; problem.parameters()], STOPPING);
         let (weights, bias) = theta.split_at(routes.len() * dim);
         Some(Head {
+            weights: weights_matrix(routes.len(), dim, weights)?,
+            bias: Array1::from(bias.to_vec()),
             routes,
-            dim,
-            weights: weights.to_vec(),
-            bias: bias.to_vec(),
         })
     }
 
     /// Each route's probability for the unit vector `query`, in route order.
     pub fn probabilities(&self, query: &[f32]) -> Vec<(RouteId, f32)> {
-        if query.len() != self.dim {
+        if query.len() != self.weights.ncols() {
             return Vec::new();
         }
-        let logits: Vec<f32> = self
-            .weights
-            .chunks_exact(self.dim)
-            .zip(&self.bias)
-            .map(|(w, b)| crate::kernels::vector::dot(w, query) + b)
-            .collect();
-        let probs = softmax(&logits);
-        self.routes.iter().copied().zip(probs).collect()
+        let logits = dot_rows(self.weights.view(), query) + &self.bias;
+        self.routes.iter().copied().zip(softmax(logits)).collect()
     }
 
     /// A byte image for the cache: dim, route count, route ids, weights, biases (little
     /// endian).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + 8 * self.routes.len() + 4 * self.weights.len());
-        out.extend_from_slice(&(self.dim as u64).to_le_bytes());
+        out.extend_from_slice(&(self.weights.ncols() as u64).to_le_bytes());
         out.extend_from_slice(&(self.routes.len() as u64).to_le_bytes());
         for r in &self.routes {
             out.extend_from_slice(&(r.index() as u64).to_le_bytes());
@@ -129,24 +128,31 @@ impl Head {
         let (weights, bias) = floats.split_at(weights_len);
         Some(Head {
             routes,
-            dim,
-            weights: weights.to_vec(),
-            bias: bias.to_vec(),
+            weights: weights_matrix(count, dim, weights)?,
+            bias: Array1::from(bias.to_vec()),
         })
     }
 }
 
-fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = logits.iter().map(|z| (z - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    exps.iter()
-        .map(|e| e / sum.max(f32::MIN_POSITIVE))
-        .collect()
+/// `values` (row-major) as the head's `routes x dim` weights, aligned for `dot_rows`.
+fn weights_matrix(routes: usize, dim: usize, values: &[f32]) -> Option<Array2<f32>> {
+    let mut weights = aligned_zeros(routes, dim);
+    weights.assign(&ArrayView2::from_shape((routes, dim), values).ok()?);
+    Some(weights)
 }
 
-/// The regularised mean cross-entropy over the training set, with the data packed once for
-/// the encoder's matrix kernels in both orientations the loss and its gradient need.
+fn softmax(mut logits: Array1<f32>) -> Array1<f32> {
+    let max = logits.fold(f32::NEG_INFINITY, |m, &z| m.max(z));
+    logits.mapv_inplace(|z| (z - max).exp());
+    let sum: f32 = logits.iter().sum();
+    logits / sum.max(f32::MIN_POSITIVE)
+}
+
+/// The regularised mean cross-entropy over the training set: the objective L-BFGS minimises,
+/// over the weights (`routes x dim`, row-major) followed by the biases. The two products
+/// with the data go through the encoder's packed kernels, the data packed once in both
+/// orientations they need: `ndarray`'s general product (matrixmultiply, AVX2 at best) made
+/// training 1.5x slower (BENCHMARKS.md).
 struct Problem {
     isa: Isa,
     /// `X` as a layer: `W·Xᵀ` gives the logits, one row per route.
@@ -163,19 +169,15 @@ struct Problem {
 impl Problem {
     fn new(x: &[f32], labels: Vec<usize>, dim: usize, routes: usize) -> Option<Problem> {
         let samples = labels.len();
-        if x.len() != samples * dim || samples == 0 {
+        if x.len() != samples * dim || samples == 0 || labels.iter().any(|&l| l >= routes) {
             return None;
         }
-        let mut transposed = vec![0.0f32; x.len()];
-        for (i, row) in x.chunks_exact(dim).enumerate() {
-            for (d, &v) in row.iter().enumerate() {
-                transposed[d * samples + i] = v;
-            }
-        }
+        let x = ArrayView2::from_shape((samples, dim), x).ok()?;
+        let transposed = x.t().as_standard_layout().into_owned();
         Some(Problem {
             isa: Isa::detect(),
-            rows: Linear::new(x, &vec![0.0; samples], samples, dim)?,
-            columns: Linear::new(&transposed, &vec![0.0; dim], dim, samples)?,
+            rows: Linear::new(x.as_slice()?, &vec![0.0; samples], samples, dim)?,
+            columns: Linear::new(transposed.as_slice()?, &vec![0.0; dim], dim, samples)?,
             labels,
             samples,
             dim,
@@ -188,138 +190,67 @@ impl Problem {
         self.routes * (self.dim + 1)
     }
 
-    /// The loss at `theta` (weights then biases), writing its gradient into `grad`.
+    /// The loss at `theta` (weights then biases), writing its gradient into `grad`: with
+    /// `P` the softmax of the logits `W·Xᵀ + b` (one column per sample) and `Y` the one-hot
+    /// labels, the gradient is `(P − Y)·X / n + λ·W` for the weights and the row sums of
+    /// `(P − Y) / n` for the biases. NaN (which L-BFGS rejects) for vectors of another length.
     fn loss(&self, theta: &[f32], grad: &mut [f32]) -> f64 {
         let (n, k, d) = (self.samples, self.routes, self.dim);
+        if theta.len() != self.parameters() || grad.len() != theta.len() {
+            return f64::NAN;
+        }
         let (w, b) = theta.split_at(k * d);
-        let mut logits = vec![0.0f32; k * n];
-        self.rows.forward(self.isa, w, k, &mut logits, None);
-        // Softmax down each sample's column; `logits` becomes (P − Y)/n in place.
+        let (gw, gb) = grad.split_at_mut(k * d);
+        let mut logits = Array2::<f32>::zeros((k, n));
+        let Some(out) = logits.as_slice_mut() else {
+            return f64::NAN;
+        };
+        self.rows.forward(self.isa, w, k, out, None);
+        let b = ArrayView1::from(b);
+        // Softmax down each sample's column (copied out with the biases added, as the
+        // columns are strided); `logits` becomes (P − Y)/n in place.
         let mut loss = 0.0f64;
-        let mut column = vec![0.0f32; k];
-        for i in 0..n {
-            for c in 0..k {
-                column[c] = logits[c * n + i] + b[c];
-            }
-            let max = column.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut column = Array1::<f32>::zeros(k);
+        for (mut sample, &label) in logits.columns_mut().into_iter().zip(&self.labels) {
+            Zip::from(&mut column)
+                .and(&sample)
+                .and(&b)
+                .for_each(|c, &z, &b| *c = z + b);
+            let max = column.fold(f32::NEG_INFINITY, |m, &z| m.max(z));
             let sum: f32 = column.iter().map(|z| (z - max).exp()).sum();
             let log_sum = max + sum.ln();
-            loss += f64::from(log_sum - column[self.labels[i]]);
-            for c in 0..k {
-                let p = (column[c] - log_sum).exp();
-                let y = if c == self.labels[i] { 1.0 } else { 0.0 };
-                logits[c * n + i] = (p - y) / n as f32;
-            }
+            loss += f64::from(log_sum - column[label]);
+            Zip::indexed(&mut sample)
+                .and(&column)
+                .for_each(|c, out, &z| {
+                    let p = (z - log_sum).exp();
+                    let y = if c == label { 1.0 } else { 0.0 };
+                    *out = (p - y) / n as f32;
+                });
         }
-        let (gw, gb) = grad.split_at_mut(k * d);
-        self.columns.forward(self.isa, &logits, k, gw, None);
-        for (g, x) in gw.iter_mut().zip(w) {
-            *g += self.lambda * x;
-        }
-        for (c, g) in gb.iter_mut().enumerate() {
-            *g = logits[c * n..(c + 1) * n].iter().sum();
+        let Some(delta) = logits.as_slice() else {
+            return f64::NAN;
+        };
+        self.columns.forward(self.isa, delta, k, gw, None);
+        let (Ok(w), Ok(mut gw)) = (
+            ArrayView2::from_shape((k, d), w),
+            ArrayViewMut2::from_shape((k, d), gw),
+        ) else {
+            return f64::NAN;
+        };
+        gw.scaled_add(self.lambda, &w);
+        for (g, row) in gb.iter_mut().zip(logits.rows()) {
+            *g = row.iter().sum();
         }
         let norm: f64 = w.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
         loss / n as f64 + 0.5 * f64::from(self.lambda) * norm
     }
 }
 
-fn dot64(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| f64::from(x) * f64::from(y))
-        .sum()
-}
-
-/// Limited-memory BFGS with a backtracking (Armijo) line search; returns the last iterate.
-fn lbfgs(problem: &Problem, mut theta: Vec<f32>) -> Vec<f32> {
-    let len = theta.len();
-    let mut grad = vec![0.0f32; len];
-    let mut loss = problem.loss(&theta, &mut grad);
-    let mut history: std::collections::VecDeque<(Vec<f32>, Vec<f32>, f64)> =
-        std::collections::VecDeque::with_capacity(HISTORY);
-    let mut next_grad = vec![0.0f32; len];
-    let mut candidate = vec![0.0f32; len];
-    for iteration in 0..MAX_ITERATIONS {
-        let largest = grad.iter().fold(0.0f64, |m, g| m.max(f64::from(g.abs())));
-        if largest < GRADIENT_TOLERANCE {
-            tracing::debug!(iteration, loss, "route head converged");
-            break;
-        }
-        let direction = two_loop(&grad, &history);
-        let slope = dot64(&grad, &direction);
-        if slope >= 0.0 {
-            // Not a descent direction (numerical trouble): start the memory afresh.
-            history.clear();
-            continue;
-        }
-        let mut step = if history.is_empty() {
-            (1.0 / largest).min(1.0)
-        } else {
-            1.0
-        };
-        let mut accepted = None;
-        for _ in 0..30 {
-            for ((c, t), d) in candidate.iter_mut().zip(&theta).zip(&direction) {
-                *c = t + (step as f32) * d;
-            }
-            let trial = problem.loss(&candidate, &mut next_grad);
-            if trial.is_finite() && trial <= loss + 1e-4 * step * slope {
-                accepted = Some(trial);
-                break;
-            }
-            step *= 0.5;
-        }
-        let Some(trial) = accepted else { break };
-        let s: Vec<f32> = candidate.iter().zip(&theta).map(|(c, t)| c - t).collect();
-        let y: Vec<f32> = next_grad.iter().zip(&grad).map(|(n, g)| n - g).collect();
-        let curvature = dot64(&s, &y);
-        if curvature > 1e-12 {
-            if history.len() == HISTORY {
-                history.pop_front();
-            }
-            history.push_back((s, y, 1.0 / curvature));
-        }
-        std::mem::swap(&mut theta, &mut candidate);
-        std::mem::swap(&mut grad, &mut next_grad);
-        loss = trial;
+impl Objective for Problem {
+    fn evaluate(&self, theta: &[f32], grad: &mut [f32]) -> f64 {
+        self.loss(theta, grad)
     }
-    theta
-}
-
-/// The L-BFGS search direction `−H·grad` from the remembered curvature pairs.
-fn two_loop(
-    grad: &[f32],
-    history: &std::collections::VecDeque<(Vec<f32>, Vec<f32>, f64)>,
-) -> Vec<f32> {
-    let mut q: Vec<f64> = grad.iter().map(|&g| f64::from(g)).collect();
-    let mut alphas = Vec::with_capacity(history.len());
-    for (s, y, rho) in history.iter().rev() {
-        let alpha = rho
-            * s.iter()
-                .zip(&q)
-                .map(|(&s, q)| f64::from(s) * q)
-                .sum::<f64>();
-        q.iter_mut()
-            .zip(y)
-            .for_each(|(q, &y)| *q -= alpha * f64::from(y));
-        alphas.push(alpha);
-    }
-    if let Some((s, y, _)) = history.back() {
-        let gamma = dot64(s, y) / dot64(y, y).max(1e-30);
-        q.iter_mut().for_each(|q| *q *= gamma);
-    }
-    for ((s, y, rho), alpha) in history.iter().zip(alphas.iter().rev()) {
-        let beta = rho
-            * y.iter()
-                .zip(&q)
-                .map(|(&y, q)| f64::from(y) * q)
-                .sum::<f64>();
-        q.iter_mut()
-            .zip(s)
-            .for_each(|(q, &s)| *q += (alpha - beta) * f64::from(s));
-    }
-    q.iter().map(|&q| -q as f32).collect()
 }
 
 #[cfg(test)]
@@ -365,7 +296,7 @@ mod tests {
         let labels: Vec<usize> = owners.iter().map(|r| r.index() / 2).collect();
         let flat: Vec<f32> = vectors.iter().flatten().copied().collect();
         let problem = Problem::new(&flat, labels, 4, 3).unwrap();
-        let theta = lbfgs(&problem, vec![0.0; problem.parameters()]);
+        let theta = minimize(&problem, vec![0.0; problem.parameters()], STOPPING);
         let mut grad = vec![0.0; theta.len()];
         let trained = problem.loss(&theta, &mut grad);
         let start = problem.loss(&vec![0.0; theta.len()], &mut grad.clone());

@@ -1,13 +1,16 @@
 //! The classification engine: a prompt's embedding and text in, a decision with its evidence
 //! out. Routes' utterances live in an HNSW index ([`index`]), neighbours become per-route
-//! scores ([`score`]) re-weighted by a learned head ([`head`]), keywords and patterns are
+//! scores ([`score`]) mixed with each route's mean utterance ([`prototypes`]) and re-weighted
+//! by a learned head ([`head`], trained with L-BFGS), keywords and patterns are
 //! matched ([`overrides`]), and [`decide`] applies the precedence rules. [`Router`] ties
 //! them together. Nothing here knows about HTTP, backends or the command line.
 
 pub mod decide;
 pub mod head;
 pub mod index;
+mod lbfgs;
 pub mod overrides;
+pub mod prototypes;
 pub mod score;
 
 mod router;

@@ -5,11 +5,11 @@ use crate::config::Aggregation;
 use crate::config::{Config, MAX_TOP_K, RouteId};
 use crate::embed::cache::{EmbeddingCache, HeadCache, TextKey, text_key};
 use crate::embed::{EmbedError, Embedding, Encoder};
-use crate::kernels::vector::dot;
 use crate::route::decide::{MatchedBy, OverrideHit, RouteScore, decide};
 use crate::route::head::{Head, INVERSE_REGULARIZATION};
 use crate::route::index::{IndexError, Neighbor, UtteranceIndex};
 use crate::route::overrides::OverrideMatcher;
+use crate::route::prototypes::Prototypes;
 use crate::route::score::{Hit, apply_head, mix_with_prototypes, route_scores};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -28,7 +28,7 @@ pub struct Router {
     /// For each indexed utterance: (route, position in the route's `utterances`).
     utterances: Vec<(RouteId, usize)>,
     /// Each route's normalised mean utterance vector (routes without utterances have none).
-    prototypes: Vec<(RouteId, Vec<f32>)>,
+    prototypes: Prototypes,
     /// The learned head (none when `head_weight` is 0 or fewer than two routes have
     /// utterances).
     head: Option<Head>,
@@ -184,7 +184,7 @@ impl Router {
             });
         }
         let owners: Vec<RouteId> = utterances.iter().map(|(r, _)| *r).collect();
-        let prototypes = prototypes(&vectors, &owners);
+        let prototypes = Prototypes::new(&vectors, &owners);
         let index = UtteranceIndex::build(&vectors, &owners)?;
         let overrides = OverrideMatcher::new(&config);
         Ok(Router {
@@ -282,11 +282,7 @@ impl Router {
         let mut scores = route_scores(&hits, config.aggregation);
         if let Aggregation::CentroidMix(weight) = config.aggregation {
             let floor = hits.last().map_or(0.0, |h| h.similarity);
-            let sims: Vec<(RouteId, f32)> = self
-                .prototypes
-                .iter()
-                .map(|(r, p)| (*r, dot(p, query)))
-                .collect();
+            let sims = self.prototypes.similarities(query);
             scores = mix_with_prototypes(&scores, floor, &sims, weight);
         }
         let probabilities = self.head_probabilities(query);
@@ -320,14 +316,11 @@ impl Router {
         // (every utterance of the route is in `hits`, so no floor is needed), then the head.
         let mut scores = match (
             self.config.aggregation,
-            self.prototypes.iter().find(|(r, _)| *r == route),
+            self.prototypes.similarity(route, query),
         ) {
-            (Aggregation::CentroidMix(weight), Some((_, prototype))) => mix_with_prototypes(
-                &[score],
-                score.score,
-                &[(route, dot(prototype, query))],
-                weight,
-            ),
+            (Aggregation::CentroidMix(weight), Some(similarity)) => {
+                mix_with_prototypes(&[score], score.score, &[(route, similarity)], weight)
+            }
             _ => vec![score],
         };
         apply_head(
@@ -424,20 +417,4 @@ fn cached_head(
         tracing::warn!(path = %cache.path().display(), error = %err, "cannot write the head cache");
     }
     Some(head)
-}
-
-/// The normalised mean of each route's utterance vectors, in route order.
-fn prototypes(vectors: &[Vec<f32>], owners: &[RouteId]) -> Vec<(RouteId, Vec<f32>)> {
-    let mut out: Vec<(RouteId, Vec<f32>)> = Vec::new();
-    for (v, &route) in vectors.iter().zip(owners) {
-        match out.last_mut() {
-            Some((r, sum)) if *r == route => sum.iter_mut().zip(v).for_each(|(s, x)| *s += x),
-            _ => out.push((route, v.clone())),
-        }
-    }
-    for (_, p) in &mut out {
-        let norm = dot(p, p).sqrt().max(1e-12);
-        p.iter_mut().for_each(|x| *x /= norm);
-    }
-    out
 }
