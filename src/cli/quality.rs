@@ -242,13 +242,16 @@ fn tuning(router: &Router, options: TuneOptions, config_path: &Path, out: &Path)
         .iter()
         .map(|r| r.utterances.len())
         .sum();
+    let model_dir = std::path::absolute(out.with_extension("model"))?;
+    // Said before tuning, so the model's place is known even if a later step fails.
     eprintln!(
-        "tuning the encoder on {utterances} utterances ({} epochs); this takes minutes",
-        options.epochs
+        "tuning the encoder on {utterances} utterances ({} epochs) into {}; this takes minutes",
+        options.epochs,
+        model_dir.display()
     );
     Ok(Tuning {
         options,
-        model_dir: std::path::absolute(out.with_extension("model"))?,
+        model_dir,
         model_roots: semroute::serve::model_roots(Some(config_path)),
     })
 }

@@ -249,14 +249,14 @@ impl Board {
         !full && !matches!(health.availability(now), Availability::Cooling(_))
     }
 
-    /// Applies a failed attempt's effect on `backend` (`b`); `jitter` in [0, 1) spreads a
-    /// rate limit's end. Returns whether the backend entered a cooldown.
+    /// Applies a failed attempt's effect on `backend` (`b`); `jitter` draws a number in
+    /// [0, 1) that spreads a rate limit's end (drawn only for a rate limit). Returns whether the backend entered a cooldown.
     pub fn cool_down(
         &self,
         backend: &Backend,
         b: BackendId,
         cooldown: Cooldown,
-        jitter: f64,
+        jitter: impl FnOnce() -> f64,
     ) -> bool {
         let (health, now) = (self.get(b), Instant::now());
         match cooldown {
@@ -270,7 +270,7 @@ impl Board {
             }
             Cooldown::RateLimited(wait) => {
                 // Jittered, so a herd of clients does not return at once.
-                let wait = wait.map(|w| w.mul_f64(1.0 + 0.2 * jitter));
+                let wait = wait.map(|w| w.mul_f64(1.0 + 0.2 * jitter()));
                 health.rate_limited(now, wait);
                 true
             }
@@ -461,8 +461,8 @@ mod tests {
     fn the_board_says_when_a_verdict_or_a_check_put_a_backend_in_a_cooldown() {
         let (board, a, b) = (Board::new(1), backend(), BackendId::at(0));
         let now = Instant::now();
-        assert!(!board.cool_down(&a, b, Cooldown::None, 0.5));
-        assert!(!board.cool_down(&a, b, Cooldown::Failure, 0.5));
+        assert!(!board.cool_down(&a, b, Cooldown::None, || 0.5));
+        assert!(!board.cool_down(&a, b, Cooldown::Failure, || 0.5));
         assert!(board.usable(b, None, now));
         assert!(!board.usable(b, Some(0), now), "at its concurrency limit");
         assert!(!board.checked(&a, b, None));
@@ -476,8 +476,8 @@ mod tests {
             board.usable(b, None, Instant::now()),
             "a passing check lifts it"
         );
-        assert!(board.cool_down(&a, b, Cooldown::RateLimited(None), 0.5));
-        assert!(board.cool_down(&a, b, Cooldown::Credential, 0.5));
+        assert!(board.cool_down(&a, b, Cooldown::RateLimited(None), || 0.5));
+        assert!(board.cool_down(&a, b, Cooldown::Credential, || 0.5));
         assert!(!board.usable(b, None, Instant::now()));
     }
 

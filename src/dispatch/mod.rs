@@ -39,6 +39,8 @@ const BLOCKING_SERIALIZE_BYTES: usize = 256 * 1024;
 /// Most bytes read of an upstream error body or a non-streamed answer.
 const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 const MAX_ERROR_BYTES: usize = 64 * 1024;
+/// More tokens than any answer carries: a larger `usage` count is an upstream's mistake.
+const MAX_TOKENS_PER_ANSWER: f64 = 1e9;
 
 /// When every target is cooling down, wait at most this long for the first to recover.
 pub const MAX_RECOVERY_WAIT: Duration = Duration::from_secs(3);
@@ -307,7 +309,7 @@ impl Dispatcher {
         let backend = self.config.backend(b);
         if self
             .health
-            .cool_down(backend, b, cooldown, self.balancer.jitter())
+            .cool_down(backend, b, cooldown, || self.balancer.jitter())
         {
             self.cooled(b);
         }
@@ -336,16 +338,19 @@ impl Dispatcher {
         }
     }
 
-    /// Adds an upstream `usage` object's tokens and their cost.
+    /// Adds an upstream `usage` object's tokens and their cost (counts past
+    /// [`MAX_TOKENS_PER_ANSWER`] are taken as none).
     fn record_usage(&self, route: &str, b: BackendId, usage: &Value) {
         let backend = self.config.backend(b);
         let tokens = |key: &str| {
             usage
                 .get(key)
                 .and_then(Value::as_f64)
+                // A counter never goes down, and one absurd answer must not saturate it: a
+                // count a confused upstream makes negative, non-finite or past any real
+                // answer's size is none.
+                .filter(|n| (0.0..=MAX_TOKENS_PER_ANSWER).contains(n))
                 .unwrap_or(0.0)
-                // A counter never goes down: a negative count from a confused upstream is none.
-                .max(0.0)
         };
         let (input, output) = (tokens("prompt_tokens"), tokens("completion_tokens"));
         let name = backend.name.as_str();

@@ -157,7 +157,9 @@ impl Figures {
         let ticks = ticks.filter(|&t| t > 0);
         Figures {
             cpu_seconds: stat.zip(ticks).map(|(s, t)| s.cpu_ticks as f64 / t as f64),
-            resident_bytes: stat.zip(page).map(|(s, p)| s.resident_pages * p),
+            resident_bytes: stat
+                .zip(page)
+                .map(|(s, p)| s.resident_pages.saturating_mul(p)),
             virtual_bytes: stat.map(|s| s.virtual_bytes),
             start_time_seconds: stat
                 .zip(ticks)

@@ -175,6 +175,15 @@ fn fit_refuses_data_it_cannot_fit_and_will_not_overwrite_the_config() {
         !out_file.exists(),
         "nothing is written when the fit is refused"
     );
+    // Refused before the encoder is tuned (minutes of work), not after.
+    let out = on_shipped_routes(
+        "fit",
+        &data,
+        &["--out", out_file.to_str().unwrap(), "--tune-encoder"],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("labelled null"), "{}", stderr(&out));
+    assert!(!out_file.exists() && !out_file.with_extension("model").exists());
 
     let out = on_shipped_routes("fit", &data, &["--out", "./routes.yaml"]);
     assert!(!out.status.success());

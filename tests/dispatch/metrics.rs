@@ -77,3 +77,55 @@ async fn every_stream_is_counted_but_a_client_gets_usage_only_if_it_asked() {
         "both streams counted: {metrics}"
     );
 }
+
+#[tokio::test]
+async fn absurd_token_counts_from_an_upstream_are_not_counted() {
+    let chunk = |usage: Value| {
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "m",
+               "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}],
+               "usage": usage})
+    };
+    // A count past any answer's size (it would saturate the counter) and a negative one.
+    let a = Upstream::start(
+        "a",
+        Behaviour::Events(vec![chunk(
+            json!({"prompt_tokens": 1e300, "completion_tokens": -4, "total_tokens": 1e300}),
+        )]),
+    )
+    .await;
+    let b = Upstream::start(
+        "b",
+        Behaviour::Events(vec![chunk(
+            json!({"prompt_tokens": 3, "completion_tokens": 18446744073709551615u64, "total_tokens": 3}),
+        )]),
+    )
+    .await;
+    let cost = "    cost: {input_per_mtok: 1.0, output_per_mtok: 1.0}\n";
+    let s = state(
+        &(backend("a", &a.url, cost) + &backend("b", &b.url, cost)),
+        "a",
+        "",
+    );
+    assert_eq!(chat(&s, request("chat")).await.status, StatusCode::OK);
+    let mut direct = request("chat");
+    direct["model"] = json!("b");
+    assert_eq!(chat(&s, direct).await.status, StatusCode::OK);
+    // Twice, so a saturated counter would have wrapped.
+    let mut direct = request("chat");
+    direct["model"] = json!("b");
+    assert_eq!(chat(&s, direct).await.status, StatusCode::OK);
+    let text = metrics_text(&s).await;
+    for line in [
+        "semroute_tokens_total{route=\"chat\",backend=\"a\",kind=\"prompt\"} 0",
+        "semroute_tokens_total{route=\"chat\",backend=\"a\",kind=\"completion\"} 0",
+        "semroute_tokens_total{route=\"-\",backend=\"b\",kind=\"prompt\"} 6",
+        "semroute_tokens_total{route=\"-\",backend=\"b\",kind=\"completion\"} 0",
+        "semroute_cost_usd_total{route=\"-\",backend=\"b\"} 0.000006",
+    ] {
+        assert!(
+            text.contains(&format!("{line}\n")),
+            "missing {line}:\n{text}"
+        );
+    }
+    assert!(!text.contains("inf"), "{text}");
+}

@@ -140,22 +140,31 @@ pub enum FitError {
     NoInScope { got: usize },
 }
 
+/// Whether prompts labelled so (`true`: with a route, `false`: null) are enough to fit
+/// thresholds on: checked before any costly work, and again by [`fit`].
+pub fn check_labels(in_scope: impl ExactSizeIterator<Item = bool>) -> Result<(), FitError> {
+    let got = in_scope.len();
+    if got < MIN_SAMPLES {
+        return Err(FitError::TooFewSamples { got });
+    }
+    let labelled = in_scope.filter(|&labelled| labelled).count();
+    if labelled == got {
+        return Err(FitError::NoOutOfScope { got });
+    }
+    if labelled == 0 {
+        return Err(FitError::NoInScope { got });
+    }
+    Ok(())
+}
+
 /// Fits thresholds on `observations`. `current` are the config's routes with their own
 /// thresholds, in route order (kept for routes that cannot be fitted).
 pub fn fit(
     observations: &[Observation],
     current: &[(RouteId, Option<f32>)],
 ) -> Result<Fit, FitError> {
+    check_labels(observations.iter().map(|o| o.expected.is_some()))?;
     let got = observations.len();
-    if got < MIN_SAMPLES {
-        return Err(FitError::TooFewSamples { got });
-    }
-    if observations.iter().all(|o| o.expected.is_some()) {
-        return Err(FitError::NoOutOfScope { got });
-    }
-    if observations.iter().all(|o| o.expected.is_none()) {
-        return Err(FitError::NoInScope { got });
-    }
     let all: Vec<&Observation> = observations.iter().collect();
     let global = fit_global(&all, current);
     let per_route = fit_routes(&all, current, global.clone());

@@ -57,6 +57,8 @@ pub fn run(
     samples: &[Sample],
     tuning: Option<Tuning>,
 ) -> Result<FitRun, FitRunError> {
+    // Before classifying (and tuning, which takes minutes): data that cannot be fitted.
+    super::check_labels(samples.iter().map(|s| s.route.is_some()))?;
     let (classifications, queries_per_s) = eval::classify_all(&router, encoder, samples)?;
     let texts: Vec<&str> = samples.iter().map(|s| s.text.as_str()).collect();
     let before_outcomes: Vec<Outcome> = samples
