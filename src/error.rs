@@ -33,6 +33,18 @@ pub enum ErrorKind {
     UpstreamFailed,
     /// Every backend is cooling down.
     UpstreamUnavailable,
+    /// No key, or a key semroute does not know, where one is required.
+    Unauthorized,
+    /// The key may not use this route, backend or data class.
+    Forbidden,
+    /// Over a rate limit (requests or tokens per minute).
+    RateLimitExceeded,
+    /// Over a budget in USD.
+    BudgetExceeded,
+    /// No target's context window holds the request.
+    ContextLengthExceeded,
+    /// The shared state (Redis) cannot be reached and `state.on_error` is `fail_closed`.
+    StateUnavailable,
     Internal,
 }
 
@@ -52,6 +64,13 @@ impl ErrorKind {
             ErrorKind::DataClassRefused => StatusCode::FORBIDDEN,
             ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::RateLimitExceeded | ErrorKind::BudgetExceeded => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ErrorKind::ContextLengthExceeded => StatusCode::BAD_REQUEST,
+            ErrorKind::StateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -65,6 +84,9 @@ pub struct ApiError {
     /// Seconds for the `Retry-After` header (429 and 503 get one; default 1).
     #[serde(skip)]
     pub retry_after: Option<u64>,
+    /// Headers the answer carries besides (`x-ratelimit-*`).
+    #[serde(skip)]
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
@@ -73,7 +95,13 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            headers: Vec::new(),
         }
+    }
+
+    pub fn with_headers(mut self, headers: Vec<(&'static str, String)>) -> ApiError {
+        self.headers = headers;
+        self
     }
 
     pub fn with_retry_after(mut self, seconds: u64) -> ApiError {
@@ -109,9 +137,23 @@ impl IntoResponse for ApiError {
         }
         let status = self.code.status();
         let mut response = (status, axum::Json(Body { error: &self })).into_response();
+        let headers = response.headers_mut();
+        for (name, value) in &self.headers {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(*name, value);
+            }
+        }
+        if self.code == ErrorKind::Unauthorized {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if matches!(
             self.code,
-            ErrorKind::Overloaded | ErrorKind::NotReady | ErrorKind::UpstreamUnavailable
+            ErrorKind::Overloaded
+                | ErrorKind::NotReady
+                | ErrorKind::UpstreamUnavailable
+                | ErrorKind::RateLimitExceeded
+                | ErrorKind::BudgetExceeded
+                | ErrorKind::StateUnavailable
         ) {
             let seconds = self.retry_after.unwrap_or(RETRY_AFTER_SECS);
             response

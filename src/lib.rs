@@ -19,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod kernels;
 pub mod offline;
+pub mod quota;
 pub mod route;
 pub mod serve;
 pub mod telemetry;

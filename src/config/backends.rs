@@ -5,6 +5,7 @@ use super::Checker;
 use super::ConfigIssue;
 use super::classes::{Accepted, DataClasses};
 use super::raw::RawBackend;
+use super::tenants::Limits;
 use serde::Serialize;
 use serde_saphyr::Spanned;
 use std::collections::HashMap;
@@ -72,6 +73,12 @@ pub struct Backend {
     pub upstream_stream: bool,
     /// A stream (one attempt) running longer than this is broken off; `None`: no limit.
     pub max_stream: Option<Duration>,
+    /// The provider's quota (`rpm`, `tpm`): paced to, instead of collecting 429s.
+    pub limits: Limits,
+    /// Tokens the model holds (prompt and answer); `None`: not known, never skipped.
+    pub context_window: Option<u64>,
+    /// Output tokens assumed for a request that sets no `max_tokens`.
+    pub max_output_tokens: u64,
 }
 
 impl Backend {
@@ -90,6 +97,11 @@ pub const DEFAULT_FIRST_BYTE_TIMEOUT_MS: i64 = 10_000;
 pub const DEFAULT_STREAM_IDLE_TIMEOUT_MS: i64 = 10_000;
 pub const DEFAULT_MAX_RETRY_AFTER_MS: i64 = 3_000;
 pub const DEFAULT_RETRIES: i64 = 1;
+/// Output tokens a request without `max_tokens` is assumed to take, for budgets and
+/// context windows, when the backend sets no `max_output_tokens`.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
+/// Largest context window or output cap accepted.
+const MAX_TOKENS: i64 = 100_000_000;
 /// Longest timeout accepted: a day.
 const MAX_MS: i64 = 86_400_000;
 
@@ -104,7 +116,7 @@ struct Timing {
 }
 
 /// How much is asked of a backend: retries, requests in flight, its share of the traffic.
-struct Limits {
+struct Load {
     retries: u32,
     max_concurrent: Option<usize>,
     weight: u32,
@@ -152,11 +164,14 @@ impl Checker<'_> {
         let model = self.backend_model(at, &raw);
         let api_key_env = self.api_key_env(at, raw.api_key_env.as_ref());
         let timing = self.timing(at, &raw);
-        let limits = self.limits(at, &raw);
+        let load = self.load(at, &raw);
+        let limits = self.limits_section(&format!("{at}.limits"), raw.limits.as_ref(), false);
+        let tokens = self.token_sizes(at, &raw);
         let cost = self.cost(at, &raw);
         let max_stream = self.optional_ms(at, "max_stream_ms", &raw.max_stream_ms, 1);
         let received = self.backend_classes(at, &raw, classes);
-        let ((data_classes, accepted), timing, limits) = (received?, timing?, limits?);
+        let ((data_classes, accepted), timing, load) = (received?, timing?, load?);
+        let (context_window, max_output_tokens) = tokens?;
         if !named {
             return None;
         }
@@ -170,9 +185,12 @@ impl Checker<'_> {
             first_byte_timeout: timing.first_byte_timeout,
             stream_idle_timeout: timing.stream_idle_timeout,
             max_retry_after: timing.max_retry_after,
-            retries: limits.retries,
-            max_concurrent: limits.max_concurrent,
-            weight: limits.weight,
+            retries: load.retries,
+            max_concurrent: load.max_concurrent,
+            weight: load.weight,
+            limits: limits?,
+            context_window,
+            max_output_tokens,
             cost: cost?,
             data_classes,
             accepted,
@@ -306,7 +324,7 @@ impl Checker<'_> {
     }
 
     /// Retries, requests in flight and weight, each in range or its default.
-    fn limits(&mut self, at: &str, raw: &RawBackend) -> Option<Limits> {
+    fn load(&mut self, at: &str, raw: &RawBackend) -> Option<Load> {
         let retries = match &raw.retries {
             Some(v) => self
                 .bounded(&format!("{at}.retries"), v, 0, 10)
@@ -325,11 +343,28 @@ impl Checker<'_> {
                 .map(|v| v as u32),
             None => Some(1),
         };
-        Some(Limits {
+        Some(Load {
             retries: retries?,
             max_concurrent: max_concurrent?,
             weight: weight?,
         })
+    }
+
+    /// The context window and the output cap assumed when a request sets no `max_tokens`.
+    fn token_sizes(&mut self, at: &str, raw: &RawBackend) -> Option<(Option<u64>, u64)> {
+        let window = match &raw.context_window {
+            Some(v) => self
+                .bounded(&format!("{at}.context_window"), v, 1, MAX_TOKENS)
+                .map(|n| Some(n as u64)),
+            None => Some(None),
+        };
+        let output = match &raw.max_output_tokens {
+            Some(v) => self
+                .bounded(&format!("{at}.max_output_tokens"), v, 1, MAX_TOKENS)
+                .map(|n| n as u64),
+            None => Some(DEFAULT_MAX_OUTPUT_TOKENS),
+        };
+        Some((window?, output?))
     }
 
     /// The price per million tokens, if given (`None`: invalid).
@@ -445,7 +480,7 @@ impl Checker<'_> {
     }
 }
 
-fn valid_env_name(name: &str) -> bool {
+pub(super) fn valid_env_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with(|c: char| c.is_ascii_digit())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')

@@ -22,6 +22,9 @@ pub enum Strategy {
     LeastBusy,
     /// Lowest peak-EWMA latency of two picked at random.
     Latency,
+    /// The cheapest healthy target whose context window holds the request, then the rest by
+    /// cost.
+    Cheapest,
 }
 
 /// A route's dispatch settings, resolved against the backends.
@@ -122,12 +125,13 @@ impl Checker<'_> {
             "round_robin" => Some(Strategy::RoundRobin),
             "least_busy" => Some(Strategy::LeastBusy),
             "latency" => Some(Strategy::Latency),
+            "cheapest" => Some(Strategy::Cheapest),
             other => {
                 self.issue(
                     format!("{at}.strategy"),
                     s.referenced,
                     format!("unknown strategy `{other}`"),
-                    "use fallback, round_robin, least_busy or latency",
+                    "use fallback, round_robin, least_busy, latency or cheapest",
                 );
                 None
             }

@@ -13,6 +13,7 @@ mod route_rules;
 mod routes;
 pub mod rules;
 mod settings;
+mod tenants;
 mod types;
 mod write;
 
@@ -22,6 +23,9 @@ pub use dispatch::{Dispatch, Strategy};
 pub use error::{ConfigError, ConfigIssue};
 pub use route_rules::{RuleSource, Rules};
 pub use rules::RuleSet;
+pub use tenants::{
+    Auth, ClientKey, KeySource, Limits, MIN_KEY_LEN, OnError, RouteAccess, StateConfig, key_digest,
+};
 pub use types::{
     Aggregation, DeviceChoice, EncoderConfig, Keyword, Pattern, Precision, Route, RouteId,
     RouteName, Threshold,
@@ -70,6 +74,12 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// The data classes, least sensitive first.
     pub data_classes: DataClasses,
+    /// Where counters, budgets and shared health live.
+    pub state: StateConfig,
+    /// Client keys and what each may reach.
+    pub auth: Auth,
+    /// Limits on each user (the request's `user` or `x-semroute-user`) of each key.
+    pub per_user: Limits,
     /// Every route's keywords and patterns, compiled once (file order: per route, its
     /// keywords then its patterns).
     pub overrides: Rules,
@@ -219,6 +229,12 @@ impl Checker<'_> {
         let data_classes = self.data_classes(raw.data_classes_order, classes_in_use)?;
         let backends = self.backends(raw.backends, &data_classes);
         let routes = self.routes(raw.routes, backends.as_deref(), &data_classes);
+        let state = self.state(raw.state);
+        let per_user = self.per_user(raw.limits.as_ref());
+        let auth = match (&routes, &backends) {
+            (Some(routes), Some(backends)) => self.auth(raw.auth, routes, backends, &data_classes),
+            _ => None,
+        };
         let (overrides, class_patterns) = match &routes {
             Some(routes) => self.rules(routes)?,
             None => (Rules::default(), Rules::default()),
@@ -242,6 +258,9 @@ impl Checker<'_> {
             backends: backends?,
             routes: routes?,
             data_classes,
+            state: state?,
+            auth: auth?,
+            per_user: per_user?,
             overrides,
             class_patterns,
             notes: Vec::new(),

@@ -25,8 +25,82 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub data_classes_order: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
+    pub state: Option<RawState>,
+    #[serde(default)]
+    pub auth: Option<RawAuth>,
+    #[serde(default)]
+    pub limits: Option<RawGlobalLimits>,
+    #[serde(default)]
     pub backends: Vec<RawBackend>,
     pub routes: Spanned<Vec<RawRoute>>,
+}
+
+/// `state:`: where limits, budgets and shared health live.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawState {
+    #[serde(default)]
+    pub redis: Option<Spanned<String>>,
+    #[serde(default)]
+    pub prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    pub on_error: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeout_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub reservation_ttl_s: Option<Spanned<i64>>,
+}
+
+/// `auth:`: the client keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAuth {
+    #[serde(default)]
+    pub required: Option<bool>,
+    #[serde(default)]
+    pub keys: Vec<RawClientKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawClientKey {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub key_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub key_sha256: Option<Spanned<String>>,
+    #[serde(default)]
+    pub routes: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub backends: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub max_data_class: Option<Spanned<String>>,
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
+    #[serde(default)]
+    pub admin: Option<bool>,
+}
+
+/// Rates and budgets, each optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    #[serde(default)]
+    pub rpm: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub tpm: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub usd_per_day: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub usd_per_month: Option<Spanned<f64>>,
+}
+
+/// The top-level `limits:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGlobalLimits {
+    #[serde(default)]
+    pub per_user: Option<RawLimits>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +189,12 @@ pub(crate) struct RawBackend {
     pub upstream_stream: Option<bool>,
     #[serde(default)]
     pub max_stream_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
+    #[serde(default)]
+    pub context_window: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub max_output_tokens: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

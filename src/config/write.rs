@@ -2,6 +2,8 @@
 //! setting spelled out, in the shape `raw.rs` reads, so the file loads to the same `Config`.
 //! Comments of the original file are not carried over.
 
+use super::backends::DEFAULT_MAX_OUTPUT_TOKENS;
+use super::tenants::{Auth, KeySource, Limits, OnError, StateConfig};
 use super::{Aggregation, Backend, Config, Cost, DeviceChoice, Precision, Strategy};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -18,6 +20,12 @@ struct OutConfig<'a> {
     head_weight: f32,
     #[serde(skip_serializing_if = "Option::is_none")]
     data_classes_order: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<OutState<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<OutAuth<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<OutGlobalLimits>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     backends: Vec<OutBackend<'a>>,
     routes: Vec<OutRoute<'a>>,
@@ -49,6 +57,134 @@ struct OutBackend<'a> {
     upstream_stream: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_stream_ms: Option<u128>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<OutLimits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context_window: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_output_tokens: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct OutLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rpm: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tpm: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usd_per_day: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usd_per_month: Option<f64>,
+}
+
+impl OutLimits {
+    fn new(limits: &Limits) -> Option<OutLimits> {
+        (!limits.is_empty()).then_some(OutLimits {
+            rpm: limits.rpm,
+            tpm: limits.tpm,
+            usd_per_day: limits.usd_per_day,
+            usd_per_month: limits.usd_per_month,
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct OutGlobalLimits {
+    per_user: OutLimits,
+}
+
+#[derive(Serialize)]
+struct OutState<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<&'a str>,
+    prefix: &'a str,
+    on_error: &'static str,
+    timeout_ms: u128,
+    reservation_ttl_s: u64,
+}
+
+impl<'a> OutState<'a> {
+    fn new(state: &'a StateConfig) -> Option<OutState<'a>> {
+        (*state != StateConfig::default()).then(|| OutState {
+            redis: state.redis.as_deref(),
+            prefix: &state.prefix,
+            on_error: match state.on_error {
+                OnError::FailOpen => "fail_open",
+                OnError::FailClosed => "fail_closed",
+            },
+            timeout_ms: state.timeout.as_millis(),
+            reservation_ttl_s: state.reservation_ttl.as_secs(),
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct OutAuth<'a> {
+    required: bool,
+    keys: Vec<OutKey<'a>>,
+}
+
+#[derive(Serialize)]
+struct OutKey<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_env: Option<&'a str>,
+    /// Only for a key the file gave this way (a key from a variable stays a variable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    routes: Option<Vec<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backends: Option<Vec<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_data_class: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<OutLimits>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    admin: bool,
+}
+
+impl<'a> OutAuth<'a> {
+    fn new(auth: &'a Auth, config: &'a Config) -> Option<OutAuth<'a>> {
+        if *auth == Auth::default() {
+            return None;
+        }
+        let keys = auth
+            .keys
+            .iter()
+            .map(|k| OutKey {
+                name: &k.name,
+                key_env: match &k.source {
+                    KeySource::Env(name) => Some(name.as_str()),
+                    KeySource::Sha256 => None,
+                },
+                key_sha256: (k.source == KeySource::Sha256).then(|| hex::encode(k.digest)),
+                routes: k.routes.as_ref().map(|access| {
+                    let mut names: Vec<&str> = access
+                        .routes
+                        .iter()
+                        .map(|&r| config.route(r).name.as_str())
+                        .collect();
+                    if access.auto {
+                        names.insert(0, "auto");
+                    }
+                    names
+                }),
+                backends: k.backends.as_ref().map(|list| {
+                    list.iter()
+                        .map(|&b| config.backend(b).name.as_str())
+                        .collect()
+                }),
+                max_data_class: k.max_data_class.as_deref(),
+                limits: OutLimits::new(&k.limits),
+                admin: k.admin,
+            })
+            .collect();
+        Some(OutAuth {
+            required: auth.required,
+            keys,
+        })
+    }
 }
 
 impl<'a> OutBackend<'a> {
@@ -71,6 +207,10 @@ impl<'a> OutBackend<'a> {
             health_check_interval_ms: b.health_check_interval.map(|d| d.as_millis()),
             upstream_stream: (!b.upstream_stream).then_some(false),
             max_stream_ms: b.max_stream.map(|d| d.as_millis()),
+            limits: OutLimits::new(&b.limits),
+            context_window: b.context_window,
+            max_output_tokens: (b.max_output_tokens != DEFAULT_MAX_OUTPUT_TOKENS)
+                .then_some(b.max_output_tokens),
         }
     }
 }
@@ -147,6 +287,9 @@ impl Config {
                 .data_classes
                 .in_use()
                 .then(|| self.data_classes.names()),
+            state: OutState::new(&self.state),
+            auth: OutAuth::new(&self.auth, self),
+            limits: OutLimits::new(&self.per_user).map(|per_user| OutGlobalLimits { per_user }),
             backends: self.backends.iter().map(OutBackend::new).collect(),
             routes: self
                 .routes

@@ -182,7 +182,7 @@ impl Dispatcher {
             });
         }
         if let Some(usage) = json.get("usage").filter(|u| u.is_object()) {
-            self.record_usage(&self.route_label(request), b, usage);
+            self.record_usage(request, b, usage);
         }
         Ok(bytes)
     }

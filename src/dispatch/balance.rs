@@ -69,7 +69,8 @@ pub fn order(
 ) -> Vec<BackendId> {
     let mut out = targets.to_vec();
     match strategy {
-        Strategy::Fallback => {}
+        // The cheapest order depends on the request: `plan.rs` sorts by it.
+        Strategy::Fallback | Strategy::Cheapest => {}
         Strategy::RoundRobin => {
             let total: usize = targets
                 .iter()

@@ -64,6 +64,10 @@ pub struct ChatRequest {
     pub data_class: Option<classes::Classed>,
     /// The client's body size in bytes.
     pub size: usize,
+    /// Its prompt's tokens and its answer's cap.
+    pub demand: crate::quota::demand::Demand,
+    /// Its hold on the caller's limits and budgets, told the usage of its answer.
+    pub ticket: Option<Arc<crate::quota::Ticket>>,
 }
 
 impl ChatRequest {
@@ -91,6 +95,10 @@ pub enum AnswerBody {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
+    #[error(
+        "the request is about {tokens} tokens (prompt and max_tokens), more than any target's context window holds (the largest is {largest})"
+    )]
+    TooLong { tokens: u64, largest: u64 },
     #[error("no backend may receive data class `{class}`: {reason}")]
     NotEligible { class: String, reason: String },
     #[error("every target is cooling down; the first recovers in {}", fmt_ms(*.retry_after))]
@@ -340,7 +348,8 @@ impl Dispatcher {
 
     /// Adds an upstream `usage` object's tokens and their cost (counts past
     /// [`MAX_TOKENS_PER_ANSWER`] are taken as none).
-    fn record_usage(&self, route: &str, b: BackendId, usage: &Value) {
+    fn record_usage(&self, request: &ChatRequest, b: BackendId, usage: &Value) {
+        let route = &self.route_label(request);
         let backend = self.config.backend(b);
         let tokens = |key: &str| {
             usage
@@ -359,9 +368,14 @@ impl Dispatcher {
             .tokens(route, name, TokenKind::Prompt, input as u64);
         self.metrics
             .tokens(route, name, TokenKind::Completion, output as u64);
-        if let Some(cost) = backend.cost {
-            let usd = (input * cost.input_per_mtok + output * cost.output_per_mtok) / 1e6;
+        let usd = backend.cost.map_or(0.0, |cost| {
+            (input * cost.input_per_mtok + output * cost.output_per_mtok) / 1e6
+        });
+        if backend.cost.is_some() {
             self.metrics.cost(route, name, usd);
+        }
+        if let Some(ticket) = &request.ticket {
+            ticket.used(usd, (input + output) as u64);
         }
     }
 }

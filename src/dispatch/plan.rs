@@ -8,6 +8,7 @@ use super::classes::Classed;
 use super::health::{Availability, Board};
 use super::{ChatRequest, Destination, DispatchError, MAX_RECOVERY_WAIT};
 use crate::config::{BackendId, Config, Strategy};
+use crate::quota::demand::Demand;
 use std::time::Instant;
 
 /// The targets to try for `request`, best first.
@@ -25,7 +26,15 @@ pub async fn targets(
         }
     };
     let eligible = eligible(&targets, config, request.data_class.as_ref())?;
-    let ranked = balancer.order(strategy, route, &eligible, &config.backends, health.all());
+    let eligible = fitting(&eligible, config, &request.demand)?;
+    let mut ranked = balancer.order(strategy, route, &eligible, &config.backends, health.all());
+    if strategy == Strategy::Cheapest {
+        // Stable: targets of one price keep the order written.
+        ranked.sort_by(|&a, &b| {
+            let price = |t| request.demand.max_usd_on(config.backend(t));
+            price(a).total_cmp(&price(b))
+        });
+    }
     usable_now(&ranked, config, health, Instant::now()).await
 }
 
@@ -58,6 +67,34 @@ fn eligible(
         }
         _ => Ok(eligible),
     }
+}
+
+/// The targets whose context window holds the request (a target that cannot is skipped
+/// without a round trip); none is an error.
+fn fitting(
+    targets: &[BackendId],
+    config: &Config,
+    demand: &Demand,
+) -> Result<Vec<BackendId>, DispatchError> {
+    let fitting: Vec<BackendId> = targets
+        .iter()
+        .copied()
+        .filter(|&t| demand.fits(config.backend(t)))
+        .collect();
+    if fitting.is_empty() && !targets.is_empty() {
+        let largest = targets
+            .iter()
+            .filter_map(|&t| config.backend(t).context_window)
+            .max()
+            .unwrap_or(0);
+        return Err(DispatchError::TooLong {
+            tokens: demand
+                .prompt_tokens
+                .saturating_add(demand.max_output.unwrap_or(0)),
+            largest,
+        });
+    }
+    Ok(fitting)
 }
 
 /// The `ranked` targets usable at `now`, in order (a full one, at `max_concurrent`, or one
@@ -121,6 +158,8 @@ mod tests {
             destination,
             data_class: None,
             size: 0,
+            demand: Demand::default(),
+            ticket: None,
         }
     }
 

@@ -335,8 +335,8 @@ impl Relay {
     /// Rewrites one upstream chunk (see the module comment) and sends what is new.
     async fn relay_chunk(&mut self, mut chunk: Value) -> Step {
         if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
-            let route = self.dispatcher.route_label(&self.request);
-            self.dispatcher.record_usage(&route, self.backend, usage);
+            self.dispatcher
+                .record_usage(&self.request, self.backend, usage);
         }
         // Usage is always asked for upstream; a streaming client gets it only if it asked.
         if !self.usage_for_client

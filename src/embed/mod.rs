@@ -2,6 +2,7 @@
 //! mask, L2 normalisation. The same recipe as sentence-transformers' all-MiniLM-L6-v2.
 
 pub mod cache;
+pub mod count;
 mod device;
 pub mod files;
 pub mod native;
@@ -168,6 +169,11 @@ impl Encoder {
             tracing::warn!(error = %err, "the warm-up embedding failed");
         }
         Ok(encoder)
+    }
+
+    /// A token counter on this model's tokenizer (`None` if it cannot be set up).
+    pub fn token_counter(&self) -> Option<count::TokenCounter> {
+        count::TokenCounter::new((*self.tokenizer).clone()).ok()
     }
 
     /// Embedding dimension (384 for all-MiniLM-L6-v2).

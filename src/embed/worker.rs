@@ -32,6 +32,9 @@ pub struct EmbedWorker {
     jobs: mpsc::Sender<Job>,
     capacity: usize,
     truncator: Truncator,
+    /// The model's tokenizer, untruncated, for token estimates (`None` if it cannot be
+    /// copied, which does not happen with a loaded tokenizer).
+    counter: Option<super::count::TokenCounter>,
 }
 
 impl EmbedWorker {
@@ -40,6 +43,7 @@ impl EmbedWorker {
         let capacity = queue_capacity.max(1);
         let (jobs, receiver) = mpsc::channel(capacity);
         let truncator = encoder.truncator();
+        let counter = encoder.token_counter();
         std::thread::Builder::new()
             .name("semroute-embed".into())
             .spawn(move || run(encoder, receiver))?;
@@ -47,11 +51,17 @@ impl EmbedWorker {
             jobs,
             capacity,
             truncator,
+            counter,
         })
     }
 
     /// The part of `text` the model will see (see `Truncator::prefix`): send that, not a
     /// copy of a huge prompt.
+    /// Estimates tokens with the model's tokenizer (see `count.rs`).
+    pub fn counter(&self) -> Option<&super::count::TokenCounter> {
+        self.counter.as_ref()
+    }
+
     pub fn prefix<'a>(&self, text: &'a str) -> &'a str {
         self.truncator.prefix(text)
     }

@@ -8,12 +8,15 @@
 use super::AppState;
 use super::classify::last_user_text;
 use super::json::read_json_body;
+use super::tenant;
 use crate::config::{Config, RouteId};
 use crate::dispatch::classes::{self, Classed};
 use crate::dispatch::relay::{Piece, frame};
 use crate::dispatch::{Answer, AnswerBody, ChatRequest, Destination, DispatchError};
 use crate::embed::has_visible_text;
 use crate::error::{ApiError, ErrorKind};
+use crate::quota::demand::Demand;
+use crate::quota::{Admitted, Caller};
 use crate::route::decide::{OverrideHit, OverrideKind};
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -37,6 +40,8 @@ struct Prepared {
     /// With `model: auto`: the text to embed and the keyword and pattern hits of the last
     /// user message.
     prompt: Option<(String, Vec<OverrideHit>)>,
+    /// Its prompt's tokens and its answer's cap.
+    demand: Demand,
 }
 
 pub async fn chat_completions(
@@ -50,11 +55,20 @@ pub async fn chat_completions(
         ));
     };
     let config = dispatcher.config().clone();
+    let key = tenant::identify(&config, request.headers())?;
     let header_classes = header_classes(request.headers())?;
+    let header_user = request
+        .headers()
+        .get(tenant::USER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string());
     let limit = state.body_limit.max(super::CHAT_BODY_LIMIT);
     let bytes = read_json_body(request, limit, state.body_timeout).await?;
     let size = bytes.len();
     let prepared = prepare_off_runtime(&state, &config, bytes).await?;
+    if prepared.destination.is_none() {
+        tenant::may_classify(&config, key)?;
+    }
     let (destination, score) = match (prepared.destination, prepared.prompt) {
         (Some(destination), _) => (destination, None),
         (None, Some((prefix, hits))) => classify(&state, prefix, hits).await?,
@@ -74,16 +88,56 @@ pub async fn chat_completions(
     if let Some(Classed { class, because }) = &data_class {
         tracing::debug!(%class, %because, "data class");
     }
+    tenant::authorize(
+        &config,
+        key,
+        destination,
+        data_class.as_ref().map(|c| c.class.as_str()),
+    )?;
+    let user = tenant::user_of(&prepared.body, header_user.as_deref());
+    let admitted = admit(&state, &config, key, user, &prepared.demand, destination)?;
     let request = ChatRequest {
         body: prepared.body,
         destination,
         data_class,
         size,
+        demand: prepared.demand,
+        ticket: admitted.as_ref().map(|a| a.ticket.clone()),
     };
     let result = dispatcher.dispatch(&request).await;
     count_answer(&state, &config, route, &result);
-    let answer = result.map_err(api_error)?;
-    respond(answer, &config, route, score)
+    let limits = admitted.as_ref().map(tenant::admitted_headers);
+    let answer = result.map_err(|e| api_error(e, limits.clone()))?;
+    respond(answer, &config, route, score, limits.unwrap_or_default())
+}
+
+/// Charges the caller's limits and budgets (`None`: none are configured).
+fn admit(
+    state: &AppState,
+    config: &Config,
+    key: Option<usize>,
+    user: String,
+    demand: &Demand,
+    destination: Destination,
+) -> Result<Option<Admitted>, ApiError> {
+    let Some(quota) = &state.quota else {
+        return Ok(None);
+    };
+    let targets: Vec<&crate::config::Backend> = match destination {
+        Destination::Route(r) => config
+            .route(r)
+            .dispatch
+            .targets
+            .iter()
+            .map(|&b| config.backend(b))
+            .collect(),
+        Destination::Backend(b) => vec![config.backend(b)],
+    };
+    let charge = crate::quota::most_of(&targets, demand);
+    quota
+        .admit(&Caller { key, user }, charge)
+        .map(Some)
+        .map_err(tenant::refused)
 }
 
 /// Every value of the data-class header (a proxy in between may add its own): the
@@ -138,6 +192,7 @@ fn count_answer(
             config.backend(a.backend).name.as_str(),
         ),
         Err(DispatchError::NotEligible { .. }) => ("403".into(), "-"),
+        Err(DispatchError::TooLong { .. }) => ("400".into(), "-"),
         Err(DispatchError::AllCooling { .. }) => ("503".into(), "-"),
         Err(DispatchError::Exhausted { .. }) => ("502".into(), "-"),
     };
@@ -146,8 +201,8 @@ fn count_answer(
         .answered(route_label, backend_label, &status_label);
 }
 
-fn api_error(err: DispatchError) -> ApiError {
-    match err {
+fn api_error(err: DispatchError, limits: Option<Vec<(&'static str, String)>>) -> ApiError {
+    let error = match err {
         DispatchError::NotEligible { .. } => {
             ApiError::new(ErrorKind::DataClassRefused, err.to_string())
         }
@@ -158,7 +213,11 @@ fn api_error(err: DispatchError) -> ApiError {
         DispatchError::Exhausted { .. } => {
             ApiError::new(ErrorKind::UpstreamFailed, err.to_string())
         }
-    }
+        DispatchError::TooLong { .. } => {
+            ApiError::new(ErrorKind::ContextLengthExceeded, err.to_string())
+        }
+    };
+    error.with_headers(limits.unwrap_or_default())
 }
 
 /// The upstream's answer with semroute's headers: the route and backend by name, the
@@ -168,6 +227,7 @@ fn respond(
     config: &Config,
     route: Option<RouteId>,
     score: Option<f32>,
+    limits: Vec<(&'static str, String)>,
 ) -> Result<Response, ApiError> {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let body = match answer.body {
@@ -197,6 +257,11 @@ fn respond(
         text(&score.map_or("-".to_string(), |s: f32| format!("{s:.4}"))),
     );
     h.insert("x-semroute-attempts", HeaderValue::from(answer.attempts));
+    for (name, value) in limits {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            h.insert(name, value);
+        }
+    }
     Ok(response)
 }
 
@@ -263,12 +328,32 @@ fn prepare(
             (Some((worker.prefix(&text).to_string(), hits)), class_hits)
         }
     };
+    let counter = engine.and_then(|(_, worker)| worker.counter());
+    let demand = Demand::of(&body, |text| match counter {
+        Some(counter) if counts_tokens(config) => counter.count(text),
+        _ => crate::embed::count::by_bytes(text.len()),
+    });
     Ok(Prepared {
         body: Arc::new(body),
         destination,
         class_hits,
         prompt,
+        demand,
     })
+}
+
+/// Whether anything reads token counts (limits, budgets, context windows, the cheapest
+/// strategy): only then is the tokenizer run over the request.
+fn counts_tokens(config: &Config) -> bool {
+    crate::quota::Quota::any_limits(config)
+        || config
+            .backends
+            .iter()
+            .any(|b| b.context_window.is_some() || !b.limits.is_empty())
+        || config
+            .routes
+            .iter()
+            .any(|r| r.dispatch.strategy == crate::config::Strategy::Cheapest)
 }
 
 /// The destination `model` names (`None`: `auto`).

@@ -194,8 +194,11 @@ impl ClassifyResponse {
 
 pub async fn classify(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     ApiJson(request): ApiJson<ClassifyRequest>,
 ) -> Result<Json<ClassifyResponse>, ApiError> {
+    // `auth.required` applies here too (no limits: classifying spends no provider's money).
+    super::tenant::identify(&state.config, &headers)?;
     let started = Instant::now();
     let text = request.prompt()?;
     let top_k = request.top_k()?;

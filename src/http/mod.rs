@@ -6,6 +6,7 @@ pub mod classify;
 mod health;
 mod json;
 pub mod server;
+mod tenant;
 
 pub use classify::{ClassifyRequest, Message};
 
@@ -42,6 +43,8 @@ pub struct AppState {
     engine: Arc<OnceLock<Engine>>,
     /// Present when the config defines backends.
     dispatcher: Option<Arc<Dispatcher>>,
+    /// Present when the config sets client or user limits.
+    quota: Option<Arc<crate::quota::Quota>>,
     metrics: Arc<Metrics>,
     body_limit: usize,
     body_timeout: Duration,
@@ -69,7 +72,10 @@ impl AppState {
                 }
             }
         };
+        let quota = crate::quota::Quota::any_limits(&config)
+            .then(|| Arc::new(crate::quota::Quota::new(config.clone())));
         AppState {
+            quota,
             config,
             engine: Arc::new(OnceLock::new()),
             dispatcher,

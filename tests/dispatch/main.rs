@@ -20,3 +20,4 @@ mod metrics;
 mod requests;
 mod retries;
 mod streaming;
+mod tenants;

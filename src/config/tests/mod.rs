@@ -6,6 +6,7 @@ mod classes;
 mod files;
 mod routes;
 mod settings;
+mod tenants;
 
 use super::*;
 

@@ -1,0 +1,273 @@
+//! Limits and budgets: what a request is charged before it is sent (requests and tokens per
+//! minute, and a reservation of its maximum cost against every USD budget that applies),
+//! and settled after (the reservation replaced by the cost its usage reports). The rules
+//! are `rules.rs`; the counters live in this process (`memory.rs`) or in a Redis every
+//! replica shares.
+
+pub mod demand;
+pub mod memory;
+pub mod period;
+pub mod rules;
+mod ticket;
+
+use crate::config::{Backend, ClientKey, Config, Limits};
+use memory::MemoryStore;
+use rules::{Admission, BudgetCharge, Outcome, RateCharge, RateState, nano_ceil};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+pub use ticket::Ticket;
+
+/// Who is asking: a client key (its place in `auth.keys`; `None`: no key) and a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub key: Option<usize>,
+    /// The request's `user` or `x-semroute-user`, made safe for a counter's name; empty:
+    /// none given (one anonymous user per key).
+    pub user: String,
+}
+
+/// What a request may take: tokens per minute and USD, at most.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Charge {
+    pub tokens: u64,
+    pub usd: f64,
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// Over a rate limit: which one, and when to come back.
+    Rate {
+        which: String,
+        retry_after: Duration,
+        state: RateState,
+        tokens: bool,
+    },
+    /// A single request larger than a limit allows in a minute.
+    TooLarge { which: String },
+    /// Over a budget: which one, what is spent and reserved, the limit (USD).
+    Budget {
+        which: String,
+        spent: f64,
+        reserved: f64,
+        limit: f64,
+        retry_after: Duration,
+    },
+}
+
+/// An admitted request: its ticket (settled when dropped) and the limits' state for the
+/// `x-ratelimit-*` headers.
+pub struct Admitted {
+    pub ticket: Arc<Ticket>,
+    /// The tightest request and token limits after this request, if any apply.
+    pub requests: Option<RateState>,
+    pub tokens: Option<RateState>,
+}
+
+pub struct Quota {
+    config: Arc<Config>,
+    local: MemoryStore,
+    /// Makes reservation ids unique across replicas.
+    replica: u64,
+    next: AtomicU64,
+}
+
+/// What each limiter and budget of an admission is, for messages.
+struct Labels {
+    rates: Vec<(String, bool)>,
+    budgets: Vec<(String, f64, Duration)>,
+}
+
+impl Quota {
+    pub fn new(config: Arc<Config>) -> Quota {
+        let replica = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ ((std::process::id() as u64) << 32);
+        Quota {
+            config,
+            local: MemoryStore::default(),
+            replica,
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether any client or user limit is configured (else admission is skipped).
+    pub fn any_limits(config: &Config) -> bool {
+        !config.per_user.is_empty() || config.auth.keys.iter().any(|k| !k.limits.is_empty())
+    }
+
+    pub fn local(&self) -> &MemoryStore {
+        &self.local
+    }
+
+    fn prefix(&self) -> &str {
+        &self.config.state.prefix
+    }
+
+    /// Charges `caller`'s limits with `charge`, or says which limit refuses it.
+    pub fn admit(self: &Arc<Self>, caller: &Caller, charge: Charge) -> Result<Admitted, Refusal> {
+        let now = now_us();
+        let (admission, labels) = self.admission(caller, charge, now);
+        for (rate, (which, _)) in admission.rates.iter().zip(&labels.rates) {
+            if !rate.possible() {
+                return Err(Refusal::TooLarge {
+                    which: which.clone(),
+                });
+            }
+        }
+        match self.local.admit(&admission, now) {
+            Outcome::Admitted(states) => {
+                let tightest = |tokens: bool| {
+                    states
+                        .iter()
+                        .zip(&labels.rates)
+                        .filter(|(_, (_, t))| *t == tokens)
+                        .map(|(s, _)| *s)
+                        .min_by_key(|s| s.remaining)
+                };
+                Ok(Admitted {
+                    requests: tightest(false),
+                    tokens: tightest(true),
+                    ticket: Arc::new(Ticket::new(self.clone(), admission, charge)),
+                })
+            }
+            Outcome::Limited { at, retry_after_us } => {
+                let (which, tokens) = labels.rates[at].clone();
+                let rate = &admission.rates[at];
+                Err(Refusal::Rate {
+                    which,
+                    retry_after: Duration::from_micros(retry_after_us),
+                    state: self.local.rate(rate, now),
+                    tokens,
+                })
+            }
+            Outcome::OverBudget {
+                at,
+                spent,
+                reserved,
+            } => {
+                let (which, limit, retry_after) = labels.budgets[at].clone();
+                Err(Refusal::Budget {
+                    which,
+                    spent: spent as f64 / 1e9,
+                    reserved: reserved as f64 / 1e9,
+                    limit,
+                    retry_after,
+                })
+            }
+        }
+    }
+
+    /// Every limiter and budget that applies to `caller`, charged with `charge`.
+    fn admission(&self, caller: &Caller, charge: Charge, now: u64) -> (Admission, Labels) {
+        let key: Option<&ClientKey> = caller.key.and_then(|k| self.config.auth.keys.get(k));
+        let key_name = key.map_or("-", |k| k.name.as_str());
+        let mut owners: Vec<(String, String, &Limits)> = Vec::new();
+        if let Some(k) = key {
+            owners.push((
+                format!("key:{key_name}"),
+                format!("key `{key_name}`"),
+                &k.limits,
+            ));
+        }
+        if !self.config.per_user.is_empty() {
+            let shown = if caller.user.is_empty() {
+                "(no user)"
+            } else {
+                caller.user.as_str()
+            };
+            owners.push((
+                format!("user:{key_name}:{}", caller.user),
+                format!("user `{shown}` of key `{key_name}`"),
+                &self.config.per_user,
+            ));
+        }
+        let mut admission = Admission {
+            id: format!(
+                "{:016x}-{}",
+                self.replica,
+                self.next.fetch_add(1, Ordering::Relaxed)
+            ),
+            ttl_us: self.config.state.reservation_ttl.as_micros() as u64,
+            rates: Vec::new(),
+            budgets: Vec::new(),
+        };
+        let mut labels = Labels {
+            rates: Vec::new(),
+            budgets: Vec::new(),
+        };
+        let day = period::Period::day(now);
+        let month = period::Period::month(now);
+        for (owner, shown, limits) in owners {
+            for (per_minute, name, cost, tokens) in [
+                (limits.rpm, "rpm", 1, false),
+                (limits.tpm, "tpm", charge.tokens, true),
+            ] {
+                if let Some(limit) = per_minute {
+                    admission.rates.push(RateCharge {
+                        key: format!("{}:{name}:{owner}", self.prefix()),
+                        limit,
+                        cost,
+                        tokens,
+                    });
+                    labels
+                        .rates
+                        .push((format!("{shown} {name} ({limit})"), tokens));
+                }
+            }
+            for (budget, name, period) in [
+                (limits.usd_per_day, "usd_per_day", &day),
+                (limits.usd_per_month, "usd_per_month", &month),
+            ] {
+                if let Some(limit) = budget {
+                    admission.budgets.push(BudgetCharge {
+                        key: format!("{}:usd:{owner}:{}", self.prefix(), period.name),
+                        limit: rules::nano(limit),
+                        amount: nano_ceil(charge.usd),
+                        keep_us: period.keep_us,
+                    });
+                    labels.budgets.push((
+                        format!("{shown} {name}"),
+                        limit,
+                        Duration::from_micros(period.ends_us.saturating_sub(now)),
+                    ));
+                }
+            }
+        }
+        (admission, labels)
+    }
+}
+
+/// The most a request can take among `backends`: the largest tokens and cost of any.
+pub fn most_of(backends: &[&Backend], demand: &demand::Demand) -> Charge {
+    backends.iter().fold(Charge::default(), |most, b| Charge {
+        tokens: most.tokens.max(demand.max_tokens_on(b)),
+        usd: most.usd.max(demand.max_usd_on(b)),
+    })
+}
+
+/// Microseconds since the epoch.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A user id as a counter's name: kept when short and plain, else its SHA-256 (so no id can
+/// reach into another's counter or grow a key without bound).
+pub fn user_label(user: &str) -> String {
+    let plain = user.len() <= 64
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if plain {
+        user.to_string()
+    } else {
+        format!(
+            "sha256.{}",
+            hex::encode(crate::config::key_digest(user.as_bytes()))
+        )
+    }
+}
