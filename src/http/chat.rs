@@ -95,7 +95,7 @@ pub async fn chat_completions(
         data_class.as_ref().map(|c| c.class.as_str()),
     )?;
     let user = tenant::user_of(&prepared.body, header_user.as_deref());
-    let admitted = admit(&state, &config, key, user, &prepared.demand, destination)?;
+    let admitted = admit(&state, &config, key, user, &prepared.demand, destination).await?;
     let request = ChatRequest {
         body: prepared.body,
         destination,
@@ -112,7 +112,7 @@ pub async fn chat_completions(
 }
 
 /// Charges the caller's limits and budgets (`None`: none are configured).
-fn admit(
+async fn admit(
     state: &AppState,
     config: &Config,
     key: Option<usize>,
@@ -136,6 +136,7 @@ fn admit(
     let charge = crate::quota::most_of(&targets, demand);
     quota
         .admit(&Caller { key, user }, charge)
+        .await
         .map(Some)
         .map_err(tenant::refused)
 }

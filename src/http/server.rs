@@ -73,13 +73,13 @@ pub async fn serve(
                     tracing::debug!(limit = limits.max_connections, "too many connections; closing a new one");
                     drop(stream);
                 }
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let guard = Open::enter(&open);
                     let app = app.clone();
                     let stop = stop_rx.clone();
                     tokio::spawn(async move {
-                        connection(stream, app, limits, stop).await;
+                        connection(stream, peer, app, limits, stop).await;
                         drop(guard);
                     });
                 }
@@ -298,6 +298,7 @@ impl AsyncWrite for Watched {
 /// its requests.
 async fn connection(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     app: Router,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
@@ -312,7 +313,12 @@ async fn connection(
         let busy = on_request.request_started();
         let app = app.clone();
         async move {
-            let response = app.oneshot(request.map(Body::new)).await?;
+            let mut request = request.map(Body::new);
+            // The client's address, for endpoints open to loopback only.
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            let response = app.oneshot(request).await?;
             Ok::<_, std::convert::Infallible>(response.map(|inner| Tracked { inner, _busy: busy }))
         }
     });

@@ -204,6 +204,10 @@ pub fn refused(refusal: Refusal) -> ApiError {
             ),
         )
         .with_retry_after(retry_after.as_secs().max(1)),
+        Refusal::Unavailable => ApiError::new(
+            ErrorKind::StateUnavailable,
+            "the shared limits (Redis) cannot be reached and state.on_error is fail_closed; retry shortly",
+        ),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The counters in this process: rate limits as GCRA (one theoretical arrival time per
 //! limiter) and budgets as spent + reserved amounts with expiring reservations. The Redis
-//! store runs the same rules in Lua (`redis.rs`); this one serves a single process, and
+//! store runs the same rules in Lua (`shared.rs`); this one serves a single process, and
 //! every process when Redis cannot be reached and `on_error` is `fail_open`.
 //!
 //! Memory is bounded: at most [`MAX_ENTRIES`] limiters and budgets. Entries that hold no

@@ -8,11 +8,13 @@ pub mod demand;
 pub mod memory;
 pub mod period;
 pub mod rules;
+pub mod shared;
 mod ticket;
 
-use crate::config::{Backend, ClientKey, Config, Limits};
+use crate::config::{Backend, ClientKey, Config, Limits, OnError};
 use memory::MemoryStore;
 use rules::{Admission, BudgetCharge, Outcome, RateCharge, RateState, nano_ceil};
+use shared::{RedisStore, StoreError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -54,6 +56,8 @@ pub enum Refusal {
         limit: f64,
         retry_after: Duration,
     },
+    /// Redis cannot be reached and `on_error` is `fail_closed`.
+    Unavailable,
 }
 
 /// An admitted request: its ticket (settled when dropped) and the limits' state for the
@@ -68,6 +72,8 @@ pub struct Admitted {
 pub struct Quota {
     config: Arc<Config>,
     local: MemoryStore,
+    /// With `state.redis`: the counters every replica shares.
+    shared: Option<RedisStore>,
     /// Makes reservation ids unique across replicas.
     replica: u64,
     next: AtomicU64,
@@ -80,16 +86,48 @@ struct Labels {
 }
 
 impl Quota {
-    pub fn new(config: Arc<Config>) -> Quota {
+    /// The counters `config.state` names; an unusable Redis URL is an error (a Redis that is
+    /// down is not: it is reached lazily, and `on_error` decides meanwhile).
+    pub fn new(config: Arc<Config>) -> Result<Quota, StoreError> {
+        let shared = match &config.state.redis {
+            Some(url) => Some(RedisStore::new(url, config.state.timeout)?),
+            None => None,
+        };
         let replica = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
             ^ ((std::process::id() as u64) << 32);
-        Quota {
+        Ok(Quota {
             config,
             local: MemoryStore::default(),
+            shared,
             replica,
             next: AtomicU64::new(0),
+        })
+    }
+
+    pub fn shared(&self) -> Option<&RedisStore> {
+        self.shared.as_ref()
+    }
+
+    /// Decides `admission` in the shared store, or in this process when there is none or
+    /// it failed and `on_error` is `fail_open`. Returns whether the shared store decided.
+    async fn decide(&self, admission: &Admission, now: u64) -> Result<(Outcome, bool), Refusal> {
+        let Some(shared) = &self.shared else {
+            return Ok((self.local.admit(admission, now), false));
+        };
+        match shared.admit(admission).await {
+            Ok(outcome) => Ok((outcome, true)),
+            Err(err) => match self.config.state.on_error {
+                OnError::FailOpen => {
+                    tracing::warn!(error = %err, "the shared limits cannot be reached; counting in this process (on_error: fail_open)");
+                    Ok((self.local.admit(admission, now), false))
+                }
+                OnError::FailClosed => {
+                    tracing::warn!(error = %err, "the shared limits cannot be reached; refusing (on_error: fail_closed)");
+                    Err(Refusal::Unavailable)
+                }
+            },
         }
     }
 
@@ -107,7 +145,11 @@ impl Quota {
     }
 
     /// Charges `caller`'s limits with `charge`, or says which limit refuses it.
-    pub fn admit(self: &Arc<Self>, caller: &Caller, charge: Charge) -> Result<Admitted, Refusal> {
+    pub async fn admit(
+        self: &Arc<Self>,
+        caller: &Caller,
+        charge: Charge,
+    ) -> Result<Admitted, Refusal> {
         let now = now_us();
         let (admission, labels) = self.admission(caller, charge, now);
         for (rate, (which, _)) in admission.rates.iter().zip(&labels.rates) {
@@ -117,7 +159,8 @@ impl Quota {
                 });
             }
         }
-        match self.local.admit(&admission, now) {
+        let (outcome, shared) = self.decide(&admission, now).await?;
+        match outcome {
             Outcome::Admitted(states) => {
                 let tightest = |tokens: bool| {
                     states
@@ -130,16 +173,22 @@ impl Quota {
                 Ok(Admitted {
                     requests: tightest(false),
                     tokens: tightest(true),
-                    ticket: Arc::new(Ticket::new(self.clone(), admission, charge)),
+                    ticket: Arc::new(Ticket::new(self.clone(), admission, charge, shared)),
                 })
             }
             Outcome::Limited { at, retry_after_us } => {
                 let (which, tokens) = labels.rates[at].clone();
                 let rate = &admission.rates[at];
+                // Full until `retry_after`, then back to its allowance one interval at a time.
+                let ahead = retry_after_us.saturating_add(rules::WINDOW_US - rate.span(rate.cost));
                 Err(Refusal::Rate {
                     which,
                     retry_after: Duration::from_micros(retry_after_us),
-                    state: self.local.rate(rate, now),
+                    state: RateState {
+                        limit: rate.limit,
+                        remaining: 0,
+                        reset_us: ahead,
+                    },
                     tokens,
                 })
             }

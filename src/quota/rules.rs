@@ -27,7 +27,7 @@ pub struct RateState {
 
 impl RateCharge {
     /// The theoretical arrival time `units` of this limit add.
-    fn span(&self, units: u64) -> u64 {
+    pub fn span(&self, units: u64) -> u64 {
         let span = (units as u128 * WINDOW_US as u128).div_ceil(self.limit.max(1) as u128);
         u64::try_from(span).unwrap_or(u64::MAX)
     }
@@ -48,7 +48,7 @@ impl RateCharge {
         self.allowance(tat.saturating_sub(now))
     }
 
-    fn allowance(&self, ahead: u64) -> RateState {
+    pub fn allowance(&self, ahead: u64) -> RateState {
         let free = (WINDOW_US - ahead.min(WINDOW_US)) as u128;
         RateState {
             limit: self.limit,

@@ -1,0 +1,39 @@
+-- Settles one request: each budget's reservation is replaced by the actual spend (once:
+-- a repeated settlement finds the reservation marked settled), and each token limiter
+-- gets back what was charged beyond use.
+-- KEYS: the budgets, then the token limiters. ARGV: reservation id, #budgets, #limiters,
+-- then per budget its actual spend (nano-USD) and how long its record is kept (ms), then
+-- per limiter the span (us) to give back.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local id, nb, nr = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+for j = 1, nb do
+  local k = KEYS[j]
+  local actual, keep = ARGV[2 + 2 * j], tonumber(ARGV[3 + 2 * j])
+  local held = redis.call('HGET', k .. ':a', id)
+  if held ~= 's' then
+    if held then
+      redis.call('HINCRBY', k, 'reserved', -tonumber(held))
+      -- Kept, marked, until the reservation would have lapsed: a retried settlement
+      -- is then recognised.
+      redis.call('HSET', k .. ':a', id, 's')
+    end
+    redis.call('HINCRBY', k, 'spent', actual)
+    if redis.call('PTTL', k) < keep then
+      redis.call('PEXPIRE', k, keep)
+    end
+  end
+end
+for i = 1, nr do
+  local k = KEYS[nb + i]
+  local tat = tonumber(redis.call('GET', k) or '0')
+  if tat > now then
+    local back = tat - tonumber(ARGV[3 + 2 * nb + i])
+    if back > now then
+      redis.call('SET', k, string.format('%d', back), 'PX', math.floor((back - now) / 1000) + 1000)
+    else
+      redis.call('DEL', k)
+    end
+  end
+end
+return 0
