@@ -11,7 +11,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("telemetry.rs", &[]),
     ("embed", &["config", "kernels"]),
     ("route", &["config", "embed", "kernels"]),
-    ("quota", &["config"]),
+    ("quota", &["config", "telemetry"]),
     (
         "dispatch",
         &["config", "embed", "quota", "telemetry", "error"],

@@ -8,6 +8,9 @@
 //! outcome kinds: never a key, a header or anything from a request's body.
 
 mod process;
+mod tenants;
+
+pub use tenants::{Refused, Tenants};
 
 use prometheus_client::encoding::{
     EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder,
@@ -120,6 +123,8 @@ pub struct Metrics {
     upstream_latency: Histograms<OnBackend>,
     upstream_ttfb: Histograms<OnBackend>,
     classification: Histograms<Unlabelled>,
+    /// Refusals, spend and budgets, and the shared state.
+    pub tenants: Tenants,
 }
 
 impl Default for Metrics {
@@ -135,6 +140,7 @@ impl Default for Metrics {
             upstream_latency: histograms(),
             upstream_ttfb: histograms(),
             classification: histograms(),
+            tenants: Tenants::default(),
         }
         .registered()
     }
@@ -190,6 +196,7 @@ impl Metrics {
             "Time to embed and classify a prompt for model auto",
             Listed(self.classification.clone()),
         );
+        self.tenants.register(r);
         r.register_collector(Box::new(process::Process));
         self
     }

@@ -346,6 +346,21 @@ impl Dispatcher {
         }
     }
 
+    /// Charges a request whose answer reported no usage for what it took: its prompt and a
+    /// token per four bytes of the `relayed` text, at `b`'s price (nothing if usage came).
+    fn charge_relayed(&self, request: &ChatRequest, b: BackendId, relayed: usize) {
+        let Some(ticket) = &request.ticket else {
+            return;
+        };
+        let backend = self.config.backend(b);
+        let output = crate::embed::count::by_bytes(relayed);
+        let prompt = request.demand.prompt_tokens;
+        let usd = backend.cost.map_or(0.0, |c| {
+            (prompt as f64 * c.input_per_mtok + output as f64 * c.output_per_mtok) / 1e6
+        });
+        ticket.unreported(usd, prompt.saturating_add(output));
+    }
+
     /// Adds an upstream `usage` object's tokens and their cost (counts past
     /// [`MAX_TOKENS_PER_ANSWER`] are taken as none).
     fn record_usage(&self, request: &ChatRequest, b: BackendId, usage: &Value) {

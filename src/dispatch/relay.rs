@@ -137,6 +137,14 @@ impl Relay {
     }
 
     async fn run(mut self) {
+        self.relay_all().await;
+        // An answer whose usage never came (the client left, the stream broke) is charged
+        // for what was relayed, so ending early is never free.
+        self.dispatcher
+            .charge_relayed(&self.request, self.backend, self.size);
+    }
+
+    async fn relay_all(&mut self) {
         let mut shutdown = self.dispatcher.closing.subscribe();
         loop {
             let mut broken = None;

@@ -48,6 +48,13 @@ pub async fn chat_completions(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let metrics = state.metrics.clone();
+    proxy(state, request)
+        .await
+        .inspect_err(|e| tenant::count_refusal(&metrics, e))
+}
+
+async fn proxy(state: AppState, request: Request) -> Result<Response, ApiError> {
     let Some(dispatcher) = state.dispatcher.clone() else {
         return Err(ApiError::new(
             ErrorKind::NotFound,

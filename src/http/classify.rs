@@ -198,7 +198,8 @@ pub async fn classify(
     ApiJson(request): ApiJson<ClassifyRequest>,
 ) -> Result<Json<ClassifyResponse>, ApiError> {
     // `auth.required` applies here too (no limits: classifying spends no provider's money).
-    super::tenant::identify(&state.config, &headers)?;
+    super::tenant::identify(&state.config, &headers)
+        .inspect_err(|e| super::tenant::count_refusal(&state.metrics, e))?;
     let started = Instant::now();
     let text = request.prompt()?;
     let top_k = request.top_k()?;

@@ -73,13 +73,15 @@ impl AppState {
             }
         };
         let quota = if crate::quota::Quota::any_limits(&config) {
-            match crate::quota::Quota::new(config.clone()) {
+            match crate::quota::Quota::new(config.clone(), metrics.clone()) {
                 Ok(quota) => Some(Arc::new(quota)),
                 Err(err) => {
                     tracing::error!(error = %err, "cannot set up the shared limits; limits are counted in this process");
                     let mut local = (*config).clone();
                     local.state.redis = None;
-                    crate::quota::Quota::new(Arc::new(local)).ok().map(Arc::new)
+                    crate::quota::Quota::new(Arc::new(local), metrics.clone())
+                        .ok()
+                        .map(Arc::new)
                 }
             }
         } else {

@@ -8,6 +8,7 @@ use crate::dispatch::Destination;
 use crate::error::{ApiError, ErrorKind};
 use crate::quota::rules::RateState;
 use crate::quota::{Admitted, Refusal};
+use crate::telemetry::{Metrics, Refused};
 use axum::http::{HeaderMap, header};
 use std::time::Duration;
 
@@ -209,6 +210,20 @@ pub fn refused(refusal: Refusal) -> ApiError {
             "the shared limits (Redis) cannot be reached and state.on_error is fail_closed; retry shortly",
         ),
     }
+}
+
+/// Counts a request refused by its key, limits or budgets (other errors are not counted
+/// here).
+pub fn count_refusal(metrics: &Metrics, error: &ApiError) {
+    let why = match error.code {
+        ErrorKind::Unauthorized => Refused::Auth,
+        ErrorKind::Forbidden => Refused::Forbidden,
+        ErrorKind::RateLimitExceeded => Refused::Rate,
+        ErrorKind::BudgetExceeded => Refused::Budget,
+        ErrorKind::StateUnavailable => Refused::Unavailable,
+        _ => return,
+    };
+    metrics.tenants.refused(why);
 }
 
 /// The `x-ratelimit-*` headers of an admitted request.

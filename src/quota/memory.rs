@@ -179,12 +179,14 @@ impl MemoryStore {
 
     /// Ends a request: its reservations go, its actual spend is added, its token charges
     /// are corrected.
-    pub fn settle(&self, settlement: &Settlement, now: u64) {
+    pub fn settle(&self, settlement: &Settlement, now: u64) -> Vec<BudgetState> {
         let mut slots = self.slots();
+        let mut states = Vec::with_capacity(settlement.budgets.len());
         for (charge, actual) in &settlement.budgets {
             let budget = slots.budget(charge, now);
             budget.held.remove(&settlement.id);
             budget.spent = budget.spent.saturating_add(*actual);
+            states.push(budget.state(now));
         }
         for (rate, refund) in &settlement.refunds {
             if let Some(r) = slots.rates.get_mut(&rate.key) {
@@ -192,6 +194,7 @@ impl MemoryStore {
                 r.touched = now;
             }
         }
+        states
     }
 
     /// What the budget at `key` holds at `now`.

@@ -12,6 +12,7 @@ pub mod shared;
 mod ticket;
 
 use crate::config::{Backend, ClientKey, Config, Limits, OnError};
+use crate::telemetry::Metrics;
 use memory::MemoryStore;
 use rules::{Admission, BudgetCharge, Outcome, RateCharge, RateState, nano_ceil};
 use shared::{RedisStore, StoreError};
@@ -74,21 +75,25 @@ pub struct Quota {
     local: MemoryStore,
     /// With `state.redis`: the counters every replica shares.
     shared: Option<RedisStore>,
+    metrics: Arc<Metrics>,
     /// Makes reservation ids unique across replicas.
     replica: u64,
     next: AtomicU64,
 }
 
-/// What each limiter and budget of an admission is, for messages.
+/// What each limiter and budget of an admission is, for messages and metrics.
 struct Labels {
     rates: Vec<(String, bool)>,
     budgets: Vec<(String, f64, Duration)>,
+    /// Per budget: its period (`day`, `month`) when it is the key's own (for the remaining
+    /// budget metric), `None` for a user's.
+    key_budgets: Vec<Option<&'static str>>,
 }
 
 impl Quota {
     /// The counters `config.state` names; an unusable Redis URL is an error (a Redis that is
     /// down is not: it is reached lazily, and `on_error` decides meanwhile).
-    pub fn new(config: Arc<Config>) -> Result<Quota, StoreError> {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Quota, StoreError> {
         let shared = match &config.state.redis {
             Some(url) => Some(RedisStore::new(url, config.state.timeout)?),
             None => None,
@@ -101,6 +106,7 @@ impl Quota {
             config,
             local: MemoryStore::default(),
             shared,
+            metrics,
             replica,
             next: AtomicU64::new(0),
         })
@@ -116,7 +122,12 @@ impl Quota {
         let Some(shared) = &self.shared else {
             return Ok((self.local.admit(admission, now), false));
         };
-        match shared.admit(admission).await {
+        let started = std::time::Instant::now();
+        let decided = shared.admit(admission).await;
+        self.metrics
+            .tenants
+            .state_call("admit", started.elapsed(), decided.is_err());
+        match decided {
             Ok(outcome) => Ok((outcome, true)),
             Err(err) => match self.config.state.on_error {
                 OnError::FailOpen => {
@@ -138,6 +149,14 @@ impl Quota {
 
     pub fn local(&self) -> &MemoryStore {
         &self.local
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     fn prefix(&self) -> &str {
@@ -173,7 +192,17 @@ impl Quota {
                 Ok(Admitted {
                     requests: tightest(false),
                     tokens: tightest(true),
-                    ticket: Arc::new(Ticket::new(self.clone(), admission, charge, shared)),
+                    ticket: Arc::new(Ticket::new(
+                        self.clone(),
+                        ticket::Held {
+                            admission,
+                            charged: charge,
+                            shared,
+                            key: caller.key,
+                            key_budgets: labels.key_budgets,
+                            limits: labels.budgets.iter().map(|b| b.1).collect(),
+                        },
+                    )),
                 })
             }
             Outcome::Limited { at, retry_after_us } => {
@@ -246,10 +275,12 @@ impl Quota {
         let mut labels = Labels {
             rates: Vec::new(),
             budgets: Vec::new(),
+            key_budgets: Vec::new(),
         };
         let day = period::Period::day(now);
         let month = period::Period::month(now);
         for (owner, shown, limits) in owners {
+            let is_key = owner.starts_with("key:");
             for (per_minute, name, cost, tokens) in [
                 (limits.rpm, "rpm", 1, false),
                 (limits.tpm, "tpm", charge.tokens, true),
@@ -266,9 +297,9 @@ impl Quota {
                         .push((format!("{shown} {name} ({limit})"), tokens));
                 }
             }
-            for (budget, name, period) in [
-                (limits.usd_per_day, "usd_per_day", &day),
-                (limits.usd_per_month, "usd_per_month", &month),
+            for (budget, name, period, span) in [
+                (limits.usd_per_day, "usd_per_day", &day, "day"),
+                (limits.usd_per_month, "usd_per_month", &month, "month"),
             ] {
                 if let Some(limit) = budget {
                     admission.budgets.push(BudgetCharge {
@@ -277,6 +308,7 @@ impl Quota {
                         amount: nano_ceil(charge.usd),
                         keep_us: period.keep_us,
                     });
+                    labels.key_budgets.push(is_key.then_some(span));
                     labels.budgets.push((
                         format!("{shown} {name}"),
                         limit,

@@ -4,9 +4,10 @@
 //! `state.timeout` is an error for the caller to decide on (`on_error`); the connection
 //! reconnects by itself.
 
+use super::memory::BudgetState;
 use super::rules::{Admission, Outcome, RateCharge, Settlement, WINDOW_US};
+use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, Value};
 use std::time::Duration;
 
 const ADMIT: &str = include_str!("lua/admit.lua");
@@ -89,8 +90,9 @@ impl RedisStore {
         outcome(&reply, &admission.rates)
     }
 
-    /// The same settlement as `MemoryStore::settle`; a repeated one is recognised.
-    pub async fn settle(&self, settlement: &Settlement) -> Result<(), StoreError> {
+    /// The same settlement as `MemoryStore::settle`; a repeated one is recognised. Returns
+    /// each budget's spent and reserved nano-USD after it.
+    pub async fn settle(&self, settlement: &Settlement) -> Result<Vec<BudgetState>, StoreError> {
         let mut invocation = self.settle.prepare_invoke();
         for (budget, _) in &settlement.budgets {
             invocation.key(&budget.key);
@@ -109,8 +111,14 @@ impl RedisStore {
             invocation.arg(rate.span(*units));
         }
         let mut connection = self.connection.clone();
-        let _: Value = self.run(invocation.invoke_async(&mut connection)).await?;
-        Ok(())
+        let reply: Vec<i64> = self.run(invocation.invoke_async(&mut connection)).await?;
+        Ok(reply
+            .chunks_exact(2)
+            .map(|pair| BudgetState {
+                spent: pair[0],
+                reserved: pair[1],
+            })
+            .collect())
     }
 
     /// A budget's spent and reserved nano-USD (0 and 0 when it has none yet).

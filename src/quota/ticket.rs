@@ -2,6 +2,7 @@
 //! reports, and settled when the last holder lets go (the answer ended, failed, or the
 //! client left), so no path can forget to release a reservation.
 
+use super::memory::BudgetState;
 use super::rules::{Admission, Settlement, nano};
 use super::{Charge, Quota, now_us};
 use std::sync::{Arc, Mutex};
@@ -9,12 +10,23 @@ use std::time::Duration;
 
 pub struct Ticket {
     quota: Arc<Quota>,
-    admission: Admission,
-    /// What was charged at admission.
-    charged: Charge,
-    /// Whether the shared store admitted it (and so settles it).
-    shared: bool,
+    held: Held,
     used: Mutex<Used>,
+}
+
+/// What an admission charged.
+pub(super) struct Held {
+    pub admission: Admission,
+    /// What was charged at admission.
+    pub charged: Charge,
+    /// Whether the shared store admitted it (and so settles it).
+    pub shared: bool,
+    /// The client key (its place in `auth.keys`).
+    pub key: Option<usize>,
+    /// Per budget: its period when it is the key's own, for the remaining-budget metric.
+    pub key_budgets: Vec<Option<&'static str>>,
+    /// Per budget: its limit in USD.
+    pub limits: Vec<f64>,
 }
 
 /// What the request actually took so far.
@@ -22,28 +34,23 @@ pub struct Ticket {
 struct Used {
     usd: f64,
     tokens: u64,
+    /// Whether an upstream reported usage (else an estimate may stand in).
+    reported: bool,
 }
 
 impl std::fmt::Debug for Ticket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ticket")
-            .field("id", &self.admission.id)
+            .field("id", &self.held.admission.id)
             .finish_non_exhaustive()
     }
 }
 
 impl Ticket {
-    pub(super) fn new(
-        quota: Arc<Quota>,
-        admission: Admission,
-        charged: Charge,
-        shared: bool,
-    ) -> Ticket {
+    pub(super) fn new(quota: Arc<Quota>, held: Held) -> Ticket {
         Ticket {
             quota,
-            admission,
-            charged,
-            shared,
+            held,
             used: Mutex::new(Used::default()),
         }
     }
@@ -55,22 +62,37 @@ impl Ticket {
             used.usd += usd;
         }
         used.tokens = used.tokens.saturating_add(tokens);
+        used.reported = true;
+    }
+
+    /// An estimate of what an answer without usage took; ignored once usage was reported.
+    pub fn unreported(&self, usd: f64, tokens: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        if used.reported {
+            return;
+        }
+        if usd.is_finite() && usd > 0.0 {
+            used.usd += usd;
+        }
+        used.tokens = used.tokens.saturating_add(tokens);
     }
 
     /// The settlement: each budget's actual spend, and the tokens charged beyond use.
     fn settlement(&self) -> Settlement {
         let used = *self.used.lock().unwrap_or_else(|e| e.into_inner());
         let actual = nano(used.usd);
-        let refund = self.charged.tokens.saturating_sub(used.tokens);
+        let refund = self.held.charged.tokens.saturating_sub(used.tokens);
         Settlement {
-            id: self.admission.id.clone(),
+            id: self.held.admission.id.clone(),
             budgets: self
+                .held
                 .admission
                 .budgets
                 .iter()
                 .map(|b| (b.clone(), actual))
                 .collect(),
             refunds: self
+                .held
                 .admission
                 .rates
                 .iter()
@@ -81,17 +103,51 @@ impl Ticket {
     }
 }
 
+/// Counts a settlement: the key's spend, and what is left of its budgets.
+fn report(quota: &Quota, held: &Report, settlement: &Settlement, states: &[BudgetState]) {
+    let tenants = &quota.metrics().tenants;
+    let name = held
+        .key
+        .and_then(|k| quota.config().auth.keys.get(k))
+        .map_or("-", |k| k.name.as_str());
+    let actual = settlement.budgets.first().map_or(0, |(_, a)| *a);
+    tenants.spent(name, actual as f64 / 1e9);
+    for ((period, limit), state) in held.key_budgets.iter().zip(&held.limits).zip(states) {
+        if let Some(period) = period {
+            let left = limit - state.spent.saturating_add(state.reserved) as f64 / 1e9;
+            tenants.remaining(name, period, left.max(0.0));
+        }
+    }
+}
+
+/// What `report` needs of a ticket once it is gone.
+struct Report {
+    key: Option<usize>,
+    key_budgets: Vec<Option<&'static str>>,
+    limits: Vec<f64>,
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         let settlement = self.settlement();
-        if !self.shared {
-            self.quota.local().settle(&settlement, now_us());
+        let held = Report {
+            key: self.held.key,
+            key_budgets: std::mem::take(&mut self.held.key_budgets),
+            limits: std::mem::take(&mut self.held.limits),
+        };
+        if !self.held.shared {
+            let states = self.quota.local().settle(&settlement, now_us());
+            report(&self.quota, &held, &settlement, &states);
             return;
         }
         let quota = self.quota.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(async move { settle_shared(&quota, &settlement).await });
+                runtime.spawn(async move {
+                    if let Some(states) = settle_shared(&quota, &settlement).await {
+                        report(&quota, &held, &settlement, &states);
+                    }
+                });
             }
             Err(_) => tracing::error!(
                 id = %settlement.id,
@@ -102,14 +158,18 @@ impl Drop for Ticket {
 }
 
 /// Settles in Redis, retrying a failed call (a repeated settlement is recognised there).
-async fn settle_shared(quota: &Quota, settlement: &Settlement) {
-    let Some(shared) = quota.shared() else {
-        return;
-    };
+async fn settle_shared(quota: &Quota, settlement: &Settlement) -> Option<Vec<BudgetState>> {
+    let shared = quota.shared()?;
     let mut pause = Duration::from_millis(50);
     for attempt in 1..=SETTLE_ATTEMPTS {
-        match shared.settle(settlement).await {
-            Ok(()) => return,
+        let started = std::time::Instant::now();
+        let settled = shared.settle(settlement).await;
+        quota
+            .metrics()
+            .tenants
+            .state_call("settle", started.elapsed(), settled.is_err());
+        match settled {
+            Ok(states) => return Some(states),
             Err(err) if attempt == SETTLE_ATTEMPTS => {
                 let usd = settlement.budgets.first().map_or(0, |(_, actual)| *actual) as f64 / 1e9;
                 tracing::error!(error = %err, id = %settlement.id, usd, "a settlement could not reach Redis; its reservation lapses after state.reservation_ttl_s and this spend is not counted");
@@ -121,6 +181,7 @@ async fn settle_shared(quota: &Quota, settlement: &Settlement) {
             }
         }
     }
+    None
 }
 
 /// Tries at settling one request in Redis (50 ms, 200 ms, 800 ms, 3.2 s, 12.8 s apart).

@@ -10,4 +10,6 @@ mod harness;
 #[path = "../upstream/mod.rs"]
 mod upstream;
 
+mod budgets;
+mod failures;
 mod limits;

@@ -3,10 +3,11 @@
 -- gets back what was charged beyond use.
 -- KEYS: the budgets, then the token limiters. ARGV: reservation id, #budgets, #limiters,
 -- then per budget its actual spend (nano-USD) and how long its record is kept (ms), then
--- per limiter the span (us) to give back.
+-- per limiter the span (us) to give back. Returns each budget's spent and reserved after.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local id, nb, nr = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
 for j = 1, nb do
   local k = KEYS[j]
   local actual, keep = ARGV[2 + 2 * j], tonumber(ARGV[3 + 2 * j])
@@ -23,6 +24,8 @@ for j = 1, nb do
       redis.call('PEXPIRE', k, keep)
     end
   end
+  out[2 * j - 1] = tonumber(redis.call('HGET', k, 'spent') or '0')
+  out[2 * j] = tonumber(redis.call('HGET', k, 'reserved') or '0')
 end
 for i = 1, nr do
   local k = KEYS[nb + i]
@@ -36,4 +39,4 @@ for i = 1, nr do
     end
   end
 end
-return 0
+return out
