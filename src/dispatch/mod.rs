@@ -123,6 +123,8 @@ pub struct Dispatcher {
     /// The routes' round-robin positions and the random numbers for balancing and jitter.
     balancer: Balancer,
     metrics: Arc<Metrics>,
+    /// Limits, budgets and the backends' own quotas, when any is configured.
+    quota: Option<Arc<crate::quota::Quota>>,
     /// Set when the server's drain time is over: open streams end with an error event.
     closing: tokio::sync::watch::Sender<bool>,
 }
@@ -134,11 +136,18 @@ struct Tally {
     attempts: u32,
     /// `backend: outcome` per target given up on.
     failures: Vec<String>,
+    /// The soonest a target skipped at its own quota may be called.
+    paced: Option<Duration>,
 }
 
 impl Dispatcher {
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Dispatcher, reqwest::Error> {
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        quota: Option<Arc<crate::quota::Quota>>,
+    ) -> Result<Dispatcher, reqwest::Error> {
         Ok(Dispatcher {
+            quota,
             upstreams: Upstreams::new(&config.backends)?,
             health: Board::new(config.backends.len()),
             balancer: Balancer::new(config.routes.len()),
@@ -223,16 +232,21 @@ impl Dispatcher {
             let Some(_admission) = self.health.get(b).admit(Instant::now()) else {
                 continue;
             };
+            if let Err(wait) = self.pace(b, request).await {
+                // At its provider's quota: skipped like a cooling target, never called.
+                tally.paced = Some(tally.paced.map_or(wait, |w| w.min(wait)));
+                continue;
+            }
             let rest = &order[i + 1..];
             if let Some(answer) = self.try_target(b, request, rest, &mut tally).await {
                 return Ok(answer);
             }
         }
         if tally.attempts == 0 {
-            // Every target was taken by another request's probe: nothing failed, ask the
-            // client to come back shortly.
+            // Every target was at its quota or taken by another request's probe: nothing
+            // failed, ask the client to come back shortly.
             return Err(DispatchError::AllCooling {
-                retry_after: Duration::from_secs(1),
+                retry_after: tally.paced.unwrap_or(Duration::from_secs(1)),
             });
         }
         Err(DispatchError::Exhausted {
@@ -310,6 +324,19 @@ impl Dispatcher {
             backend: b,
             attempts,
         })
+    }
+
+    /// Takes a call to `b` from its own quota, if it has one.
+    async fn pace(&self, b: BackendId, request: &ChatRequest) -> Result<(), Duration> {
+        let backend = self.config.backend(b);
+        match &self.quota {
+            Some(quota) if !backend.limits.is_empty() => {
+                quota
+                    .pace(backend, request.demand.max_tokens_on(backend))
+                    .await
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Applies a failed attempt's effect on the backend's health.

@@ -127,7 +127,11 @@ async fn admit(
     demand: &Demand,
     destination: Destination,
 ) -> Result<Option<Admitted>, ApiError> {
-    let Some(quota) = &state.quota else {
+    let Some(quota) = state
+        .quota
+        .as_ref()
+        .filter(|_| crate::quota::Quota::any_limits(config))
+    else {
         return Ok(None);
     };
     let targets: Vec<&crate::config::Backend> = match destination {

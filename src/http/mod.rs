@@ -54,25 +54,7 @@ impl AppState {
     /// A state that answers `/healthz` and `/routes` at once and the rest after `set_ready`.
     pub fn new(config: Arc<Config>, body_limit: usize) -> AppState {
         let metrics = Arc::new(Metrics::default());
-        let dispatcher = if config.backends.is_empty() {
-            None
-        } else {
-            match Dispatcher::new(config.clone(), metrics.clone()) {
-                Ok(d) => {
-                    let d = Arc::new(d);
-                    match tokio::runtime::Handle::try_current() {
-                        Ok(runtime) => d.start_health_checks(&runtime),
-                        Err(_) => tracing::warn!("no async runtime: active health checks are off"),
-                    }
-                    Some(d)
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot start the HTTP client for the backends");
-                    None
-                }
-            }
-        };
-        let quota = if crate::quota::Quota::any_limits(&config) {
+        let quota = if crate::quota::Quota::needed(&config) {
             match crate::quota::Quota::new(config.clone(), metrics.clone()) {
                 Ok(quota) => Some(Arc::new(quota)),
                 Err(err) => {
@@ -86,6 +68,24 @@ impl AppState {
             }
         } else {
             None
+        };
+        let dispatcher = if config.backends.is_empty() {
+            None
+        } else {
+            match Dispatcher::new(config.clone(), metrics.clone(), quota.clone()) {
+                Ok(d) => {
+                    let d = Arc::new(d);
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(runtime) => d.start_health_checks(&runtime),
+                        Err(_) => tracing::warn!("no async runtime: active health checks are off"),
+                    }
+                    Some(d)
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot start the HTTP client for the backends");
+                    None
+                }
+            }
         };
         AppState {
             quota,

@@ -147,6 +147,47 @@ impl Quota {
         !config.per_user.is_empty() || config.auth.keys.iter().any(|k| !k.limits.is_empty())
     }
 
+    /// Whether any limit at all is configured, a backend's quota included.
+    pub fn needed(config: &Config) -> bool {
+        Quota::any_limits(config) || config.backends.iter().any(|b| !b.limits.is_empty())
+    }
+
+    /// Takes one request of `tokens` from `backend`'s own quota (its provider's `rpm` and
+    /// `tpm`): `Ok` if it may be called now, else how long until it may.
+    pub async fn pace(&self, backend: &Backend, tokens: u64) -> Result<(), Duration> {
+        let mut admission = Admission {
+            id: String::new(),
+            ttl_us: 0,
+            rates: Vec::new(),
+            budgets: Vec::new(),
+        };
+        for (limit, name, cost, tokens) in [
+            (backend.limits.rpm, "rpm", 1, false),
+            (backend.limits.tpm, "tpm", tokens, true),
+        ] {
+            if let Some(limit) = limit {
+                admission.rates.push(RateCharge {
+                    key: format!("{}:{name}:backend:{}", self.prefix(), backend.name),
+                    limit,
+                    // A request larger than a minute's quota goes when the quota is whole.
+                    cost: cost.min(limit),
+                    tokens,
+                });
+            }
+        }
+        if admission.rates.is_empty() {
+            return Ok(());
+        }
+        match self.decide(&admission, now_us()).await {
+            Ok((Outcome::Limited { retry_after_us, .. }, _)) => {
+                Err(Duration::from_micros(retry_after_us))
+            }
+            // fail_closed with Redis away: a backend is not paced blind, it is skipped.
+            Err(_) => Err(Duration::from_secs(1)),
+            Ok(_) => Ok(()),
+        }
+    }
+
     pub fn local(&self) -> &MemoryStore {
         &self.local
     }

@@ -17,6 +17,7 @@ mod cooldowns;
 mod keys;
 mod long_answers;
 mod metrics;
+mod quotas;
 mod requests;
 mod retries;
 mod streaming;
