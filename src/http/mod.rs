@@ -7,6 +7,7 @@ mod health;
 mod json;
 pub mod server;
 mod tenant;
+mod usage;
 
 pub use classify::{ClassifyRequest, Message};
 
@@ -144,6 +145,7 @@ pub fn app(state: AppState) -> Router {
         .route("/classify", post(classify::classify))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(chat::models))
+        .route("/v1/usage", get(usage::usage))
         .route("/v1/models/{*id}", get(chat::model))
         .route("/metrics", get(health::metrics))
         .route("/routes", get(health::routes))
@@ -158,7 +160,7 @@ pub fn app(state: AppState) -> Router {
 async fn not_found() -> ApiError {
     ApiError::new(
         ErrorKind::NotFound,
-        "no such endpoint; see POST /classify, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, /metrics, /routes, /healthz, /readyz",
+        "no such endpoint; see POST /classify, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /v1/usage, /metrics, /routes, /healthz, /readyz",
     )
 }
 

@@ -362,6 +362,66 @@ impl Quota {
     }
 }
 
+/// One budget's state, for `GET /v1/usage`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BudgetUsage {
+    /// `usd_per_day` or `usd_per_month`.
+    pub budget: &'static str,
+    /// The period it counts (`d:2026-12-01`, `m:2026-12`).
+    pub period: String,
+    pub limit: f64,
+    pub spent: f64,
+    /// Held by requests in flight.
+    pub reserved: f64,
+}
+
+impl Quota {
+    /// The budgets of a key (`user`: `None`) or of one of its users, as they stand.
+    pub async fn usage(
+        &self,
+        key: Option<usize>,
+        user: Option<&str>,
+    ) -> Result<Vec<BudgetUsage>, StoreError> {
+        let key_name = key
+            .and_then(|k| self.config.auth.keys.get(k))
+            .map_or("-", |k| k.name.as_str());
+        let (owner, limits) = match user {
+            None => (
+                format!("key:{key_name}"),
+                key.and_then(|k| self.config.auth.keys.get(k))
+                    .map(|k| k.limits)
+                    .unwrap_or_default(),
+            ),
+            Some(user) => (format!("user:{key_name}:{user}"), self.config.per_user),
+        };
+        let now = now_us();
+        let mut out = Vec::new();
+        for (limit, budget, period) in [
+            (limits.usd_per_day, "usd_per_day", period::Period::day(now)),
+            (
+                limits.usd_per_month,
+                "usd_per_month",
+                period::Period::month(now),
+            ),
+        ] {
+            let Some(limit) = limit else { continue };
+            let name = format!("{}:usd:{owner}:{}", self.prefix(), period.name);
+            let state = match &self.shared {
+                Some(shared) => shared.budget(&name).await?,
+                None => self.local.budget(&name, now),
+            };
+            out.push(BudgetUsage {
+                budget,
+                period: period.name,
+                limit,
+                spent: state.spent as f64 / 1e9,
+                reserved: state.reserved as f64 / 1e9,
+            });
+        }
+        Ok(out)
+    }
+}
+
 /// The most a request can take among `backends`: the largest tokens and cost of any.
 pub fn most_of(backends: &[&Backend], demand: &demand::Demand) -> Charge {
     backends.iter().fold(Charge::default(), |most, b| Charge {

@@ -121,8 +121,9 @@ impl RedisStore {
             .collect())
     }
 
-    /// A budget's spent and reserved nano-USD (0 and 0 when it has none yet).
-    pub async fn budget(&self, key: &str) -> Result<(i64, i64), StoreError> {
+    /// A budget's spent and reserved nano-USD (0 and 0 when it has none yet; reservations
+    /// that lapsed are counted until the next admission on it clears them).
+    pub async fn budget(&self, key: &str) -> Result<BudgetState, StoreError> {
         let mut connection = self.connection.clone();
         let (spent, reserved): (Option<i64>, Option<i64>) = self
             .run(
@@ -133,7 +134,10 @@ impl RedisStore {
                     .query_async(&mut connection),
             )
             .await?;
-        Ok((spent.unwrap_or(0), reserved.unwrap_or(0)))
+        Ok(BudgetState {
+            spent: spent.unwrap_or(0),
+            reserved: reserved.unwrap_or(0),
+        })
     }
 
     /// Round-trip time of a PING, for readiness and metrics.

@@ -22,8 +22,17 @@ async fn a_backend_at_its_providers_quota_is_skipped_not_called() {
     assert_eq!(b.received().len(), 1);
     // Named alone, the paced backend asks the client to come back.
     let alone = chat(&s, request("a")).await;
-    assert_eq!(alone.status, StatusCode::SERVICE_UNAVAILABLE, "{}", alone.body);
-    let wait: u64 = alone.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(
+        alone.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        alone.body
+    );
+    let wait: u64 = alone.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=30).contains(&wait), "{wait}");
     assert_eq!(a.received().len(), 2);
 }
@@ -58,6 +67,10 @@ async fn cheapest_goes_to_the_cheapest_target_whose_window_holds_the_request() {
     let refused = chat(&s, huge).await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
     assert_eq!(refused.json()["error"]["code"], "context_length_exceeded");
-    assert!(refused.body.contains("the largest is 100000"), "{}", refused.body);
+    assert!(
+        refused.body.contains("the largest is 100000"),
+        "{}",
+        refused.body
+    );
     assert_eq!(pricey.received().len() + cheap.received().len(), 2);
 }

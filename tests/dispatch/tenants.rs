@@ -21,7 +21,7 @@ fn tenants(a: &str, b: &str, search_limits: &str, per_user: &str) -> AppState {
     state_from(&format!(
         "auth:\n  required: true\n  keys:\n\
          \x20   - name: team-search\n      key_sha256: {}\n      routes: [auto, chat]\n      backends: [a]\n      max_data_class: internal\n      limits: {search_limits}\n\
-         \x20   - name: ops\n      key_sha256: {}\n\
+         \x20   - name: ops\n      key_sha256: {}\n      admin: true\n\
          limits:\n  per_user: {per_user}\n\
          backends:\n{}{}\
          routes:\n  - name: chat\n    utterances: [hello there, how are you]\n    targets: [a, b]\n\
