@@ -18,6 +18,7 @@ pub mod classes;
 pub mod health;
 mod plan;
 pub mod relay;
+mod shared_health;
 mod sse;
 pub mod verdict;
 
@@ -229,16 +230,27 @@ impl Dispatcher {
         let mut tally = Tally::default();
         for (i, &b) in order.iter().enumerate() {
             // A probe holds its slot until this target is done with, whatever happens.
-            let Some(_admission) = self.health.get(b).admit(Instant::now()) else {
+            let Some(admission) = self.health.get(b).admit(Instant::now()) else {
                 continue;
             };
+            // One replica probes a backend at a time.
+            if admission.is_probe() && !self.claim_probe(b).await {
+                continue;
+            }
             if let Err(wait) = self.pace(b, request).await {
                 // At its provider's quota: skipped like a cooling target, never called.
                 tally.paced = Some(tally.paced.map_or(wait, |w| w.min(wait)));
                 continue;
             }
             let rest = &order[i + 1..];
-            if let Some(answer) = self.try_target(b, request, rest, &mut tally).await {
+            let answer = self.try_target(b, request, rest, &mut tally).await;
+            if admission.is_probe() {
+                self.release_probe(b);
+                if answer.as_ref().is_some_and(|a| a.status < 400) {
+                    self.share_recovery(b);
+                }
+            }
+            if let Some(answer) = answer {
                 return Ok(answer);
             }
         }
@@ -347,6 +359,7 @@ impl Dispatcher {
             .cool_down(backend, b, cooldown, || self.balancer.jitter())
         {
             self.cooled(b);
+            self.share_cooldown(b, cooldown);
         }
     }
 

@@ -70,7 +70,7 @@ pub enum Verdict {
     ToClient,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Cooldown {
     /// Not the backend's fault (a request too long for its context).
     None,

@@ -77,7 +77,10 @@ impl AppState {
                 Ok(d) => {
                     let d = Arc::new(d);
                     match tokio::runtime::Handle::try_current() {
-                        Ok(runtime) => d.start_health_checks(&runtime),
+                        Ok(runtime) => {
+                            d.start_health_checks(&runtime);
+                            d.start_listening(&runtime);
+                        }
                         Err(_) => tracing::warn!("no async runtime: active health checks are off"),
                     }
                     Some(d)

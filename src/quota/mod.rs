@@ -9,6 +9,7 @@ pub mod memory;
 pub mod period;
 pub mod rules;
 pub mod shared;
+pub mod signals;
 mod ticket;
 
 use crate::config::{Backend, ClientKey, Config, Limits, OnError};
@@ -147,9 +148,12 @@ impl Quota {
         !config.per_user.is_empty() || config.auth.keys.iter().any(|k| !k.limits.is_empty())
     }
 
-    /// Whether any limit at all is configured, a backend's quota included.
+    /// Whether any limit at all is configured, a backend's quota included, or a Redis to
+    /// share health through.
     pub fn needed(config: &Config) -> bool {
-        Quota::any_limits(config) || config.backends.iter().any(|b| !b.limits.is_empty())
+        Quota::any_limits(config)
+            || config.backends.iter().any(|b| !b.limits.is_empty())
+            || config.state.redis.is_some()
     }
 
     /// Takes one request of `tokens` from `backend`'s own quota (its provider's `rpm` and

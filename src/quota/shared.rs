@@ -140,6 +140,18 @@ impl RedisStore {
         })
     }
 
+    /// Runs a pipeline (its replies ignored).
+    pub async fn pipeline(&self, pipe: &redis::Pipeline) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        self.run(pipe.query_async::<()>(&mut connection)).await
+    }
+
+    /// Runs one command.
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut connection = self.connection.clone();
+        self.run(cmd.query_async(&mut connection)).await
+    }
+
     /// Round-trip time of a PING, for readiness and metrics.
     pub async fn ping(&self) -> Result<Duration, StoreError> {
         let started = std::time::Instant::now();

@@ -12,4 +12,5 @@ mod upstream;
 
 mod budgets;
 mod failures;
+mod health;
 mod limits;
