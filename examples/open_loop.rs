@@ -1,6 +1,8 @@
 //! An open-loop load generator: sends POST requests at a fixed rate (not waiting for
 //! answers, so slow answers cannot lower the load) and prints latency percentiles as JSON.
-//! Usage: `open_loop URL BODY_JSON RATE_PER_S SECONDS`.
+//! Usage: `open_loop URL BODY_JSON RATE_PER_S SECONDS`. With `BEARER` set, every request
+//! carries `Authorization: Bearer $BEARER`; with `USERS=N`, `__USER__` in the body becomes
+//! `user-0` ... `user-{N-1}` in turn (N distinct users).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -20,15 +22,25 @@ async fn main() {
     let mut ticks = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let total = rate * seconds;
+    let bearer = std::env::var("BEARER").ok();
+    let users: u64 = std::env::var("USERS")
+        .ok()
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let started = Instant::now();
-    for _ in 0..total {
+    for i in 0..total {
         ticks.tick().await;
-        let (client, url, body, tx) = (client.clone(), url.clone(), body.clone(), tx.clone());
+        let (client, url, tx) = (client.clone(), url.clone(), tx.clone());
+        let body = body.replace("__USER__", &format!("user-{}", i % users));
+        let bearer = bearer.clone();
         tokio::spawn(async move {
             let sent = Instant::now();
-            let ok = client
-                .post(&url)
-                .header("content-type", "application/json")
+            let mut request = client.post(&url).header("content-type", "application/json");
+            if let Some(key) = bearer {
+                request = request.bearer_auth(key);
+            }
+            let ok = request
                 .body(body)
                 .send()
                 .await

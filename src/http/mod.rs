@@ -70,6 +70,14 @@ impl AppState {
         } else {
             None
         };
+        if let (Some(shared), Ok(runtime)) = (
+            quota.as_ref().filter(|q| q.shared().is_some()),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            // Connect now, so the first request does not pay for it.
+            let quota = shared.clone();
+            runtime.spawn(async move { quota.warm_up().await });
+        }
         let dispatcher = if config.backends.is_empty() {
             None
         } else {

@@ -96,7 +96,11 @@ impl Quota {
     /// down is not: it is reached lazily, and `on_error` decides meanwhile).
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Quota, StoreError> {
         let shared = match &config.state.redis {
-            Some(url) => Some(RedisStore::new(url, config.state.timeout)?),
+            Some(url) => Some(RedisStore::new(
+                url,
+                &config.state.prefix,
+                config.state.timeout,
+            )?),
             None => None,
         };
         let replica = SystemTime::now()
@@ -115,6 +119,33 @@ impl Quota {
 
     pub fn shared(&self) -> Option<&RedisStore> {
         self.shared.as_ref()
+    }
+
+    /// Connects to Redis (a first connection may take longer than `state.timeout_ms`),
+    /// and says in the log whether it answers.
+    pub async fn warm_up(&self) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        for _ in 0..20 {
+            match shared.ping().await {
+                Ok(rtt) => {
+                    tracing::info!(
+                        rtt_us = rtt.as_micros() as u64,
+                        "shared state (Redis) reached"
+                    );
+                    return;
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "Redis not reached yet");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        tracing::warn!(
+            on_error = ?self.config.state.on_error,
+            "the shared state (Redis) cannot be reached; state.on_error applies until it can"
+        );
     }
 
     /// Decides `admission` in the shared store, or in this process when there is none or

@@ -30,6 +30,8 @@ impl From<redis::RedisError> for StoreError {
 
 pub struct RedisStore {
     connection: ConnectionManager,
+    /// The key prefix (`state.prefix`), for the store's own keys.
+    prefix: String,
     timeout: Duration,
     admit: Script,
     settle: Script,
@@ -37,7 +39,7 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// A store on `url`; connects lazily, so a Redis that is down at start is no error.
-    pub fn new(url: &str, timeout: Duration) -> Result<RedisStore, StoreError> {
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(timeout))
@@ -46,6 +48,7 @@ impl RedisStore {
             .set_max_delay(Duration::from_secs(1));
         Ok(RedisStore {
             connection: ConnectionManager::new_lazy_with_config(client, config)?,
+            prefix: prefix.to_string(),
             timeout,
             admit: Script::new(ADMIT),
             settle: Script::new(SETTLE),
@@ -94,6 +97,7 @@ impl RedisStore {
     /// each budget's spent and reserved nano-USD after it.
     pub async fn settle(&self, settlement: &Settlement) -> Result<Vec<BudgetState>, StoreError> {
         let mut invocation = self.settle.prepare_invoke();
+        invocation.key(format!("{}:settled:{}", self.prefix, settlement.id));
         for (budget, _) in &settlement.budgets {
             invocation.key(&budget.key);
         }

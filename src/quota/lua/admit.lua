@@ -29,7 +29,7 @@ for j = 1, nb do
   local lapsed = redis.call('ZRANGEBYSCORE', k .. ':r', '-inf', now)
   for _, rid in ipairs(lapsed) do
     local held = redis.call('HGET', k .. ':a', rid)
-    if held and held ~= 's' then
+    if held then
       redis.call('HINCRBY', k, 'reserved', -tonumber(held))
     end
     redis.call('HDEL', k .. ':a', rid)
