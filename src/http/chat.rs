@@ -340,11 +340,16 @@ fn prepare(
             (Some((worker.prefix(&text).to_string(), hits)), class_hits)
         }
     };
-    let counter = engine.and_then(|(_, worker)| worker.counter());
-    let demand = Demand::of(&body, |text| match counter {
-        Some(counter) if counts_tokens(config) => counter.count(text),
-        _ => crate::embed::count::by_bytes(text.len()),
-    });
+    // Only limits, budgets, context windows and `cheapest` read the estimate.
+    let demand = if counts_tokens(config) {
+        let counter = engine.and_then(|(_, worker)| worker.counter());
+        Demand::of(&body, |text| match counter {
+            Some(counter) => counter.count(text),
+            None => crate::embed::count::by_bytes(text.len()),
+        })
+    } else {
+        Demand::default()
+    };
     Ok(Prepared {
         body: Arc::new(body),
         destination,

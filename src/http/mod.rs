@@ -152,14 +152,21 @@ fn not_ready() -> ApiError {
 /// The endpoints. Bodies are read by `json.rs` within `--max-body-bytes` (at least
 /// `CHAT_BODY_LIMIT` for chat completions) and the body timeout.
 pub fn app(state: AppState) -> Router {
+    // What lists routes and backends needs a key when keys are required.
+    let listings = Router::new()
+        .route("/v1/models", get(chat::models))
+        .route("/v1/models/{*id}", get(chat::model))
+        .route("/routes", get(health::routes))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            tenant::require_key,
+        ));
     Router::new()
+        .merge(listings)
         .route("/classify", post(classify::classify))
         .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/models", get(chat::models))
         .route("/v1/usage", get(usage::usage))
-        .route("/v1/models/{*id}", get(chat::model))
         .route("/metrics", get(health::metrics))
-        .route("/routes", get(health::routes))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(not_found)

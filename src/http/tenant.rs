@@ -70,6 +70,22 @@ fn find(keys: &[ClientKey], presented: &[u8]) -> Option<usize> {
     found
 }
 
+/// A layer for endpoints that need a key when `auth.required` is true and nothing more.
+pub async fn require_key(
+    axum::extract::State(state): axum::extract::State<super::AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match identify(&state.config, request.headers()) {
+        Ok(_) => next.run(request).await,
+        Err(err) => {
+            count_refusal(&state.metrics, &err);
+            err.into_response()
+        }
+    }
+}
+
 /// Whether the key may send a request that asks for `auto` (checked before classifying).
 pub fn may_classify(config: &Config, key: Option<usize>) -> Result<(), ApiError> {
     match key.and_then(|k| config.auth.keys.get(k)) {

@@ -67,6 +67,23 @@ async fn a_key_is_required_and_checked_and_never_shown() {
     let ok = chat_as(&s, Some(SEARCH_KEY), request("chat")).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
     assert_eq!(get(&s, "/healthz").await.status, StatusCode::OK);
+    // Listings of routes and backends need a key too.
+    for path in ["/v1/models", "/v1/models/chat", "/routes"] {
+        assert_eq!(
+            get(&s, path).await.status,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+        let with_key = send(
+            &s,
+            Request::get(path)
+                .header(header::AUTHORIZATION, format!("Bearer {OPS_KEY}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(with_key.status, StatusCode::OK, "{path}");
+    }
     let metrics = metrics_text(&s).await;
     for text in [&none.body, &wrong.body, &ok.body, &metrics] {
         for key in [SEARCH_KEY, OPS_KEY] {
