@@ -7,6 +7,7 @@ mod backends;
 mod classes;
 mod dispatch;
 mod error;
+mod keys;
 mod parse;
 mod raw;
 mod route_rules;
@@ -21,11 +22,10 @@ pub use backends::{Backend, BackendId, Cost};
 pub use classes::{Accepted, DataClasses};
 pub use dispatch::{Dispatch, Strategy};
 pub use error::{ConfigError, ConfigIssue};
+pub use keys::{Auth, ClientKey, KeySource, MIN_KEY_LEN, RouteAccess, key_digest};
 pub use route_rules::{RuleSource, Rules};
 pub use rules::RuleSet;
-pub use tenants::{
-    Auth, ClientKey, KeySource, Limits, MIN_KEY_LEN, OnError, RouteAccess, StateConfig, key_digest,
-};
+pub use tenants::{Limits, OnError, StateConfig};
 pub use types::{
     Aggregation, DeviceChoice, EncoderConfig, Keyword, Pattern, Precision, Route, RouteId,
     RouteName, Threshold,

@@ -3,7 +3,8 @@
 //! Comments of the original file are not carried over.
 
 use super::backends::DEFAULT_MAX_OUTPUT_TOKENS;
-use super::tenants::{Auth, KeySource, Limits, OnError, StateConfig};
+use super::keys::{Auth, KeySource};
+use super::tenants::{Limits, OnError, StateConfig};
 use super::{Aggregation, Backend, Config, Cost, DeviceChoice, Precision, Strategy};
 use serde::Serialize;
 use std::collections::BTreeMap;
