@@ -207,6 +207,7 @@ impl Quota {
                     // A request larger than a minute's quota goes when the quota is whole.
                     cost: cost.min(limit),
                     tokens,
+                    pinned: true,
                 });
             }
         }
@@ -367,6 +368,7 @@ impl Quota {
                         limit,
                         cost,
                         tokens,
+                        pinned: is_key,
                     });
                     labels
                         .rates
@@ -383,6 +385,7 @@ impl Quota {
                         limit: rules::nano(limit),
                         amount: nano_ceil(charge.usd),
                         keep_us: period.keep_us,
+                        pinned: is_key,
                     });
                     labels.key_budgets.push(is_key.then_some(span));
                     labels.budgets.push((
