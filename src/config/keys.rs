@@ -55,6 +55,9 @@ pub fn key_digest(key: &[u8]) -> [u8; 32] {
     Sha256::digest(key).into()
 }
 
+/// The name that stands for callers without a key, in counters, metrics and messages.
+pub const NO_KEY: &str = "-";
+
 /// Shorter keys are refused: they can be guessed.
 pub const MIN_KEY_LEN: usize = 16;
 
@@ -126,12 +129,14 @@ impl Checker<'_> {
         backends: &[Backend],
         classes: &DataClasses,
     ) -> Option<ClientKey> {
-        let named = valid_prefix(&raw.name.value);
+        // `-` stands for callers without a key (their users' counters are under it).
+        let named = valid_prefix(&raw.name.value) && raw.name.value != NO_KEY;
         if !named {
             self.issue(
                 format!("{at}.name"),
                 raw.name.referenced,
-                "a key's name must be 1-64 letters, digits, `_`, `-`, `.` or `:`".into(),
+                "a key's name must be 1-64 letters, digits, `_`, `-`, `.` or `:`, and not `-` alone"
+                    .into(),
                 "write a short name such as `team-search` (shown in logs and metrics)",
             );
         }

@@ -22,7 +22,7 @@ pub use backends::{Backend, BackendId, Cost};
 pub use classes::{Accepted, DataClasses};
 pub use dispatch::{Dispatch, Strategy};
 pub use error::{ConfigError, ConfigIssue};
-pub use keys::{Auth, ClientKey, KeySource, MIN_KEY_LEN, RouteAccess, key_digest};
+pub use keys::{Auth, ClientKey, KeySource, MIN_KEY_LEN, NO_KEY, RouteAccess, key_digest};
 pub use route_rules::{RuleSource, Rules};
 pub use rules::RuleSet;
 pub use tenants::{Limits, OnError, StateConfig};

@@ -281,10 +281,14 @@ impl Dispatcher {
             tries_here += 1;
             tally.attempts += 1;
             let started = Instant::now();
+            self.sending(request, b);
             let outcome = match self.attempt(b, request, rest).await {
                 Ok(answer) => return Some(self.answered(b, answer, started, tally.attempts)),
                 Err(outcome) => outcome,
             };
+            if let Some(ticket) = &request.ticket {
+                ticket.unsent();
+            }
             self.metrics.attempted(&backend.name, &outcome.label());
             let verdict = judge(&outcome, tries_here, backend, self.balancer.jitter());
             tracing::warn!(backend = %backend.name, attempt = tries_here, outcome = %outcome.describe(), ?verdict, "attempt failed");
@@ -389,16 +393,30 @@ impl Dispatcher {
     /// Charges a request whose answer reported no usage for what it took: its prompt and a
     /// token per four bytes of the `relayed` text, at `b`'s price (nothing if usage came).
     fn charge_relayed(&self, request: &ChatRequest, b: BackendId, relayed: usize) {
-        let Some(ticket) = &request.ticket else {
-            return;
-        };
+        if let Some(ticket) = &request.ticket {
+            let (usd, tokens) = self.estimate(request, b, relayed);
+            ticket.unreported(usd, tokens);
+        }
+    }
+
+    /// Tells the request's ticket that its prompt is going to `b`: a client that leaves
+    /// before any answer (or an answer without usage) still pays for it.
+    fn sending(&self, request: &ChatRequest, b: BackendId) {
+        if let Some(ticket) = &request.ticket {
+            let (usd, tokens) = self.estimate(request, b, 0);
+            ticket.sent(usd, tokens);
+        }
+    }
+
+    /// The USD and tokens of the request's prompt and `relayed` bytes of answer on `b`.
+    fn estimate(&self, request: &ChatRequest, b: BackendId, relayed: usize) -> (f64, u64) {
         let backend = self.config.backend(b);
         let output = crate::embed::count::by_bytes(relayed);
         let prompt = request.demand.prompt_tokens;
         let usd = backend.cost.map_or(0.0, |c| {
             (prompt as f64 * c.input_per_mtok + output as f64 * c.output_per_mtok) / 1e6
         });
-        ticket.unreported(usd, prompt.saturating_add(output));
+        (usd, prompt.saturating_add(output))
     }
 
     /// Adds an upstream `usage` object's tokens and their cost (counts past

@@ -3,7 +3,7 @@
 //! routes, backends and data class the key may use (403 naming the rule), and its rate
 //! limits and budgets (429 with OpenAI's `x-ratelimit-*` headers).
 
-use crate::config::{ClientKey, Config, key_digest};
+use crate::config::{BackendId, ClientKey, Config, key_digest};
 use crate::dispatch::Destination;
 use crate::error::{ApiError, ErrorKind};
 use crate::quota::rules::RateState;
@@ -122,7 +122,8 @@ pub fn authorize(
             }
         }
         Destination::Backend(b) => {
-            if let Some(allowed) = &k.backends
+            let allowed = nameable_backends(config, k);
+            if let Some(allowed) = &allowed
                 && !allowed.contains(&b)
             {
                 let names: Vec<&str> = allowed
@@ -152,6 +153,24 @@ pub fn authorize(
         }
     }
     Ok(())
+}
+
+/// The backends `key` may name directly (`None`: every one): its `backends`, else, when
+/// its routes are listed, those routes' targets (naming a backend must not reach past
+/// them).
+fn nameable_backends(config: &Config, key: &ClientKey) -> Option<Vec<BackendId>> {
+    if let Some(backends) = &key.backends {
+        return Some(backends.clone());
+    }
+    let access = key.routes.as_ref()?;
+    let mut targets: Vec<BackendId> = access
+        .routes
+        .iter()
+        .flat_map(|&r| config.route(r).dispatch.targets.iter().copied())
+        .collect();
+    targets.sort_unstable();
+    targets.dedup();
+    Some(targets)
 }
 
 fn forbidden(message: String) -> ApiError {

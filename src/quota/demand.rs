@@ -14,9 +14,11 @@ const PER_REQUEST: u64 = 3;
 pub struct Demand {
     /// The prompt's tokens, estimated.
     pub prompt_tokens: u64,
-    /// The answer's cap from the request (`max_completion_tokens` or `max_tokens`, times
-    /// `n`); `None`: the backend's `max_output_tokens`.
+    /// The answer's cap from the request (the larger of `max_completion_tokens` and
+    /// `max_tokens`, times `n`); `None`: the backend's `max_output_tokens` (times `n`).
     pub max_output: Option<u64>,
+    /// The choices asked for (`n`; 0 is taken as 1).
+    pub choices: u64,
 }
 
 impl Demand {
@@ -36,23 +38,27 @@ impl Demand {
                 prompt_tokens = prompt_tokens.saturating_add(count(&value.to_string()));
             }
         }
+        // An upstream may honour either cap, and read `3.0` or `"3"` as 3: the most any
+        // reading allows is what is reserved.
         let cap = ["max_completion_tokens", "max_tokens"]
             .iter()
-            .find_map(|k| body.get(*k).and_then(Value::as_u64));
-        let choices = body
-            .get("n")
-            .and_then(Value::as_u64)
-            .unwrap_or(1)
-            .clamp(1, 128);
+            .filter_map(|k| body.get(*k).and_then(whole))
+            .max();
+        let choices = body.get("n").and_then(whole).unwrap_or(1).max(1);
         Demand {
             prompt_tokens,
             max_output: cap.map(|c| c.saturating_mul(choices)),
+            choices,
         }
     }
 
     /// The answer's most tokens on `backend`.
     pub fn output_on(&self, backend: &Backend) -> u64 {
-        self.max_output.unwrap_or(backend.max_output_tokens)
+        self.max_output.unwrap_or_else(|| {
+            backend
+                .max_output_tokens
+                .saturating_mul(self.choices.max(1))
+        })
     }
 
     /// The most tokens (prompt and answer) the request takes on `backend`.
@@ -77,6 +83,19 @@ impl Demand {
                 <= window
         })
     }
+}
+
+/// A count as an OpenAI-compatible server may read it: a whole number, a number with a
+/// fraction (rounded up) or a string holding either; `None` for anything else or below 0.
+fn whole(value: &Value) -> Option<u64> {
+    let number = match value {
+        Value::Number(n) if n.is_u64() => return n.as_u64(),
+        Value::Number(n) => n.as_f64(),
+        Value::String(text) => text.trim().parse::<f64>().ok(),
+        _ => None,
+    }?;
+    // `as` saturates: a huge count stays huge.
+    (number.is_finite() && number >= 0.0).then(|| number.ceil() as u64)
 }
 
 /// The tokens of a message's text: its content (a string or parts), tool calls and name.
@@ -131,6 +150,24 @@ mod tests {
         assert_eq!(demand.max_output, Some(300));
         let uncapped = Demand::of(&body(json!({"messages": []})), words);
         assert_eq!(uncapped.max_output, None);
+    }
+
+    #[test]
+    fn loosely_written_counts_are_read_as_a_lenient_server_reads_them() {
+        let demand = Demand::of(
+            &body(
+                json!({"messages": [], "max_tokens": "50", "max_completion_tokens": 7.2, "n": 2.0}),
+            ),
+            words,
+        );
+        assert_eq!(demand.max_output, Some(100));
+        let uncapped = Demand::of(&body(json!({"messages": [], "n": "3"})), words);
+        assert_eq!((uncapped.max_output, uncapped.choices), (None, 3));
+        let nonsense = Demand::of(
+            &body(json!({"messages": [], "n": -2, "max_tokens": "x"})),
+            words,
+        );
+        assert_eq!((nonsense.max_output, nonsense.choices), (None, 1));
     }
 
     #[test]

@@ -24,6 +24,8 @@ struct Budget {
     expires: u64,
     /// Last use (µs), for eviction.
     touched: u64,
+    /// A key's: never evicted.
+    pinned: bool,
 }
 
 impl Budget {
@@ -49,6 +51,8 @@ impl Budget {
 struct Rate {
     tat: u64,
     touched: u64,
+    /// A key's or a backend's: never evicted.
+    pinned: bool,
 }
 
 #[derive(Debug, Default)]
@@ -69,12 +73,14 @@ impl Slots {
     fn budget(&mut self, charge: &BudgetCharge, now: u64) -> &mut Budget {
         let budget = self.budgets.entry(charge.key.clone()).or_default();
         budget.touched = now;
+        budget.pinned |= charge.pinned;
         budget.expires = budget.expires.max(now.saturating_add(charge.keep_us));
         budget
     }
 
     /// Frees space for `incoming` entries: first the entries that hold nothing, then the
-    /// least recently used.
+    /// least recently used of the users' (a key's or a backend's are never evicted: the
+    /// config bounds them, and a flood of users must not reset a key's spend).
     fn make_room(&mut self, now: u64, incoming: usize) {
         if self.len() + incoming <= MAX_ENTRIES {
             return;
@@ -88,10 +94,12 @@ impl Slots {
         let mut by_age: Vec<(u64, bool, String)> = self
             .rates
             .iter()
+            .filter(|(_, r)| !r.pinned)
             .map(|(k, r)| (r.touched, true, k.clone()))
             .chain(
                 self.budgets
                     .iter()
+                    .filter(|(_, b)| !b.pinned)
                     .map(|(k, b)| (b.touched, false, k.clone())),
             )
             .collect();
@@ -163,9 +171,15 @@ impl MemoryStore {
         }
         slots.make_room(now, admission.rates.len() + admission.budgets.len());
         for (rate, tat) in admission.rates.iter().zip(new_tats) {
-            slots
-                .rates
-                .insert(rate.key.clone(), Rate { tat, touched: now });
+            let pinned = rate.pinned;
+            slots.rates.insert(
+                rate.key.clone(),
+                Rate {
+                    tat,
+                    touched: now,
+                    pinned,
+                },
+            );
         }
         for charge in &admission.budgets {
             let lapses = now.saturating_add(admission.ttl_us);
@@ -230,6 +244,7 @@ mod tests {
             limit,
             cost,
             tokens: false,
+            pinned: false,
         }
     }
 
@@ -239,6 +254,7 @@ mod tests {
             limit,
             amount,
             keep_us: 86_400_000_000,
+            pinned: false,
         }
     }
 
@@ -326,6 +342,39 @@ mod tests {
         // Never settled: it lapses after its ttl and frees the budget.
         assert_eq!(store.budget("b", now + 2_000_000).reserved, 0);
         assert_eq!(store.budget("b", now + 2_000_000).spent, 25);
+    }
+
+    #[test]
+    fn a_flood_of_users_never_evicts_a_keys_budget() {
+        let store = MemoryStore::default();
+        let now = 1_000_000_000;
+        let mut key_budget = budget("semroute:usd:key:victim:d:1970-01-01", 1_000, 10);
+        key_budget.pinned = true;
+        let spend = admission("spend", vec![], vec![key_budget.clone()]);
+        assert!(matches!(store.admit(&spend, now), Outcome::Admitted(_)));
+        store.settle(
+            &Settlement {
+                id: "spend".into(),
+                budgets: vec![(key_budget, 900)],
+                refunds: vec![],
+            },
+            now,
+        );
+        // Other callers' users, each with a limiter and a budget of their own, later on.
+        for i in 0..(MAX_ENTRIES / 2 + 5_000) as u64 {
+            let user = format!("semroute:usd:user:other:u{i}:d:1970-01-01");
+            let rate_key = format!("semroute:rpm:user:other:u{i}");
+            let ask = admission(
+                "x",
+                vec![rate(&rate_key, 10, 1)],
+                vec![budget(&user, 1_000, 1)],
+            );
+            let _ = store.admit(&ask, now + 1 + i);
+        }
+        assert!(store.len() <= MAX_ENTRIES, "{}", store.len());
+        let later = now + MAX_ENTRIES as u64;
+        let left = store.budget("semroute:usd:key:victim:d:1970-01-01", later);
+        assert_eq!(left.spent, 900, "the key's spend was forgotten");
     }
 
     #[test]

@@ -207,6 +207,7 @@ impl Quota {
                     // A request larger than a minute's quota goes when the quota is whole.
                     cost: cost.min(limit),
                     tokens,
+                    pinned: true,
                 });
             }
         }
@@ -317,7 +318,7 @@ impl Quota {
     /// Every limiter and budget that applies to `caller`, charged with `charge`.
     fn admission(&self, caller: &Caller, charge: Charge, now: u64) -> (Admission, Labels) {
         let key: Option<&ClientKey> = caller.key.and_then(|k| self.config.auth.keys.get(k));
-        let key_name = key.map_or("-", |k| k.name.as_str());
+        let key_name = key.map_or(crate::config::NO_KEY, |k| k.name.as_str());
         let mut owners: Vec<(String, String, &Limits)> = Vec::new();
         if let Some(k) = key {
             owners.push((
@@ -367,6 +368,7 @@ impl Quota {
                         limit,
                         cost,
                         tokens,
+                        pinned: is_key,
                     });
                     labels
                         .rates
@@ -383,6 +385,7 @@ impl Quota {
                         limit: rules::nano(limit),
                         amount: nano_ceil(charge.usd),
                         keep_us: period.keep_us,
+                        pinned: is_key,
                     });
                     labels.key_budgets.push(is_key.then_some(span));
                     labels.budgets.push((
@@ -419,7 +422,7 @@ impl Quota {
     ) -> Result<Vec<BudgetUsage>, StoreError> {
         let key_name = key
             .and_then(|k| self.config.auth.keys.get(k))
-            .map_or("-", |k| k.name.as_str());
+            .map_or(crate::config::NO_KEY, |k| k.name.as_str());
         let (owner, limits) = match user {
             None => (
                 format!("key:{key_name}"),

@@ -14,6 +14,9 @@ pub struct RateCharge {
     pub cost: u64,
     /// Whether it counts tokens (then settled to the tokens used) or requests.
     pub tokens: bool,
+    /// A key's or a backend's (as many as the config names, never a client-chosen user's):
+    /// never evicted from the in-memory store.
+    pub pinned: bool,
 }
 
 /// What a limiter allows after a request.
@@ -76,6 +79,9 @@ pub struct BudgetCharge {
     pub amount: i64,
     /// How long the period's record is kept once used (µs).
     pub keep_us: u64,
+    /// A key's (as many as the config names, never a client-chosen user's): never evicted
+    /// from the in-memory store.
+    pub pinned: bool,
 }
 
 impl BudgetCharge {
@@ -147,6 +153,7 @@ mod tests {
             limit: 60,
             cost: 1,
             tokens: false,
+            pinned: false,
         };
         let (tat, state) = rate.check(0, 1_000_000_000).unwrap();
         assert_eq!(tat, 1_000_000_000 + 1_000_000);
@@ -169,6 +176,7 @@ mod tests {
             limit: 1_000,
             cost: 1_001,
             tokens: true,
+            pinned: false,
         };
         assert!(!rate.possible());
         assert!(rate.check(0, 0).is_err());

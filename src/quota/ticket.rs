@@ -36,6 +36,12 @@ struct Used {
     tokens: u64,
     /// Whether an upstream reported usage (else an estimate may stand in).
     reported: bool,
+    /// Whether an estimate of an answer without usage was added.
+    estimated: bool,
+    /// The prompt of the attempt in progress (USD and tokens): charged when the ticket is
+    /// dropped with neither usage nor an estimate (the client left before any answer, or
+    /// a plain answer carried no usage).
+    sent: Option<(f64, u64)>,
 }
 
 impl std::fmt::Debug for Ticket {
@@ -75,11 +81,29 @@ impl Ticket {
             used.usd += usd;
         }
         used.tokens = used.tokens.saturating_add(tokens);
+        used.estimated = true;
+    }
+
+    /// An attempt is sending the request upstream, whose prompt costs `usd` and `tokens`:
+    /// the least it is charged unless the attempt fails (`unsent`).
+    pub fn sent(&self, usd: f64, tokens: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        used.sent = Some((usd, tokens));
+    }
+
+    /// The attempt in progress failed: it costs nothing.
+    pub fn unsent(&self) {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        used.sent = None;
     }
 
     /// The settlement: each budget's actual spend, and the tokens charged beyond use.
     fn settlement(&self) -> Settlement {
-        let used = *self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let mut used = *self.used.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((usd, tokens)) = used.sent.filter(|_| !used.reported && !used.estimated) {
+            used.usd = if usd.is_finite() { usd.max(0.0) } else { 0.0 };
+            used.tokens = tokens;
+        }
         let actual = nano(used.usd);
         let refund = self.held.charged.tokens.saturating_sub(used.tokens);
         Settlement {
@@ -109,7 +133,7 @@ fn report(quota: &Quota, held: &Report, settlement: &Settlement, states: &[Budge
     let name = held
         .key
         .and_then(|k| quota.config().auth.keys.get(k))
-        .map_or("-", |k| k.name.as_str());
+        .map_or(crate::config::NO_KEY, |k| k.name.as_str());
     let actual = settlement.budgets.first().map_or(0, |(_, a)| *a);
     tenants.spent(name, actual as f64 / 1e9);
     for ((period, limit), state) in held.key_budgets.iter().zip(&held.limits).zip(states) {

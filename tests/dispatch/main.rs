@@ -21,4 +21,5 @@ mod quotas;
 mod requests;
 mod retries;
 mod streaming;
+mod tenant_attacks;
 mod tenants;
