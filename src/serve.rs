@@ -118,6 +118,10 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
 
     let state = AppState::new(Arc::new(config.clone()), options.body_limit)
         .with_body_timeout(options.body_timeout);
+    if let Some(dispatcher) = state.dispatcher() {
+        // A client that stops reading a streamed answer is idle: gone after the idle timeout.
+        dispatcher.set_client_stall(options.limits.idle_timeout);
+    }
     let (failed_tx, failed_rx) = oneshot::channel::<ServeError>();
     let loading_state = state.clone();
     let queue = options.queue;

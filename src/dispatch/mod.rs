@@ -128,6 +128,8 @@ pub struct Dispatcher {
     quota: Option<Arc<crate::quota::Quota>>,
     /// Set when the server's drain time is over: open streams end with an error event.
     closing: tokio::sync::watch::Sender<bool>,
+    /// How long a client may leave a relayed piece unread (ms) before it counts as gone.
+    client_stall_ms: std::sync::atomic::AtomicU64,
 }
 
 /// What the attempts on a request's targets came to so far.
@@ -153,6 +155,9 @@ impl Dispatcher {
             health: Board::new(config.backends.len()),
             balancer: Balancer::new(config.routes.len()),
             closing: tokio::sync::watch::Sender::new(false),
+            client_stall_ms: std::sync::atomic::AtomicU64::new(
+                relay::client::DEFAULT_CLIENT_STALL.as_millis() as u64,
+            ),
             config,
             metrics,
         })
@@ -164,6 +169,21 @@ impl Dispatcher {
 
     pub fn health(&self, backend: BackendId) -> &Arc<Health> {
         self.health.get(backend)
+    }
+
+    /// A client that leaves a relayed piece unread this long is taken to have gone.
+    pub fn set_client_stall(&self, stall: Duration) {
+        self.client_stall_ms.store(
+            stall.as_millis().max(1) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn client_stall(&self) -> Duration {
+        Duration::from_millis(
+            self.client_stall_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Ends every stream still open with an error event (the server's drain time is over).

@@ -16,6 +16,7 @@
 //! - the in-flight count of the backend streaming is held until the stream ends.
 
 mod choice;
+pub mod client;
 mod resume;
 
 use super::attempt::{Opened, error_chain, in_band};
@@ -86,7 +87,7 @@ pub struct Relay {
     size: usize,
     /// Whether usage chunks go on to the client (it asked, or the answer is reassembled).
     usage_for_client: bool,
-    out: mpsc::Sender<Piece>,
+    out: client::ClientSide,
 }
 
 impl Relay {
@@ -99,7 +100,8 @@ impl Relay {
         opened: Opened,
         in_flight: InFlight,
     ) -> mpsc::Receiver<Piece> {
-        let (out, rx) = mpsc::channel(RELAY_BUFFER);
+        let (tx, rx) = mpsc::channel(RELAY_BUFFER);
+        let out = client::ClientSide::new(tx, dispatcher.client_stall());
         let usage_for_client = !request.is_stream()
             || request
                 .body

@@ -151,3 +151,49 @@ fn no_key_is_named_as_the_callers_without_one() {
     let parsed = semroute::config::Config::parse(&yaml, "test.yaml", crate::common::repo());
     assert!(parsed.is_err(), "a key named `-` was accepted");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_let_go_and_its_reservation_settled() {
+    let a = Upstream::start("a", Behaviour::Endless).await;
+    let b = Upstream::start("b", Behaviour::Answer).await;
+    let s = narrow(&a.url, &b.url, "{usd_per_day: 1000}", "");
+    s.dispatcher()
+        .unwrap()
+        .set_client_stall(Duration::from_millis(300));
+    let mut body = request("chat");
+    body["stream"] = json!(true);
+    let request = Request::post("/v1/chat/completions")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::AUTHORIZATION, format!("Bearer {NARROW_KEY}"))
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    use tower::ServiceExt;
+    // The answer is held, never read: the relay fills its buffer and waits on the client.
+    let response = semroute::http::app(s.clone())
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let usage = || async {
+        let request = Request::get("/v1/usage")
+            .header(header::AUTHORIZATION, format!("Bearer {OPS_KEY}"))
+            .body(Body::empty())
+            .unwrap();
+        send(&s, request).await.json()["keys"][0]["budgets"][0].clone()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let budget = usage().await;
+        if budget["reserved"] == 0.0 {
+            // Let go and charged for what was relayed, while the client still holds on.
+            assert!(budget["spent"].as_f64().unwrap() > 0.0, "{budget}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still reserved: {budget}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(response);
+}
