@@ -90,7 +90,7 @@ fn fitting(
         return Err(DispatchError::TooLong {
             tokens: demand
                 .prompt_tokens
-                .saturating_add(demand.max_output.unwrap_or(0)),
+                .saturating_add(demand.max_output.unwrap_or(0) / demand.choices.max(1)),
             largest,
         });
     }

@@ -77,11 +77,11 @@ impl Demand {
 
     /// Whether `backend`'s context window holds the prompt and the requested cap.
     pub fn fits(&self, backend: &Backend) -> bool {
-        backend.context_window.is_none_or(|window| {
-            self.prompt_tokens
-                .saturating_add(self.max_output.unwrap_or(0))
-                <= window
-        })
+        // Each choice is its own completion: the window holds the prompt and one answer.
+        let per_choice = self.max_output.unwrap_or(0) / self.choices.max(1);
+        backend
+            .context_window
+            .is_none_or(|window| self.prompt_tokens.saturating_add(per_choice) <= window)
     }
 }
 
@@ -178,5 +178,24 @@ mod tests {
         );
         assert_eq!(demand.max_output, Some(u64::MAX));
         assert_eq!(demand.prompt_tokens.saturating_add(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn a_context_window_holds_the_prompt_and_one_choice() {
+        let demand = Demand::of(
+            &body(json!({"messages": [], "max_tokens": 100, "n": 4})),
+            words,
+        );
+        let backend = |window: u64| {
+            let yaml = format!(
+                "backends:\n  - name: b\n    url: http://127.0.0.1:1/v1\n    model: m\n    context_window: {window}\nroutes:\n  - name: r\n    utterances: [x]\n    targets: [b]\n"
+            );
+            crate::config::Config::parse(&yaml, "t", std::path::Path::new("."))
+                .unwrap()
+                .backends
+                .remove(0)
+        };
+        assert!(demand.fits(&backend(103)));
+        assert!(!demand.fits(&backend(102)));
     }
 }

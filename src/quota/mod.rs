@@ -75,7 +75,7 @@ pub struct Quota {
     config: Arc<Config>,
     local: MemoryStore,
     /// With `state.redis`: the counters every replica shares.
-    shared: Option<RedisStore>,
+    shared: Option<Arc<RedisStore>>,
     metrics: Arc<Metrics>,
     /// Makes reservation ids unique across replicas.
     replica: u64,
@@ -96,11 +96,11 @@ impl Quota {
     /// down is not: it is reached lazily, and `on_error` decides meanwhile).
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Quota, StoreError> {
         let shared = match &config.state.redis {
-            Some(url) => Some(RedisStore::new(
+            Some(url) => Some(Arc::new(RedisStore::new(
                 url,
                 &config.state.prefix,
                 config.state.timeout,
-            )?),
+            )?)),
             None => None,
         };
         let replica = SystemTime::now()
@@ -118,7 +118,7 @@ impl Quota {
     }
 
     pub fn shared(&self) -> Option<&RedisStore> {
-        self.shared.as_ref()
+        self.shared.as_deref()
     }
 
     /// Connects to Redis (a first connection may take longer than `state.timeout_ms`),
@@ -159,6 +159,10 @@ impl Quota {
         self.metrics
             .tenants
             .state_call("admit", started.elapsed(), decided.is_err());
+        if decided.is_err() && !admission.budgets.is_empty() {
+            // The script may have run and only its answer been late: undo its reservation.
+            undo_later(shared.clone(), admission);
+        }
         match decided {
             Ok(outcome) => Ok((outcome, true)),
             Err(err) => match self.config.state.on_error {
@@ -466,6 +470,29 @@ pub fn most_of(backends: &[&Backend], demand: &demand::Demand) -> Charge {
         tokens: most.tokens.max(demand.max_tokens_on(b)),
         usd: most.usd.max(demand.max_usd_on(b)),
     })
+}
+
+/// Settles `admission` at nothing in the background, a few times over a few seconds, so a
+/// reservation whose answer timed out does not hold the budget until it lapses (a
+/// settlement is recognised if repeated, and one for an admission that never ran only
+/// leaves its marker).
+fn undo_later(store: Arc<RedisStore>, admission: &Admission) {
+    let settlement = rules::Settlement {
+        id: admission.id.clone(),
+        budgets: admission.budgets.iter().map(|b| (b.clone(), 0)).collect(),
+        refunds: Vec::new(),
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if store.settle(&settlement).await.is_ok() {
+                return;
+            }
+        }
+    });
 }
 
 /// Microseconds since the epoch.
