@@ -68,6 +68,8 @@ fn a_backend_limit_is_a_quota_not_a_budget_and_redis_urls_are_not_echoed() {
     assert_eq!(budget.path, "backends[0].limits.usd_per_day");
     let url = issue(&with("state:\n  redis: http://user:hunter2@host/\n"));
     assert!(!url.message.contains("hunter2"), "{}", url.message);
+    let tls = issue(&with("state:\n  redis: rediss://:hunter2@host:6380/0\n"));
+    assert!(tls.hint.unwrap_or_default().contains("not supported yet"));
     let mode = issue(&with("state:\n  on_error: retry\n"));
     assert_eq!(mode.path, "state.on_error");
 }
