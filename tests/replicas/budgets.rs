@@ -10,14 +10,7 @@ use std::time::{Duration, Instant};
 
 /// The settled spend a replica's `/metrics` reports for key `team`, in nano-USD.
 async fn metric_spend(replica: &Replica) -> i64 {
-    let text = common::http_client()
-        .get(replica.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = replica.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix("semroute_spend_usd_total{key=\"team\"} "))
         .map_or(0, |v| (v.parse::<f64>().unwrap() * 1e9).round() as i64)

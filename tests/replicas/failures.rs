@@ -2,7 +2,6 @@
 //! itself; Redis killed mid-run follows `on_error` and is used again once it is back; and a
 //! client key appears in no response, log line or metric throughout.
 
-use crate::common;
 use crate::harness::{Redis, Replica};
 use crate::limits::{KEY, chat, config, request, two_replicas};
 use crate::upstream::{Behaviour, Upstream};
@@ -99,14 +98,7 @@ async fn with_redis_gone_fail_open_serves_on_local_limits_and_comes_back() {
         assert!(Instant::now() < deadline, "never counted in Redis again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = common::http_client()
-        .get(a.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = a.metrics().await;
     assert!(
         metrics.contains("semroute_state_errors_total{op=\"admit\"}"),
         "{metrics}"
@@ -136,14 +128,7 @@ async fn with_redis_gone_fail_closed_refuses_with_503_and_recovers() {
     assert_eq!(status_until(&b, 200, Duration::from_secs(15)).await, 200);
     // The key was never written anywhere a person or a scraper reads.
     for replica in [&a, &b] {
-        let metrics = common::http_client()
-            .get(replica.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = replica.metrics().await;
         assert!(!metrics.contains(KEY));
         assert!(
             !metrics.contains("redis://"),

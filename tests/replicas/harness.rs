@@ -177,6 +177,18 @@ impl Replica {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Its `GET /metrics` page.
+    pub async fn metrics(&self) -> String {
+        common::http_client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
