@@ -349,6 +349,7 @@ fn fit_run_writes_thresholds_that_decide_as_the_fit_predicted() {
                 Sample {
                     text: v["text"].as_str().unwrap().to_string(),
                     route: v["route"].as_str().map(str::to_string),
+                    ..Sample::default()
                 }
             })
             .collect();

@@ -392,11 +392,18 @@ fn read_jsonl(path: &Path) -> Result<Vec<(String, String, serde_json::Value)>> {
         let at = format!("{}:{}", path.display(), i + 1);
         let value: serde_json::Value =
             serde_json::from_str(line).with_context(|| format!("{at}: not valid JSON"))?;
-        let text = value
-            .get("text")
-            .and_then(|t| t.as_str())
-            .with_context(|| format!("{at}: no string field `text`"))?
-            .to_string();
+        let text = match (value.get("text"), value.get("messages")) {
+            (Some(serde_json::Value::String(text)), None) => text.clone(),
+            (None, Some(serde_json::Value::Array(messages))) => {
+                semroute::route::split_chat(messages)
+                    .map(|(_, last)| last.into_owned())
+                    .with_context(|| format!("{at}: `messages` has no user message with text"))?
+            }
+            (Some(_), Some(_)) => anyhow::bail!("{at}: give either `text` or `messages`, not both"),
+            _ => anyhow::bail!(
+                "{at}: no string field `text` (or `messages`, a list of chat messages)"
+            ),
+        };
         records.push((at, text, value));
     }
     anyhow::ensure!(!records.is_empty(), "{} has no prompts", path.display());

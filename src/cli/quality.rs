@@ -8,6 +8,7 @@ use semroute::config::Config;
 use semroute::offline::eval::{EvalReport, Sample};
 use semroute::offline::fit::{Fit, FitRun, Tuning};
 use semroute::offline::tune::TuneOptions;
+use semroute::route::conversation::Speaker;
 use serde::Serialize;
 use std::path::Path;
 use std::process::ExitCode;
@@ -24,9 +25,30 @@ pub fn read_labelled(path: &Path) -> Result<Vec<Sample>> {
                     "{at}: `route` must be a route name or null (no route should match)"
                 ),
             };
-            Ok(Sample { text, route })
+            Ok(Sample {
+                earlier: earlier_messages(&value),
+                turn: value.get("turn").and_then(serde_json::Value::as_u64),
+                switch: value.get("switch").and_then(serde_json::Value::as_bool),
+                text,
+                route,
+            })
         })
         .collect()
+}
+
+/// A line's messages before its last user message (none for a `text` line).
+fn earlier_messages(value: &serde_json::Value) -> Vec<(Speaker, String)> {
+    let Some(serde_json::Value::Array(messages)) = value.get("messages") else {
+        return Vec::new();
+    };
+    semroute::route::split_chat(messages)
+        .map(|(earlier, _)| {
+            earlier
+                .into_iter()
+                .map(|m| (m.speaker, m.text.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Refuses labels naming routes the config does not have.
@@ -90,6 +112,16 @@ fn print_report(report: &EvalReport) {
     println!("oos recall       {}", num(report.oos_recall));
     println!("oos precision    {}", num(report.oos_precision));
     println!("queries/s        {:.0}", report.queries_per_s);
+    if let Some(c) = &report.conversation {
+        println!(
+            "conversation     all {}  switch {}  follow-up {}  first turn {}  ({} turns)",
+            pct(c.all_acc),
+            pct(c.switch_acc),
+            pct(c.follow_up_acc),
+            pct(c.first_turn_acc),
+            c.items
+        );
+    }
     let mut worst: Vec<&semroute::offline::eval::RouteMetrics> = report.per_route.iter().collect();
     worst.sort_by(|a, b| a.f1.unwrap_or(0.0).total_cmp(&b.f1.unwrap_or(0.0)));
     println!("\nroutes, worst F1 first (of {}):", worst.len());
@@ -135,6 +167,22 @@ struct FitReport<'a> {
     cross_validated: Estimates,
     /// Routes with too few labelled prompts for their own threshold: name -> prompts.
     too_few_examples: std::collections::BTreeMap<&'a str, usize>,
+    /// False when no prompt is labelled null and only conversation settings were fitted.
+    thresholds_fitted: bool,
+    /// The conversation settings fitted (when the prompts are turns of conversations).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conversation: Option<ConversationJson>,
+}
+
+#[derive(Serialize)]
+struct ConversationJson {
+    before: f64,
+    after: f64,
+    tried: usize,
+    switch_score: f32,
+    switch_margin: f32,
+    temperature: f32,
+    follow_up_weight: f32,
 }
 
 #[derive(Serialize)]
@@ -224,6 +272,7 @@ pub fn fit(options: FitOptions) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     print_fit(&run.config, &run.fitted, &run.before, &run.after, &too_few);
+    print_conversation_fit(&run);
     println!("\nwrote {}", out.display());
     if let Some((dir, _)) = &run.tuned {
         println!(
@@ -232,6 +281,29 @@ pub fn fit(options: FitOptions) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_conversation_fit(run: &FitRun) {
+    if !run.thresholds_fitted {
+        println!(
+            "\nthresholds kept: no prompt is labelled null, so only the conversation settings \
+             were fitted"
+        );
+    }
+    if let Some(c) = &run.conversation {
+        let p = &c.params;
+        println!(
+            "\nconversation: {} -> {} of the turns right ({} settings tried); switch_score {}, \
+             switch_margin {}, temperature {}, follow_up_weight {}",
+            pct(Some(c.before)),
+            pct(Some(c.after)),
+            c.tried,
+            p.switch_score,
+            p.switch_margin,
+            p.temperature,
+            p.follow_up_weight
+        );
+    }
 }
 
 /// Tuning's settings, announced on stderr (it takes minutes).
@@ -290,6 +362,16 @@ fn fit_report<'a>(
             per_route: fitted.cross_validated_per_route,
         },
         too_few_examples: too_few,
+        thresholds_fitted: run.thresholds_fitted,
+        conversation: run.conversation.as_ref().map(|c| ConversationJson {
+            before: c.before,
+            after: c.after,
+            tried: c.tried,
+            switch_score: c.params.switch_score,
+            switch_margin: c.params.switch_margin,
+            temperature: c.params.temperature,
+            follow_up_weight: c.params.follow_up_weight,
+        }),
     }
 }
 

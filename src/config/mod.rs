@@ -5,6 +5,7 @@
 
 mod backends;
 mod classes;
+mod conversation;
 mod dispatch;
 mod error;
 mod keys;
@@ -20,6 +21,7 @@ mod write;
 
 pub use backends::{Backend, BackendId, Cost};
 pub use classes::{Accepted, DataClasses};
+pub use conversation::{ConversationConfig, ConversationMode};
 pub use dispatch::{Dispatch, Strategy};
 pub use error::{ConfigError, ConfigIssue};
 pub use keys::{Auth, ClientKey, KeySource, MIN_KEY_LEN, NO_KEY, RouteAccess, key_digest};
@@ -74,6 +76,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// The data classes, least sensitive first.
     pub data_classes: DataClasses,
+    /// How a chat's earlier turns weigh in on its route.
+    pub conversation: ConversationConfig,
     /// Where counters, budgets and shared health live.
     pub state: StateConfig,
     /// Client keys and what each may reach.
@@ -229,6 +233,7 @@ impl Checker<'_> {
         let data_classes = self.data_classes(raw.data_classes_order, classes_in_use)?;
         let backends = self.backends(raw.backends, &data_classes);
         let routes = self.routes(raw.routes, backends.as_deref(), &data_classes);
+        let conversation = self.conversation(raw.conversation);
         let state = self.state(raw.state);
         let per_user = self.per_user(raw.limits.as_ref());
         let auth = match (&routes, &backends) {
@@ -258,6 +263,7 @@ impl Checker<'_> {
             backends: backends?,
             routes: routes?,
             data_classes,
+            conversation: conversation?,
             state: state?,
             auth: auth?,
             per_user: per_user?,

@@ -25,6 +25,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub data_classes_order: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
+    pub conversation: Option<RawConversation>,
+    #[serde(default)]
     pub state: Option<RawState>,
     #[serde(default)]
     pub auth: Option<RawAuth>,
@@ -33,6 +35,32 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub backends: Vec<RawBackend>,
     pub routes: Spanned<Vec<RawRoute>>,
+}
+
+/// `conversation:`: how earlier turns weigh in.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConversation {
+    #[serde(default)]
+    pub mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub history_turns: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub stickiness: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub switch_stickiness: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub switch_score: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub switch_margin: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub temperature: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub assistant_weight: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub follow_up_weight: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub decay: Option<Spanned<f64>>,
 }
 
 /// `state:`: where limits, budgets and shared health live.

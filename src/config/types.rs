@@ -68,7 +68,7 @@ impl RouteId {
 
     /// An id for unit tests that need routes without a config.
     #[cfg(test)]
-    pub(crate) fn at(index: usize) -> RouteId {
+    pub(crate) const fn at(index: usize) -> RouteId {
         RouteId(index)
     }
 }

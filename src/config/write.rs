@@ -5,7 +5,10 @@
 use super::backends::DEFAULT_MAX_OUTPUT_TOKENS;
 use super::keys::{Auth, KeySource};
 use super::tenants::{Limits, OnError, StateConfig};
-use super::{Aggregation, Backend, Config, Cost, DeviceChoice, Precision, Strategy};
+use super::{
+    Aggregation, Backend, Config, ConversationConfig, ConversationMode, Cost, DeviceChoice,
+    Precision, Strategy,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -21,6 +24,7 @@ struct OutConfig<'a> {
     head_weight: f32,
     #[serde(skip_serializing_if = "Option::is_none")]
     data_classes_order: Option<&'a [String]>,
+    conversation: OutConversation,
     #[serde(skip_serializing_if = "Option::is_none")]
     state: Option<OutState<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -30,6 +34,40 @@ struct OutConfig<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     backends: Vec<OutBackend<'a>>,
     routes: Vec<OutRoute<'a>>,
+}
+
+#[derive(Serialize)]
+struct OutConversation {
+    mode: &'static str,
+    history_turns: usize,
+    stickiness: f32,
+    switch_stickiness: f32,
+    switch_score: f32,
+    switch_margin: f32,
+    temperature: f32,
+    assistant_weight: f32,
+    follow_up_weight: f32,
+    decay: f32,
+}
+
+impl OutConversation {
+    fn new(c: &ConversationConfig) -> OutConversation {
+        OutConversation {
+            mode: match c.mode {
+                ConversationMode::Last => "last",
+                ConversationMode::Context => "context",
+            },
+            history_turns: c.history_turns,
+            stickiness: c.stickiness,
+            switch_stickiness: c.switch_stickiness,
+            switch_score: c.switch_score,
+            switch_margin: c.switch_margin,
+            temperature: c.temperature,
+            assistant_weight: c.assistant_weight,
+            follow_up_weight: c.follow_up_weight,
+            decay: c.decay,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -288,6 +326,7 @@ impl Config {
                 .data_classes
                 .in_use()
                 .then(|| self.data_classes.names()),
+            conversation: OutConversation::new(&self.conversation),
             state: OutState::new(&self.state),
             auth: OutAuth::new(&self.auth, self),
             limits: OutLimits::new(&self.per_user).map(|per_user| OutGlobalLimits { per_user }),

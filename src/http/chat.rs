@@ -6,7 +6,7 @@
 //! parsed, scanned and prepared on a blocking thread, never on the async runtime.
 
 use super::AppState;
-use super::classify::last_user_text;
+use super::conversation::ChatPrompt;
 use super::json::read_json_body;
 use super::tenant;
 use crate::config::{Config, RouteId};
@@ -17,7 +17,8 @@ use crate::embed::has_visible_text;
 use crate::error::{ApiError, ErrorKind};
 use crate::quota::demand::Demand;
 use crate::quota::{Admitted, Caller};
-use crate::route::decide::{OverrideHit, OverrideKind};
+use crate::route::decide::OverrideKind;
+use crate::route::split_chat;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
@@ -37,9 +38,8 @@ struct Prepared {
     destination: Option<Destination>,
     /// Routes whose class-bearing patterns matched somewhere in the request.
     class_hits: Vec<RouteId>,
-    /// With `model: auto`: the text to embed and the keyword and pattern hits of the last
-    /// user message.
-    prompt: Option<(String, Vec<OverrideHit>)>,
+    /// With `model: auto`: the last user message and the earlier turns to route by.
+    prompt: Option<ChatPrompt>,
     /// Its prompt's tokens and its answer's cap.
     demand: Demand,
 }
@@ -78,7 +78,7 @@ async fn proxy(state: AppState, request: Request) -> Result<Response, ApiError> 
     }
     let (destination, score) = match (prepared.destination, prepared.prompt) {
         (Some(destination), _) => (destination, None),
-        (None, Some((prefix, hits))) => classify(&state, prefix, hits).await?,
+        (None, Some(prompt)) => classify(&state, prompt).await?,
         (None, None) => return Err(ApiError::new(ErrorKind::Internal, "nothing to route by")),
     };
     let route = match destination {
@@ -320,8 +320,8 @@ fn prepare(
     let (prompt, class_hits) = match destination {
         Some(_) => (None, classes::pattern_hits(config, &body, None)),
         None => {
-            let text = last_user_text(messages)
-                .filter(|t| has_visible_text(t))
+            let (earlier, text) = split_chat(messages)
+                .filter(|(_, t)| has_visible_text(t))
                 .ok_or_else(|| {
                     ApiError::invalid(
                         "with `model: auto`, `messages` needs a user message with visible text to route by",
@@ -337,7 +337,10 @@ fn prepare(
                 .map(|h| h.route)
                 .collect();
             let class_hits = classes::pattern_hits(config, &body, Some((&text, &routes)));
-            (Some((worker.prefix(&text).to_string(), hits)), class_hits)
+            let prompt = ChatPrompt::new(&earlier, &text, hits, router, |t| {
+                worker.prefix(t).to_string()
+            });
+            (Some(prompt), class_hits)
         }
     };
     // Only limits, budgets, context windows and `cheapest` read the estimate.
@@ -397,13 +400,11 @@ fn named(config: &Config, model: &str) -> Result<Option<Destination>, ApiError> 
 /// Embeds the prompt and decides the route: the destination and the route's score.
 async fn classify(
     state: &AppState,
-    prefix: String,
-    hits: Vec<OverrideHit>,
+    prompt: ChatPrompt,
 ) -> Result<(Destination, Option<f32>), ApiError> {
     let engine = state.engine()?;
     let started = std::time::Instant::now();
-    let embedding = engine.worker.embed(prefix).await?;
-    let c = engine.router.classify_with_hits(hits, &embedding, None);
+    let c = prompt.classify(engine, None).await?;
     state.metrics.classified(started.elapsed());
     match c.route {
         Some(r) => Ok((Destination::Route(r), c.score)),

@@ -1,19 +1,20 @@
 //! `POST /classify`: which route a prompt goes to, how sure, why, and the runners-up.
 
 use super::AppState;
+use super::conversation::ChatPrompt;
 use super::json::ApiJson;
 use crate::config::{Config, MAX_TOP_K};
 use crate::embed::has_visible_text;
 use crate::error::ApiError;
 use crate::route::decide::{MatchedBy, OverrideKind};
-use crate::route::{Classification, Timing};
+use crate::route::{Classification, Timing, TurnOutcome};
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 use std::time::Instant;
 
-/// `{"text": "..."}` or `{"messages": [...]}` (the last user message is classified).
+/// `{"text": "..."}` or `{"messages": [...]}` (the last user message is classified, with
+/// the conversation before it as `conversation:` configures).
 #[derive(Debug, Deserialize)]
 pub struct ClassifyRequest {
     #[serde(default)]
@@ -38,37 +39,31 @@ impl Message {
     }
 }
 
+/// What a request asks to classify.
+pub enum Input {
+    Text(String),
+    /// The messages, in the shape `split_chat` reads.
+    Chat(Vec<serde_json::Value>),
+}
+
 impl ClassifyRequest {
-    /// The text to classify, or why there is none.
-    pub fn prompt(&self) -> Result<String, ApiError> {
-        let text = match (&self.text, &self.messages) {
-            (Some(_), Some(_)) => {
-                return Err(ApiError::invalid(
-                    "give either `text` or `messages`, not both",
-                ));
-            }
-            (Some(text), None) => text.clone(),
-            (None, Some(messages)) => {
-                let messages: Vec<serde_json::Value> =
-                    messages.iter().map(Message::as_json).collect();
-                last_user_text(&messages)
-                    .map(|t| t.into_owned())
-                    .ok_or_else(|| {
-                        ApiError::invalid("`messages` has no user message with text content")
-                    })?
-            }
-            (None, None) => {
-                return Err(ApiError::invalid(
-                    "missing `text`: send {\"text\": \"...\"} or {\"messages\": [{\"role\": \"user\", \"content\": \"...\"}]}",
-                ));
-            }
-        };
-        if !has_visible_text(&text) {
-            return Err(ApiError::invalid(
+    /// The text or conversation to classify, or why there is none.
+    pub fn input(&self) -> Result<Input, ApiError> {
+        match (&self.text, &self.messages) {
+            (Some(_), Some(_)) => Err(ApiError::invalid(
+                "give either `text` or `messages`, not both",
+            )),
+            (Some(text), None) if has_visible_text(text) => Ok(Input::Text(text.clone())),
+            (Some(_), None) => Err(ApiError::invalid(
                 "the text to classify is empty (or only invisible characters)",
-            ));
+            )),
+            (None, Some(messages)) => {
+                Ok(Input::Chat(messages.iter().map(Message::as_json).collect()))
+            }
+            (None, None) => Err(ApiError::invalid(
+                "missing `text`: send {\"text\": \"...\"} or {\"messages\": [{\"role\": \"user\", \"content\": \"...\"}]}",
+            )),
         }
-        Ok(text)
     }
 
     pub fn top_k(&self) -> Result<Option<usize>, ApiError> {
@@ -78,31 +73,6 @@ impl ClassifyRequest {
             ))),
             other => Ok(other),
         }
-    }
-}
-
-/// The last user message's text: a string content, or its text parts joined by newlines.
-/// Borrowed when it is one string (a conversation can be tens of megabytes).
-pub(super) fn last_user_text(messages: &[serde_json::Value]) -> Option<Cow<'_, str>> {
-    messages
-        .iter()
-        .rev()
-        .filter(|m| m.get("role").and_then(|r| r.as_str()) == Some("user"))
-        .find_map(|m| content_text(m.get("content")?))
-}
-
-fn content_text(content: &serde_json::Value) -> Option<Cow<'_, str>> {
-    match content {
-        serde_json::Value::String(text) => Some(Cow::Borrowed(text)),
-        serde_json::Value::Array(parts) => {
-            let texts: Vec<&str> = parts
-                .iter()
-                .filter(|p| p.get("type").and_then(|t| t.as_str()) == Some("text"))
-                .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
-                .collect();
-            (!texts.is_empty()).then(|| Cow::Owned(texts.join("\n")))
-        }
-        _ => None,
     }
 }
 
@@ -120,6 +90,37 @@ pub struct ClassifyResponse {
     pub candidates: Vec<CandidateReport>,
     pub tokens: usize,
     pub timing_us: Timing,
+    /// What the conversation contributed (requests with `messages` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<ConversationView>,
+}
+
+/// A conversation's part in a decision, by name.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConversationView {
+    /// The conversation's route when the last user message arrived (`null`: none yet).
+    pub previous_route: Option<String>,
+    /// `started` (no earlier route), `stuck` (stayed on it) or `switched`.
+    pub outcome: TurnOutcome,
+    /// The decision the last user message gets alone, without the conversation.
+    pub without_context: WithoutContext,
+    /// The most likely routes with the conversation, and their probabilities.
+    pub context: Vec<ContextScore>,
+    pub user_turns: usize,
+    pub messages: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WithoutContext {
+    pub route: Option<String>,
+    pub score: Option<f32>,
+    pub matched_by: MatchedBy,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContextScore {
+    pub route: String,
+    pub probability: f32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -188,6 +189,25 @@ impl ClassifyResponse {
                 .collect(),
             tokens: c.tokens,
             timing_us: c.timing_us,
+            conversation: c.conversation.as_ref().map(|v| ConversationView {
+                previous_route: v.previous.map(name),
+                outcome: v.outcome,
+                without_context: WithoutContext {
+                    route: v.alone.route.map(name),
+                    score: v.alone.score,
+                    matched_by: v.alone.matched_by,
+                },
+                context: v
+                    .belief
+                    .iter()
+                    .map(|b| ContextScore {
+                        route: name(b.route),
+                        probability: b.score,
+                    })
+                    .collect(),
+                user_turns: v.user_turns,
+                messages: v.messages,
+            }),
         }
     }
 }
@@ -201,16 +221,29 @@ pub async fn classify(
     super::tenant::identify(&state.config, &headers)
         .inspect_err(|e| super::tenant::count_refusal(&state.metrics, e))?;
     let started = Instant::now();
-    let text = request.prompt()?;
+    let input = request.input()?;
     let top_k = request.top_k()?;
     let engine = state.engine()?;
-    let embedding = engine
-        .worker
-        .embed(engine.worker.prefix(&text).to_string())
-        .await?;
-    let embed_us = started.elapsed().as_micros() as u64;
-    let mut result = engine.router.classify(&text, &embedding, top_k);
-    result.timing_us.embed = embed_us;
+    let mut result = match input {
+        Input::Text(text) => {
+            let embedding = engine
+                .worker
+                .embed(engine.worker.prefix(&text).to_string())
+                .await?;
+            engine.router.classify(&text, &embedding, top_k)
+        }
+        Input::Chat(messages) => {
+            let worker = &engine.worker;
+            let prompt =
+                ChatPrompt::read(&messages, &engine.router, |t| worker.prefix(t).to_string())?;
+            prompt.classify(engine, top_k).await?
+        }
+    };
     result.timing_us.total = started.elapsed().as_micros() as u64;
+    // Everything but the search (and the decision) is the model's.
+    result.timing_us.embed = result
+        .timing_us
+        .total
+        .saturating_sub(result.timing_us.search);
     Ok(Json(ClassifyResponse::new(&result, engine.router.config())))
 }

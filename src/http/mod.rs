@@ -3,6 +3,7 @@
 
 mod chat;
 pub mod classify;
+mod conversation;
 mod health;
 mod json;
 pub mod server;

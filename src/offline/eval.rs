@@ -5,6 +5,7 @@
 
 use crate::config::Config;
 use crate::embed::{EmbedError, Encoder};
+use crate::route::conversation::Speaker;
 use crate::route::decide::MatchedBy;
 use crate::route::{Classification, Router};
 use serde::Serialize;
@@ -15,12 +16,19 @@ use std::time::Instant;
 const CONFUSIONS_SHOWN: usize = 10;
 const EXAMPLES_PER_CONFUSION: usize = 3;
 
-/// One labelled prompt.
-#[derive(Debug, Clone, PartialEq)]
+/// One labelled prompt: a text, or a conversation's last user message with the messages
+/// before it.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Sample {
     pub text: String,
     /// The route it should go to; `None`: no route should match.
     pub route: Option<String>,
+    /// The conversation's messages before `text`, oldest first (empty: a lone prompt).
+    pub earlier: Vec<(Speaker, String)>,
+    /// Which user turn of its conversation the prompt is (0: the first).
+    pub turn: Option<u64>,
+    /// Whether the label differs from the previous user turn's.
+    pub switch: Option<bool>,
 }
 
 /// What the router did with one sample.
@@ -42,7 +50,10 @@ impl Outcome {
     ) -> Outcome {
         let name = |r| config.route(r).name.to_string();
         let predicted = match c.matched_by {
-            MatchedBy::Semantic | MatchedBy::Keyword | MatchedBy::Pattern => c.route.map(name),
+            MatchedBy::Semantic
+            | MatchedBy::Keyword
+            | MatchedBy::Pattern
+            | MatchedBy::Conversation => c.route.map(name),
             MatchedBy::Default | MatchedBy::None => None,
         };
         Outcome {
@@ -84,6 +95,49 @@ pub struct EvalReport {
     pub per_route: Vec<RouteMetrics>,
     pub confusions: Vec<Confusion>,
     pub queries_per_s: f64,
+    /// Accuracy by kind of turn, when the prompts are turns of conversations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<ConversationMetrics>,
+}
+
+/// Accuracy on the turns of labelled conversations: all of them, those whose label
+/// `switch`es from the previous turn's, follow-ups (`turn` > 0, no switch) and first turns.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConversationMetrics {
+    pub all_acc: Option<f64>,
+    pub switch_acc: Option<f64>,
+    pub follow_up_acc: Option<f64>,
+    pub first_turn_acc: Option<f64>,
+    /// Prompts that are turns of conversations (they have earlier messages, a `turn` or a
+    /// `switch`).
+    pub items: usize,
+}
+
+impl ConversationMetrics {
+    /// `None` when no sample is a conversation's turn.
+    pub fn new(samples: &[Sample], outcomes: &[Outcome]) -> Option<ConversationMetrics> {
+        let turns: Vec<(&Sample, bool)> = samples
+            .iter()
+            .zip(outcomes)
+            .filter(|(s, _)| !s.earlier.is_empty() || s.turn.is_some() || s.switch.is_some())
+            .map(|(s, o)| (s, o.expected == o.predicted))
+            .collect();
+        if turns.is_empty() {
+            return None;
+        }
+        let rate = |keep: &dyn Fn(&Sample) -> bool| {
+            let kept: Vec<bool> = turns.iter().filter(|(s, _)| keep(s)).map(|t| t.1).collect();
+            ratio(kept.iter().filter(|&&ok| ok).count(), kept.len())
+        };
+        let switch = |s: &Sample| s.switch == Some(true);
+        Some(ConversationMetrics {
+            all_acc: rate(&|_| true),
+            switch_acc: rate(&switch),
+            follow_up_acc: rate(&|s| s.turn.is_some_and(|t| t > 0) && !switch(s)),
+            first_turn_acc: rate(&|s| s.turn == Some(0)),
+            items: turns.len(),
+        })
+    }
 }
 
 fn ratio(num: usize, den: usize) -> Option<f64> {
@@ -144,6 +198,7 @@ pub fn metrics(outcomes: &[Outcome], texts: &[&str], queries_per_s: f64) -> Eval
         per_route,
         confusions,
         queries_per_s,
+        conversation: None,
     }
 }
 
@@ -191,7 +246,9 @@ pub fn run(
         .map(|(sample, c)| Outcome::from_classification(sample.route.clone(), c, router.config()))
         .collect();
     let texts: Vec<&str> = samples.iter().map(|s| s.text.as_str()).collect();
-    Ok(metrics(&outcomes, &texts, queries_per_s))
+    let mut report = metrics(&outcomes, &texts, queries_per_s);
+    report.conversation = ConversationMetrics::new(samples, &outcomes);
+    Ok(report)
 }
 
 /// Every sample's classification, in order, and how many were classified per second
@@ -202,6 +259,12 @@ pub fn classify_all(
     samples: &[Sample],
 ) -> Result<(Vec<Classification>, f64), EmbedError> {
     let started = Instant::now();
+    if samples.iter().any(|s| !s.earlier.is_empty()) {
+        let scored = super::conversations::Scored::new(router, encoder, samples)?;
+        let out = scored.classify(router, samples, &router.config().conversation);
+        let queries_per_s = samples.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        return Ok((out, queries_per_s));
+    }
     let mut out = Vec::with_capacity(samples.len());
     for chunk in samples.chunks(64) {
         let texts: Vec<&str> = chunk.iter().map(|s| s.text.as_str()).collect();

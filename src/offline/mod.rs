@@ -3,6 +3,7 @@
 //! (fine-tuning the encoder on the routes' utterances).
 
 pub mod bench;
+pub mod conversations;
 pub mod eval;
 pub mod fit;
 pub mod tune;

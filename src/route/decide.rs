@@ -44,6 +44,8 @@ pub enum MatchedBy {
     Semantic,
     Keyword,
     Pattern,
+    /// The conversation's earlier turns decided (a chat's follow-up).
+    Conversation,
     Default,
     None,
 }

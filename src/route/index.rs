@@ -145,6 +145,16 @@ impl UtteranceIndex {
         all
     }
 
+    /// Exact similarity of `query` to every utterance, in index order.
+    pub fn similarities(&self, query: &[f32]) -> Vec<Neighbor> {
+        if query.len() != self.dim {
+            return Vec::new();
+        }
+        (0..self.len())
+            .filter_map(|i| self.neighbor(i, query))
+            .collect()
+    }
+
     /// Exact similarity of `query` to every utterance of `route`, best first.
     pub fn route_neighbors(&self, route: RouteId, query: &[f32]) -> Vec<Neighbor> {
         let mut found: Vec<Neighbor> = (0..self.len())

@@ -5,6 +5,8 @@
 //! matched ([`overrides`]), and [`decide`] applies the precedence rules. [`Router`] ties
 //! them together. Nothing here knows about HTTP, backends or the command line.
 
+mod context;
+pub mod conversation;
 pub mod decide;
 pub mod head;
 pub mod index;
@@ -15,4 +17,7 @@ pub mod score;
 
 mod router;
 
+pub use context::{
+    Alone, ConversationReport, Earlier, TurnOutcome, content_text, history, message_key, split_chat,
+};
 pub use router::{BuildError, Candidate, Classification, NearUtterance, Router, Timing};

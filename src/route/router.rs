@@ -5,6 +5,7 @@ use crate::config::Aggregation;
 use crate::config::{Config, MAX_TOP_K, RouteId};
 use crate::embed::cache::{EmbeddingCache, HeadCache, TextKey, text_key};
 use crate::embed::{EmbedError, Embedding, Encoder};
+use crate::route::context::{ConversationReport, ScoreCache, score_cache};
 use crate::route::decide::{MatchedBy, OverrideHit, RouteScore, decide};
 use crate::route::head::{Head, INVERSE_REGULARIZATION};
 use crate::route::index::{IndexError, Neighbor, UtteranceIndex};
@@ -32,6 +33,8 @@ pub struct Router {
     /// The learned head (none when `head_weight` is 0 or fewer than two routes have
     /// utterances).
     head: Option<Head>,
+    /// Messages already scored for every route (a conversation's earlier turns).
+    pub(super) scores: ScoreCache,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +67,8 @@ pub struct Classification {
     /// Tokens the prompt was embedded as (after truncation).
     pub tokens: usize,
     pub timing_us: Timing,
+    /// What the conversation contributed (classifications of a chat's last message only).
+    pub conversation: Option<ConversationReport>,
 }
 
 #[derive(Debug, Clone)]
@@ -187,7 +192,9 @@ impl Router {
         let prototypes = Prototypes::new(&vectors, &owners);
         let index = UtteranceIndex::build(&vectors, &owners)?;
         let overrides = OverrideMatcher::new(&config);
+        let scores = score_cache(config.routes.len());
         Ok(Router {
+            scores,
             config: Arc::new(config),
             index,
             overrides,
@@ -258,6 +265,7 @@ impl Router {
                 search,
                 total: search,
             },
+            conversation: None,
         }
     }
 
@@ -299,6 +307,56 @@ impl Router {
         // Candidates are listed best first, the added ones included.
         scores.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.route.cmp(&b.route)));
         scores
+    }
+
+    /// Every route's score for `query` by the candidates' formula, exactly (no search):
+    /// before the head and after it, by route index (`NEG_INFINITY` for routes without
+    /// utterances).
+    pub(crate) fn every_route_score(&self, query: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let n = self.config.routes.len();
+        let mut by_route: Vec<Vec<Hit>> = vec![Vec::new(); n];
+        for neighbor in self.index.similarities(query) {
+            if let Some(hits) = by_route.get_mut(neighbor.route.index()) {
+                hits.push(Hit {
+                    route: neighbor.route,
+                    similarity: neighbor.similarity,
+                });
+            }
+        }
+        let mut scores: Vec<RouteScore> = by_route
+            .iter_mut()
+            .filter_map(|hits| {
+                hits.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+                route_scores(hits, self.config.aggregation).pop()
+            })
+            .collect();
+        if let Aggregation::CentroidMix(weight) = self.config.aggregation {
+            let mixed: Vec<RouteScore> = scores
+                .iter()
+                .flat_map(|s| {
+                    let proto = self.prototypes.similarity(s.route, query);
+                    proto.map(|p| mix_with_prototypes(&[*s], s.score, &[(s.route, p)], weight))
+                })
+                .flatten()
+                .collect();
+            scores = mixed;
+        }
+        let dense = |scores: &[RouteScore]| {
+            let mut out = vec![f32::NEG_INFINITY; n];
+            for s in scores {
+                if let Some(slot) = out.get_mut(s.route.index()) {
+                    *slot = s.score;
+                }
+            }
+            out
+        };
+        let plain = dense(&scores);
+        apply_head(
+            &mut scores,
+            &self.head_probabilities(query),
+            self.config.head_weight,
+        );
+        (plain, dense(&scores))
     }
 
     fn exact_score(&self, route: RouteId, query: &[f32]) -> Option<RouteScore> {

@@ -40,7 +40,8 @@ async fn auto_classifies_the_last_user_message() {
     body["messages"] = json!([
         {"role": "user", "content": "hello there"},
         {"role": "assistant", "content": "hi"},
-        {"role": "user", "content": [{"type": "text", "text": "write a python function that sorts a list"}]}
+        // A message that claims another route confidently moves the conversation.
+        {"role": "user", "content": [{"type": "text", "text": "write a python function"}]}
     ]);
     let reply = chat(&s, body).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);

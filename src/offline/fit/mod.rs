@@ -9,6 +9,7 @@
 //! affect (those where it is a candidate), nearest the global one among equals. Per-route
 //! thresholds are kept only when cross-validation says they beat the global one alone.
 
+pub mod conversation;
 mod run;
 
 pub use run::{FitRun, FitRunError, Tuning, run};
@@ -192,6 +193,26 @@ pub fn fit(
         cross_validated_per_route,
         skipped,
     })
+}
+
+/// The thresholds as they are, scored on `observations`: what a fit reports when the data
+/// cannot move them (no prompt labelled null) but fits something else (conversations).
+pub fn keep(observations: &[Observation], current: &[(RouteId, Option<f32>)], global: f32) -> Fit {
+    let thresholds = Thresholds {
+        global,
+        routes: current.iter().map(|&(_, t)| t).collect(),
+    };
+    let all: Vec<&Observation> = observations.iter().collect();
+    let accuracy = thresholds.correct(&all) as f64 / all.len().max(1) as f64;
+    Fit {
+        thresholds,
+        per_route_kept: false,
+        in_sample_global: accuracy,
+        in_sample_per_route: accuracy,
+        cross_validated_global: accuracy,
+        cross_validated_per_route: accuracy,
+        skipped: Vec::new(),
+    }
 }
 
 /// The global threshold with the most correct decisions (per-route ones fixed at

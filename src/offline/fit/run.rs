@@ -2,10 +2,11 @@
 //! encoder and classify again if asked, fit the thresholds, and build the config to write,
 //! with the metrics before and after. The command line only reads files and prints.
 
+use super::conversation::{ConversationFit, has_conversations, with_conversation};
 use super::{Fit, FitError, Observation};
 use crate::config::{Config, Threshold};
 use crate::embed::{EmbedError, Encoder, ModelError, cache};
-use crate::offline::eval::{self, EvalReport, Outcome, Sample};
+use crate::offline::eval::{self, ConversationMetrics, EvalReport, Outcome, Sample};
 use crate::offline::tune::{self, TuneError, TuneOptions, TuneReport};
 use crate::route::{BuildError, Classification, Router};
 use std::path::PathBuf;
@@ -32,6 +33,11 @@ pub struct FitRun {
     pub after: EvalReport,
     /// The tuned model's directory and how tuning went.
     pub tuned: Option<(PathBuf, TuneReport)>,
+    /// The conversation settings fitted, when the prompts are turns of conversations.
+    pub conversation: Option<ConversationFit>,
+    /// Whether the thresholds were fitted (not when no prompt is labelled null and the fit
+    /// is of conversations only).
+    pub thresholds_fitted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +64,14 @@ pub fn run(
     tuning: Option<Tuning>,
 ) -> Result<FitRun, FitRunError> {
     // Before classifying (and tuning, which takes minutes): data that cannot be fitted.
-    super::check_labels(samples.iter().map(|s| s.route.is_some()))?;
+    // Conversations without a prompt labelled null fit the conversation settings only.
+    let conversations = has_conversations(samples);
+    let labels = super::check_labels(samples.iter().map(|s| s.route.is_some()));
+    let thresholds_fitted = match labels {
+        Ok(()) => true,
+        Err(FitError::NoOutOfScope { .. }) if conversations => false,
+        Err(err) => return Err(err.into()),
+    };
     let (classifications, queries_per_s) = eval::classify_all(&router, encoder, samples)?;
     let texts: Vec<&str> = samples.iter().map(|s| s.text.as_str()).collect();
     let before_outcomes: Vec<Outcome> = samples
@@ -66,7 +79,8 @@ pub fn run(
         .zip(&classifications)
         .map(|(s, c)| Outcome::from_classification(s.route.clone(), c, router.config()))
         .collect();
-    let before = eval::metrics(&before_outcomes, &texts, queries_per_s);
+    let mut before = eval::metrics(&before_outcomes, &texts, queries_per_s);
+    before.conversation = ConversationMetrics::new(samples, &before_outcomes);
     // With tuning, thresholds are fitted to the tuned encoder's scores.
     let (router, classifications, tuned) = match tuning {
         None => (router, classifications, None),
@@ -85,7 +99,11 @@ pub fn run(
         .route_ids()
         .map(|r| (r, config.route(r).threshold.map(Threshold::get)))
         .collect();
-    let fitted = super::fit(&observations, &current)?;
+    let fitted = if thresholds_fitted {
+        super::fit(&observations, &current)?
+    } else {
+        super::keep(&observations, &current, config.threshold.get())
+    };
     let name = |r| config.route(r).name.to_string();
     let after_outcomes: Vec<Outcome> = observations
         .iter()
@@ -96,8 +114,23 @@ pub fn run(
             top1: o.scores.first().map(|s| name(s.route)),
         })
         .collect();
-    let after = eval::metrics(&after_outcomes, &texts, queries_per_s);
-    let written = with_thresholds(&config, &fitted)?;
+    let mut after = eval::metrics(&after_outcomes, &texts, queries_per_s);
+    let mut written = with_thresholds(&config, &fitted)?;
+    // The conversation settings are fitted with the fitted thresholds in place (on the
+    // tuned encoder's scores, with tuning).
+    let conversation = match (conversations, &tuned) {
+        (false, _) => None,
+        (true, Some((dir, _))) => {
+            let encoder = Encoder::load(&written.encoder, std::slice::from_ref(dir))?;
+            Some(fit_conversation(&written, &encoder, samples)?)
+        }
+        (true, None) => Some(fit_conversation(&written, encoder, samples)?),
+    };
+    if let Some(found) = &conversation {
+        written = with_conversation(&written, found);
+        after = eval::metrics(&found.outcomes, &texts, queries_per_s);
+        after.conversation = ConversationMetrics::new(samples, &found.outcomes);
+    }
     Ok(FitRun {
         config,
         written,
@@ -105,7 +138,19 @@ pub fn run(
         before,
         after,
         tuned,
+        conversation,
+        thresholds_fitted,
     })
+}
+
+/// Fits the conversation settings of `config` (with its thresholds) on `samples`.
+fn fit_conversation(
+    config: &Config,
+    encoder: &Encoder,
+    samples: &[Sample],
+) -> Result<ConversationFit, FitRunError> {
+    let router = Router::build_cached(config.clone(), encoder, cache::default_dir().as_deref())?;
+    Ok(super::conversation::fit(&router, encoder, samples)?)
 }
 
 /// Tunes the encoder on the routes' utterances, then builds the router on the tuned model
