@@ -354,7 +354,7 @@ fn fit_run_writes_thresholds_that_decide_as_the_fit_predicted() {
             })
             .collect();
     let router = Router::build(common::shipped_config(), encoder()).unwrap();
-    let run = semroute::offline::fit::run(router, encoder(), &samples, None).unwrap();
+    let run = semroute::offline::fit::run(router, encoder(), &samples, Default::default()).unwrap();
     let (before, after) = (
         run.before.overall_acc.unwrap(),
         run.after.overall_acc.unwrap(),
@@ -367,7 +367,13 @@ fn fit_run_writes_thresholds_that_decide_as_the_fit_predicted() {
     // The written config, served, decides exactly as the fit said it would: fit and the
     // router decide through the same function.
     let refitted = Router::build(run.written, encoder()).unwrap();
-    let served = semroute::offline::eval::run(&refitted, encoder(), &samples).unwrap();
+    let served = semroute::offline::eval::run(
+        &refitted,
+        encoder(),
+        &samples,
+        &semroute::offline::weights::Weights::UNIFORM,
+    )
+    .unwrap();
     assert_eq!(served.overall_acc, run.after.overall_acc);
     assert_eq!(served.per_route, run.after.per_route);
 }

@@ -134,6 +134,11 @@ pub struct LabelledArgs {
     /// Print one JSON object instead of a report.
     #[arg(long)]
     json: bool,
+    /// Weigh the labelled prompts as if this share of the traffic (between 0 and 1, e.g.
+    /// 0.2) were out of scope, whatever their own share: overall accuracy, precision and
+    /// fit's thresholds then suit the mix a deployment expects.
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
+    oos_share: Option<semroute::offline::weights::OosShare>,
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -177,7 +182,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Embed { config, texts } => embed(config.as_deref(), texts),
         Command::Validate { config } => validate(&config),
         Command::Bench { config, data, json } => bench(&config, &data, json),
-        Command::Eval { args } => quality::eval(&args.config, &args.data, args.json),
+        Command::Eval { args } => {
+            quality::eval(&args.config, &args.data, args.json, args.oos_share)
+        }
         Command::Fit {
             args,
             out,
@@ -188,6 +195,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             data: &args.data,
             out: &out,
             json: args.json,
+            oos_share: args.oos_share,
             tune: tune_encoder.then(|| semroute::offline::tune::TuneOptions {
                 epochs,
                 ..semroute::offline::tune::TuneOptions::default()

@@ -6,8 +6,9 @@ use anyhow::Result;
 use semroute::Router;
 use semroute::config::Config;
 use semroute::offline::eval::{EvalReport, Sample};
-use semroute::offline::fit::{Fit, FitRun, Tuning};
+use semroute::offline::fit::{Fit, FitRun, FitSettings, Tuning};
 use semroute::offline::tune::TuneOptions;
+use semroute::offline::weights::{OosShare, Tally, Weights};
 use semroute::route::conversation::Speaker;
 use serde::Serialize;
 use std::path::Path;
@@ -79,16 +80,49 @@ fn load(config_path: &Path, data: &Path) -> Result<(Router, semroute::Encoder, V
     Ok((router, encoder, samples))
 }
 
-pub fn eval(config_path: &Path, data: &Path, json: bool) -> Result<ExitCode> {
+/// Below this out-of-scope share in its data, `fit` suggests `--oos-share`.
+const LOW_OOS_SHARE: f64 = 0.1;
+
+pub fn eval(
+    config_path: &Path,
+    data: &Path,
+    json: bool,
+    oos_share: Option<OosShare>,
+) -> Result<ExitCode> {
     let (router, encoder, samples) = load(config_path, data)?;
-    let report = semroute::offline::eval::run(&router, &encoder, &samples)?;
+    let groups = groups(&samples);
+    let weights = Weights::new(groups, oos_share)?;
+    let report = semroute::offline::eval::run(&router, &encoder, &samples, &weights)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!("prompts          {} ({})", samples.len(), data.display());
+    if let Some(share) = oos_share {
+        println!(
+            "weighted as      {} out of scope (the data: {}); overall accuracy and \
+             precision are weighted, in-scope acc and oos recall are not",
+            pct(Some(share.get())),
+            data_share(groups)
+        );
+    }
     print_report(&report);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The labelled prompts by group.
+fn groups(samples: &[Sample]) -> Tally {
+    Tally::of(samples.iter().map(|s| s.route.is_some()))
+}
+
+/// "3.2% (100 of 3100)".
+fn data_share(groups: Tally) -> String {
+    format!(
+        "{} ({} of {})",
+        pct(groups.oos_share()),
+        groups.oos,
+        groups.total()
+    )
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -172,6 +206,12 @@ struct FitReport<'a> {
     /// The conversation settings fitted (when the prompts are turns of conversations).
     #[serde(skip_serializing_if = "Option::is_none")]
     conversation: Option<ConversationJson>,
+    /// The out-of-scope share the fit weighted the prompts as (`None`: as labelled).
+    oos_share: Option<f64>,
+    /// The labelled prompts: how many, how many out of scope, and that share.
+    data_prompts: usize,
+    data_oos: usize,
+    data_oos_share: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -208,6 +248,8 @@ pub struct FitOptions<'a> {
     pub json: bool,
     /// Fine-tune the encoder on the route utterances first (`None`: keep the model).
     pub tune: Option<semroute::offline::tune::TuneOptions>,
+    /// Weigh the prompts as if this share of the traffic were out of scope.
+    pub oos_share: Option<OosShare>,
 }
 
 pub fn fit(options: FitOptions) -> Result<ExitCode> {
@@ -217,6 +259,7 @@ pub fn fit(options: FitOptions) -> Result<ExitCode> {
         out,
         json,
         tune,
+        oos_share,
     } = options;
     if same_file(config_path, out) {
         anyhow::bail!(
@@ -226,10 +269,17 @@ pub fn fit(options: FitOptions) -> Result<ExitCode> {
         );
     }
     let (router, encoder, samples) = load(config_path, data)?;
+    // Said before tuning (minutes), so a fit for the wrong mix can be stopped early.
+    // (Conversations without out-of-scope prompts fit no threshold: nothing to warn about.)
+    let labelled = groups(&samples);
+    if labelled.oos > 0 || !semroute::offline::fit::conversation::has_conversations(&samples) {
+        warn_low_share(labelled, oos_share);
+    }
     let tuning = tune
         .map(|options| tuning(&router, options, config_path, out))
         .transpose()?;
-    let run = semroute::offline::fit::run(router, &encoder, &samples, tuning)?;
+    let settings = FitSettings { tuning, oos_share };
+    let run = semroute::offline::fit::run(router, &encoder, &samples, settings)?;
     if let Some((dir, report)) = &run.tuned {
         eprintln!(
             "tuned in {:.0} s ({} steps, loss {:.3} -> {:.3}); model in {}",
@@ -271,6 +321,14 @@ pub fn fit(options: FitOptions) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    println!(
+        "out-of-scope share in the data: {}; {}\n",
+        data_share(run.data),
+        match oos_share {
+            Some(share) => format!("weighting as {}", pct(Some(share.get()))),
+            None => "unweighted".to_string(),
+        }
+    );
     print_fit(&run.config, &run.fitted, &run.before, &run.after, &too_few);
     print_conversation_fit(&run);
     println!("\nwrote {}", out.display());
@@ -303,6 +361,22 @@ fn print_conversation_fit(run: &FitRun) {
             p.temperature,
             p.follow_up_weight
         );
+    }
+}
+
+/// A warning on stderr when few labelled prompts are out of scope and no share was given:
+/// the threshold then suits traffic with as few, and lets most through on traffic with more.
+fn warn_low_share(groups: Tally, oos_share: Option<OosShare>) {
+    match groups.oos_share() {
+        Some(share) if share < LOW_OOS_SHARE && oos_share.is_none() => eprintln!(
+            "warning: only {} of the labelled prompts are out of scope ({} of {}): the \
+             thresholds will suit traffic with as few, and let more through where more is \
+             out of scope; pass the share you expect with --oos-share (e.g. --oos-share 0.2)",
+            pct(Some(share)),
+            groups.oos,
+            groups.total()
+        ),
+        _ => {}
     }
 }
 
@@ -372,6 +446,10 @@ fn fit_report<'a>(
             temperature: c.params.temperature,
             follow_up_weight: c.params.follow_up_weight,
         }),
+        oos_share: fitted.weights.share(),
+        data_prompts: run.data.total(),
+        data_oos: run.data.oos,
+        data_oos_share: run.data.oos_share(),
     }
 }
 

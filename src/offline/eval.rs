@@ -1,10 +1,12 @@
 //! `semroute eval`: routing quality on labelled prompts. A prompt labelled `null` should
 //! match no route; the router "matches no route" when its decision is the default route or
 //! none (`matched_by` `default`/`none`), since the default route is the fallback for prompts
-//! that nothing claims.
+//! that nothing claims. With `--oos-share`, the rates that mix in-scope and out-of-scope
+//! prompts are weighted (`weights`).
 
 use crate::config::Config;
 use crate::embed::{EmbedError, Encoder};
+use crate::offline::weights::{Tally, Weights};
 use crate::route::conversation::Speaker;
 use crate::route::decide::MatchedBy;
 use crate::route::{Classification, Router};
@@ -92,6 +94,8 @@ pub struct EvalReport {
     pub in_scope_acc: Option<f64>,
     pub oos_recall: Option<f64>,
     pub oos_precision: Option<f64>,
+    /// The out-of-scope share the mixed rates were weighted as (`None`: unweighted).
+    pub oos_share: Option<f64>,
     pub per_route: Vec<RouteMetrics>,
     pub confusions: Vec<Confusion>,
     pub queries_per_s: f64,
@@ -144,12 +148,25 @@ fn ratio(num: usize, den: usize) -> Option<f64> {
     (den > 0).then(|| num as f64 / den as f64)
 }
 
-/// Computes every metric from outcomes (in the same order as `texts`).
-pub fn metrics(outcomes: &[Outcome], texts: &[&str], queries_per_s: f64) -> EvalReport {
+/// Computes every metric from outcomes (in the same order as `texts`); rates that mix
+/// in-scope and out-of-scope prompts weigh them by `weights`.
+pub fn metrics(
+    outcomes: &[Outcome],
+    texts: &[&str],
+    queries_per_s: f64,
+    weights: &Weights,
+) -> EvalReport {
     let count = |f: &dyn Fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
+    let tally = |f: &dyn Fn(&Outcome) -> bool| {
+        Tally::of(
+            outcomes
+                .iter()
+                .filter(|o| f(o))
+                .map(|o| o.expected.is_some()),
+        )
+    };
     let in_scope = count(&|o| o.expected.is_some());
     let oos = outcomes.len() - in_scope;
-    let predicted_none = count(&|o| o.predicted.is_none());
     let oos_hit = count(&|o| o.expected.is_none() && o.predicted.is_none());
 
     let routes: BTreeSet<&str> = outcomes
@@ -160,13 +177,13 @@ pub fn metrics(outcomes: &[Outcome], texts: &[&str], queries_per_s: f64) -> Eval
     let per_route = routes
         .into_iter()
         .map(|route| {
-            let tp = count(&|o| {
+            let tp = tally(&|o| {
                 o.expected.as_deref() == Some(route) && o.predicted.as_deref() == Some(route)
             });
             let labelled = count(&|o| o.expected.as_deref() == Some(route));
-            let chosen = count(&|o| o.predicted.as_deref() == Some(route));
-            let precision = ratio(tp, chosen);
-            let recall = ratio(tp, labelled);
+            let chosen = tally(&|o| o.predicted.as_deref() == Some(route));
+            let precision = weights.ratio(tp, chosen);
+            let recall = ratio(tp.in_scope, labelled);
             let f1 = match (precision, recall) {
                 (Some(p), Some(r)) if p + r > 0.0 => Some(2.0 * p * r / (p + r)),
                 (Some(_), Some(_)) => Some(0.0),
@@ -184,7 +201,7 @@ pub fn metrics(outcomes: &[Outcome], texts: &[&str], queries_per_s: f64) -> Eval
 
     let confusions = confusions(outcomes, texts);
     EvalReport {
-        overall_acc: ratio(count(&|o| o.expected == o.predicted), outcomes.len()),
+        overall_acc: weights.ratio(tally(&|o| o.expected == o.predicted), tally(&|_| true)),
         in_scope_top1: ratio(
             count(&|o| o.expected.is_some() && o.top1 == o.expected),
             in_scope,
@@ -194,7 +211,11 @@ pub fn metrics(outcomes: &[Outcome], texts: &[&str], queries_per_s: f64) -> Eval
             in_scope,
         ),
         oos_recall: ratio(oos_hit, oos),
-        oos_precision: ratio(oos_hit, predicted_none),
+        oos_precision: weights.ratio(
+            tally(&|o| o.expected.is_none() && o.predicted.is_none()),
+            tally(&|o| o.predicted.is_none()),
+        ),
+        oos_share: weights.share(),
         per_route,
         confusions,
         queries_per_s,
@@ -238,6 +259,7 @@ pub fn run(
     router: &Router,
     encoder: &Encoder,
     samples: &[Sample],
+    weights: &Weights,
 ) -> Result<EvalReport, EmbedError> {
     let (classifications, queries_per_s) = classify_all(router, encoder, samples)?;
     let outcomes: Vec<Outcome> = samples
@@ -246,7 +268,7 @@ pub fn run(
         .map(|(sample, c)| Outcome::from_classification(sample.route.clone(), c, router.config()))
         .collect();
     let texts: Vec<&str> = samples.iter().map(|s| s.text.as_str()).collect();
-    let mut report = metrics(&outcomes, &texts, queries_per_s);
+    let mut report = metrics(&outcomes, &texts, queries_per_s, weights);
     report.conversation = ConversationMetrics::new(samples, &outcomes);
     Ok(report)
 }
@@ -300,7 +322,7 @@ mod tests {
             o(None, Some("a"), Some("a")),      // out of scope, routed to a
         ];
         let texts = ["a1", "a2", "b1", "b2", "x1", "x2"];
-        metrics(&outcomes, &texts, 123.0)
+        metrics(&outcomes, &texts, 123.0, &Weights::UNIFORM)
     }
 
     fn close(a: Option<f64>, b: f64) -> bool {
@@ -348,8 +370,54 @@ mod tests {
     }
 
     #[test]
+    fn weighted_rates_mix_the_groups_as_the_share_says() {
+        use crate::offline::weights::OosShare;
+        let outcomes = [
+            o(Some("a"), Some("a"), Some("a")),
+            o(Some("a"), Some("a"), Some("a")),
+            o(Some("b"), Some("b"), Some("b")),
+            o(Some("b"), None, Some("b")), // in scope, unrouted
+            o(None, None, Some("a")),      // correctly unrouted
+            o(None, Some("a"), Some("a")), // out of scope, routed to a
+        ];
+        let texts = ["a1", "a2", "b1", "b2", "x1", "x2"];
+        let share = OosShare::new(0.2).unwrap();
+        // 2 out-of-scope prompts weigh 0.1 each, 4 in-scope ones 0.2 each.
+        let weights = Weights::new(
+            Tally {
+                oos: 2,
+                in_scope: 4,
+            },
+            Some(share),
+        )
+        .unwrap();
+        let r = metrics(&outcomes, &texts, 1.0, &weights);
+        let plain = metrics(&outcomes, &texts, 1.0, &Weights::UNIFORM);
+        assert!(close(plain.overall_acc, 4.0 / 6.0));
+        // 0.8 * 3/4 in scope + 0.2 * 1/2 out of scope.
+        assert!(close(r.overall_acc, 0.7), "{:?}", r.overall_acc);
+        // Unrouted: b2 (0.2, wrongly) and x1 (0.1, rightly).
+        assert!(close(r.oos_precision, 0.1 / 0.3));
+        // a was chosen for a1, a2 (0.2 each, right) and x2 (0.1).
+        let a = &r.per_route[0];
+        assert!(close(a.precision, 0.4 / 0.5) && close(a.recall, 1.0));
+        assert!(close(a.f1, 2.0 * 0.8 / 1.8));
+        assert_eq!(a.support, 2);
+        // Rates within one group do not move.
+        assert_eq!(r.in_scope_acc, plain.in_scope_acc);
+        assert_eq!(r.in_scope_top1, plain.in_scope_top1);
+        assert_eq!(r.oos_recall, plain.oos_recall);
+        assert_eq!((r.oos_share, plain.oos_share), (Some(0.2), None));
+    }
+
+    #[test]
     fn undefined_rates_are_null_not_nan() {
-        let r = metrics(&[o(Some("a"), Some("a"), Some("a"))], &["t"], 1.0);
+        let r = metrics(
+            &[o(Some("a"), Some("a"), Some("a"))],
+            &["t"],
+            1.0,
+            &Weights::UNIFORM,
+        );
         assert_eq!(r.oos_recall, None);
         assert_eq!(r.oos_precision, None);
         assert!(close(r.overall_acc, 1.0));
@@ -358,6 +426,7 @@ mod tests {
             .as_object()
             .map(|m| m.keys().map(String::as_str).collect())
             .unwrap_or_default();
-        assert_eq!(keys.len(), 8, "{keys:?}");
+        assert_eq!(keys.len(), 9, "{keys:?}");
+        assert_eq!(r.oos_share, None);
     }
 }

@@ -73,6 +73,7 @@ fn eval_reports_exactly_the_documented_keys() {
             "in_scope_top1",
             "oos_precision",
             "oos_recall",
+            "oos_share",
             "overall_acc",
             "per_route",
             "queries_per_s"
@@ -247,4 +248,157 @@ fn fit_can_tune_the_encoder_and_the_fitted_config_serves_from_the_tuned_model() 
         "refund my order",
     ]));
     assert_ne!(tuned["score"], original["score"]);
+}
+
+/// Two of its 23 prompts are out of scope: "what is the capital of australia" scores 0.38 on
+/// `general` and "how do I reset the password of my wifi router" 0.44 on `support`, above
+/// four in-scope prompts (0.28-0.40). Counted as labelled, letting both through costs fewer
+/// prompts than losing those four; weighed as 30% of the traffic, it does not.
+const FEW_OOS: &str = "tests/data/few-oos-labelled.jsonl";
+
+#[test]
+fn fit_for_a_larger_out_of_scope_share_raises_the_threshold_and_warns_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain_out = dir.path().join("plain.yaml");
+    let plain = run(&[
+        "fit",
+        "--config",
+        "routes.yaml",
+        "--data",
+        FEW_OOS,
+        "--out",
+        plain_out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(stderr(&plain).contains("warning: only 8.7% of the labelled prompts are out of scope"));
+    assert!(stderr(&plain).contains("--oos-share"), "{}", stderr(&plain));
+    let plain = json_of(&plain);
+    assert_eq!(plain["oos_share"], Value::Null);
+    assert_eq!(
+        (plain["data_oos"].as_u64(), plain["data_prompts"].as_u64()),
+        (Some(2), Some(23))
+    );
+    assert!((plain["data_oos_share"].as_f64().unwrap() - 2.0 / 23.0).abs() < 1e-12);
+
+    let weighted_out = dir.path().join("weighted.yaml");
+    let weighted = run(&[
+        "fit",
+        "--config",
+        "routes.yaml",
+        "--data",
+        FEW_OOS,
+        "--out",
+        weighted_out.to_str().unwrap(),
+        "--oos-share",
+        "0.3",
+    ]);
+    assert!(weighted.status.success(), "{}", stderr(&weighted));
+    assert!(
+        !stderr(&weighted).contains("warning"),
+        "{}",
+        stderr(&weighted)
+    );
+    assert!(
+        stdout(&weighted)
+            .contains("out-of-scope share in the data: 8.7% (2 of 23); weighting as 30.0%"),
+        "{}",
+        stdout(&weighted)
+    );
+    let threshold = |path: &std::path::Path| -> f64 {
+        let text = std::fs::read_to_string(path).unwrap();
+        let line = text.lines().find(|l| l.starts_with("threshold: ")).unwrap();
+        line["threshold: ".len()..].trim().parse().unwrap()
+    };
+    let (low, high) = (threshold(&plain_out), threshold(&weighted_out));
+    assert!(low < 0.38 && high > 0.44, "{low} -> {high}");
+
+    // The fitted configs, evaluated for that mix: the weighted fit lets neither through.
+    let eval = |config: &std::path::Path| {
+        let config = config.to_str().unwrap();
+        json_of(&run(&[
+            "eval",
+            "--config",
+            config,
+            "--data",
+            FEW_OOS,
+            "--json",
+            "--oos-share",
+            "0.3",
+        ]))
+    };
+    let (plain_eval, weighted_eval) = (eval(&plain_out), eval(&weighted_out));
+    assert_eq!(plain_eval["oos_recall"], 0.0);
+    assert_eq!(weighted_eval["oos_recall"], 1.0);
+    assert!(weighted_eval["overall_acc"].as_f64() > plain_eval["overall_acc"].as_f64());
+}
+
+#[test]
+fn eval_with_an_oos_share_weighs_overall_accuracy_and_says_so() {
+    let plain = json_of(&on_shipped_routes(
+        "eval",
+        std::path::Path::new(FEW_OOS),
+        &["--json"],
+    ));
+    let out = on_shipped_routes(
+        "eval",
+        std::path::Path::new(FEW_OOS),
+        &["--json", "--oos-share", "0.25"],
+    );
+    let weighted = json_of(&out);
+    assert_eq!(plain["oos_share"], Value::Null);
+    assert_eq!(weighted["oos_share"], 0.25);
+    // Rates within one group are the same; overall accuracy is their mix at 25/75.
+    for key in ["in_scope_acc", "in_scope_top1", "oos_recall"] {
+        assert_eq!(plain[key], weighted[key], "{key}");
+    }
+    let (in_scope, oos) = (
+        weighted["in_scope_acc"].as_f64().unwrap(),
+        weighted["oos_recall"].as_f64().unwrap(),
+    );
+    let overall = weighted["overall_acc"].as_f64().unwrap();
+    assert!(
+        (overall - (0.75 * in_scope + 0.25 * oos)).abs() < 1e-12,
+        "{weighted}"
+    );
+    let right = plain["overall_acc"].as_f64().unwrap() * 23.0;
+    assert!((right - (in_scope * 21.0 + oos * 2.0)).abs() < 1e-9);
+
+    let text = on_shipped_routes(
+        "eval",
+        std::path::Path::new(FEW_OOS),
+        &["--oos-share", "0.25"],
+    );
+    assert!(
+        stdout(&text).contains("weighted as      25.0% out of scope (the data: 8.7% (2 of 23))"),
+        "{}",
+        stdout(&text)
+    );
+}
+
+#[test]
+fn an_oos_share_must_be_a_fraction_and_needs_out_of_scope_prompts() {
+    for bad in ["0", "1", "1.5", "-0.2", "20%"] {
+        let out = on_shipped_routes("eval", std::path::Path::new(FEW_OOS), &["--oos-share", bad]);
+        assert!(!out.status.success(), "{bad}");
+        assert!(
+            stderr(&out).contains("--oos-share"),
+            "{bad}: {}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains("between 0 and 1") || stderr(&out).contains("not a number"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("in-scope.jsonl");
+    std::fs::write(
+        &data,
+        "{\"text\": \"refund my order\", \"route\": \"billing\"}\n",
+    )
+    .unwrap();
+    let out = on_shipped_routes("eval", &data, &["--oos-share", "0.2"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("none of the 1 prompts is labelled null"),
+        "{}",
+        stderr(&out)
+    );
 }

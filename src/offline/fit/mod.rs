@@ -8,13 +8,16 @@
 //! labelled prompts gets its own threshold, maximising accuracy over the prompts it could
 //! affect (those where it is a candidate), nearest the global one among equals. Per-route
 //! thresholds are kept only when cross-validation says they beat the global one alone.
+//! Accuracy is the weighted share of prompts decided right: each counts once, or with
+//! `--oos-share` as its group's share of the expected traffic (`offline::weights`).
 
 pub mod conversation;
 mod run;
 
-pub use run::{FitRun, FitRunError, Tuning, run};
+pub use run::{FitRun, FitRunError, FitSettings, Tuning, run};
 
 use crate::config::{RouteId, Threshold};
+use crate::offline::weights::{Tally, Weights};
 use crate::route::Classification;
 use crate::route::decide::{OverrideHit, Policy, RouteScore, decide};
 
@@ -24,9 +27,9 @@ pub const MIN_ROUTE_EXAMPLES: usize = 10;
 pub const MIN_SAMPLES: usize = 20;
 /// Cross-validation folds.
 pub const FOLDS: usize = 5;
-/// A route's own threshold must fix at least this many of its prompts to replace the
-/// global one (a tie is not worth a parameter).
-const MIN_GAIN: usize = 1;
+/// A route's own threshold must fix at least this many of its prompts (in prompts of
+/// average weight) to replace the global one (a tie is not worth a parameter).
+const MIN_GAIN: f64 = 1.0;
 
 /// One labelled prompt, as the router saw it.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,12 +96,26 @@ impl Thresholds {
         decide(&o.scores, &o.overrides, self).route
     }
 
-    /// Prompts decided as labelled.
-    pub fn correct(&self, observations: &[&Observation]) -> usize {
-        observations
-            .iter()
-            .filter(|o| self.decide(o) == o.expected)
-            .count()
+    /// Prompts decided as labelled, by group.
+    pub fn correct(&self, observations: &[&Observation]) -> Tally {
+        Tally::of(
+            observations
+                .iter()
+                .filter(|o| self.decide(o) == o.expected)
+                .map(|o| o.expected.is_some()),
+        )
+    }
+
+    /// The weight of the prompts decided as labelled.
+    fn score(&self, observations: &[&Observation], weights: &Weights) -> f64 {
+        weights.total(self.correct(observations))
+    }
+
+    /// The weighted share of prompts decided as labelled.
+    fn accuracy(&self, observations: &[&Observation], weights: &Weights) -> f64 {
+        weights
+            .ratio(self.correct(observations), groups(observations))
+            .unwrap_or(0.0)
     }
 }
 
@@ -115,6 +132,8 @@ pub struct Fit {
     /// What to write: per-route thresholds only if they won the cross-validation.
     pub thresholds: Thresholds,
     pub per_route_kept: bool,
+    /// The weighting the accuracies below (and the thresholds) were computed with.
+    pub weights: Weights,
     /// Accuracy on the data itself: with the global threshold only, and with per-route ones.
     pub in_sample_global: f64,
     pub in_sample_per_route: f64,
@@ -158,20 +177,26 @@ pub fn check_labels(in_scope: impl ExactSizeIterator<Item = bool>) -> Result<(),
     Ok(())
 }
 
-/// Fits thresholds on `observations`. `current` are the config's routes with their own
-/// thresholds, in route order (kept for routes that cannot be fitted).
+/// The prompts counted by group.
+fn groups(observations: &[&Observation]) -> Tally {
+    Tally::of(observations.iter().map(|o| o.expected.is_some()))
+}
+
+/// Fits thresholds on `observations`, weighed by `weights`. `current` are the config's
+/// routes with their own thresholds, in route order (kept for routes that cannot be fitted).
 pub fn fit(
     observations: &[Observation],
     current: &[(RouteId, Option<f32>)],
+    weights: &Weights,
 ) -> Result<Fit, FitError> {
     check_labels(observations.iter().map(|o| o.expected.is_some()))?;
-    let got = observations.len();
     let all: Vec<&Observation> = observations.iter().collect();
-    let global = fit_global(&all, current);
-    let per_route = fit_routes(&all, current, global.clone());
-    let in_sample_global = global.correct(&all) as f64 / got as f64;
-    let in_sample_per_route = per_route.correct(&all) as f64 / got as f64;
-    let (cross_validated_global, cross_validated_per_route) = cross_validate(observations, current);
+    let global = fit_global(&all, current, weights);
+    let per_route = fit_routes(&all, current, global.clone(), weights);
+    let in_sample_global = global.accuracy(&all, weights);
+    let in_sample_per_route = per_route.accuracy(&all, weights);
+    let (cross_validated_global, cross_validated_per_route) =
+        cross_validate(observations, current, weights);
     let per_route_kept = cross_validated_per_route > cross_validated_global;
     let skipped = current
         .iter()
@@ -187,6 +212,7 @@ pub fn fit(
     Ok(Fit {
         thresholds: if per_route_kept { per_route } else { global },
         per_route_kept,
+        weights: *weights,
         in_sample_global,
         in_sample_per_route,
         cross_validated_global,
@@ -203,8 +229,9 @@ pub fn keep(observations: &[Observation], current: &[(RouteId, Option<f32>)], gl
         routes: current.iter().map(|&(_, t)| t).collect(),
     };
     let all: Vec<&Observation> = observations.iter().collect();
-    let accuracy = thresholds.correct(&all) as f64 / all.len().max(1) as f64;
+    let accuracy = thresholds.accuracy(&all, &Weights::UNIFORM);
     Fit {
+        weights: Weights::UNIFORM,
         thresholds,
         per_route_kept: false,
         in_sample_global: accuracy,
@@ -215,9 +242,13 @@ pub fn keep(observations: &[Observation], current: &[(RouteId, Option<f32>)], gl
     }
 }
 
-/// The global threshold with the most correct decisions (per-route ones fixed at
-/// `current`); among equals, the middle of the best run, so it sits between prompts.
-fn fit_global(observations: &[&Observation], current: &[(RouteId, Option<f32>)]) -> Thresholds {
+/// The global threshold with the most (weighted) correct decisions (per-route ones fixed
+/// at `current`); among equals, the middle of the best run, so it sits between prompts.
+fn fit_global(
+    observations: &[&Observation],
+    current: &[(RouteId, Option<f32>)],
+    weights: &Weights,
+) -> Thresholds {
     let mut thresholds = Thresholds {
         global: 0.0,
         routes: current.iter().map(|&(_, t)| t).collect(),
@@ -227,10 +258,10 @@ fn fit_global(observations: &[&Observation], current: &[(RouteId, Option<f32>)])
         .flat_map(|o| o.scores.first().map(|s| s.score))
         .collect();
     let candidates = cut_points(&mut scores);
-    let mut best: Vec<(usize, f32)> = Vec::new();
+    let mut best: Vec<(f64, f32)> = Vec::new();
     for &t in &candidates {
         thresholds.global = t;
-        let correct = thresholds.correct(observations);
+        let correct = thresholds.score(observations, weights);
         match best.first() {
             Some(&(b, _)) if correct < b => {}
             Some(&(b, _)) if correct == b => best.push((correct, t)),
@@ -242,12 +273,15 @@ fn fit_global(observations: &[&Observation], current: &[(RouteId, Option<f32>)])
 }
 
 /// Each route with at least `MIN_ROUTE_EXAMPLES` labelled prompts gets the threshold that
-/// decides the most prompts where it is a candidate correctly, if that beats `start`.
+/// decides the most (weighted) prompts where it is a candidate correctly, if that beats
+/// `start` by `MIN_GAIN`.
 fn fit_routes(
     observations: &[&Observation],
     current: &[(RouteId, Option<f32>)],
     start: Thresholds,
+    weights: &Weights,
 ) -> Thresholds {
+    let min_gain = MIN_GAIN * weights.unit();
     let mut thresholds = start;
     for &(route, _) in current {
         let r = route.index();
@@ -274,14 +308,14 @@ fn fit_routes(
             .collect();
         let original = thresholds.routes[r];
         let start_value = thresholds.for_route(route);
-        let baseline = thresholds.correct(&affected);
+        let baseline = thresholds.score(&affected, weights);
         let mut best = (baseline, 0.0f32, start_value);
         for t in cut_points(&mut scores) {
             thresholds.routes[r] = Some(t);
-            let correct = thresholds.correct(&affected);
+            let correct = thresholds.score(&affected, weights);
             let distance = (t - start_value).abs();
             let better = correct > best.0 || (correct == best.0 && distance < best.1);
-            if better && correct >= baseline + MIN_GAIN {
+            if better && correct >= baseline + min_gain {
                 best = (correct, distance, t);
             }
         }
@@ -317,9 +351,15 @@ fn round(x: f32) -> f32 {
     (x * 1e4).round() / 1e4
 }
 
-/// Mean held-out accuracy over `FOLDS` interleaved folds: (global only, with per-route).
-fn cross_validate(observations: &[Observation], current: &[(RouteId, Option<f32>)]) -> (f64, f64) {
-    let (mut global_correct, mut per_route_correct, mut total) = (0usize, 0usize, 0usize);
+/// Held-out (weighted) accuracy over `FOLDS` interleaved folds: (global only, with
+/// per-route).
+fn cross_validate(
+    observations: &[Observation],
+    current: &[(RouteId, Option<f32>)],
+    weights: &Weights,
+) -> (f64, f64) {
+    let (mut global_correct, mut per_route_correct) = (Tally::default(), Tally::default());
+    let mut total = Tally::default();
     for fold in 0..FOLDS {
         let mut held: Vec<&Observation> = Vec::new();
         let mut train: Vec<&Observation> = Vec::new();
@@ -333,16 +373,15 @@ fn cross_validate(observations: &[Observation], current: &[(RouteId, Option<f32>
         if train.is_empty() || held.is_empty() {
             continue;
         }
-        let global = fit_global(&train, current);
-        let per_route = fit_routes(&train, current, global.clone());
+        let global = fit_global(&train, current, weights);
+        let per_route = fit_routes(&train, current, global.clone(), weights);
         global_correct += global.correct(&held);
         per_route_correct += per_route.correct(&held);
-        total += held.len();
+        total += groups(&held);
     }
-    let total = total.max(1) as f64;
     (
-        global_correct as f64 / total,
-        per_route_correct as f64 / total,
+        weights.ratio(global_correct, total).unwrap_or(0.0),
+        weights.ratio(per_route_correct, total).unwrap_or(0.0),
     )
 }
 
@@ -411,22 +450,26 @@ mod tests {
     fn the_global_threshold_separates_in_scope_from_out_of_scope() {
         let data = data();
         let all: Vec<&Observation> = data.iter().collect();
-        let t = fit_global(&all, &routes(&[None, None]));
+        let t = fit_global(&all, &routes(&[None, None]), &Weights::UNIFORM);
         // Everything from 0.29 up is routed; accuracy is as high as one threshold allows.
-        let correct = t.correct(&all);
+        let correct = t.correct(&all).total();
         for other in [0.2f32, 0.3, 0.35, 0.4, 0.45, 0.5] {
             let alt = Thresholds {
                 global: other,
                 routes: vec![None, None],
             };
-            assert!(alt.correct(&all) <= correct, "{other} beats {}", t.global);
+            assert!(
+                alt.correct(&all).total() <= correct,
+                "{other} beats {}",
+                t.global
+            );
         }
     }
 
     #[test]
     fn per_route_thresholds_fix_what_one_global_threshold_cannot() {
         let data = data();
-        let fit = fit(&data, &routes(&[None, None])).unwrap();
+        let fit = fit(&data, &routes(&[None, None]), &Weights::UNIFORM).unwrap();
         assert_eq!(fit.in_sample_per_route, 1.0, "{fit:?}");
         assert!(fit.in_sample_global < 1.0);
         assert!(fit.per_route_kept);
@@ -442,7 +485,7 @@ mod tests {
     fn routes_with_too_few_examples_keep_their_threshold_and_are_reported() {
         let mut data = data();
         data.push(obs(Some(2), &[(2, 0.9)]));
-        let fit = fit(&data, &routes(&[None, None, Some(0.7)])).unwrap();
+        let fit = fit(&data, &routes(&[None, None, Some(0.7)]), &Weights::UNIFORM).unwrap();
         assert_eq!(
             fit.skipped,
             vec![Skipped {
@@ -457,7 +500,7 @@ mod tests {
     fn too_little_data_is_refused_with_a_reason() {
         let few: Vec<Observation> = data().into_iter().take(5).collect();
         assert_eq!(
-            fit(&few, &routes(&[None, None])),
+            fit(&few, &routes(&[None, None]), &Weights::UNIFORM),
             Err(FitError::TooFewSamples { got: 5 })
         );
         let in_scope: Vec<Observation> = data()
@@ -465,9 +508,49 @@ mod tests {
             .filter(|o| o.expected.is_some())
             .collect();
         assert_eq!(
-            fit(&in_scope, &routes(&[None, None])),
+            fit(&in_scope, &routes(&[None, None]), &Weights::UNIFORM),
             Err(FitError::NoOutOfScope { got: 24 })
         );
+    }
+
+    /// 40 in-scope prompts scoring 0.300-0.690 on route 0, and 10 out-of-scope ones scoring
+    /// 0.205-0.385: they overlap, so the threshold trades one group for the other.
+    fn overlapping() -> Vec<Observation> {
+        let mut out: Vec<Observation> = (0..40)
+            .map(|i| obs(Some(0), &[(0, 0.3 + 0.01 * i as f32)]))
+            .collect();
+        out.extend((0..10).map(|i| obs(None, &[(0, 0.205 + 0.02 * i as f32)])));
+        out
+    }
+
+    #[test]
+    fn weighting_out_of_scope_prompts_up_raises_the_threshold() {
+        use crate::offline::weights::OosShare;
+        let data = overlapping();
+        let all: Vec<&Observation> = data.iter().collect();
+        // 20% of the data is out of scope; weigh it as 50%.
+        let share = OosShare::new(0.5).unwrap();
+        let weights = Weights::new(groups(&all), Some(share)).unwrap();
+        let plain = fit(&data, &routes(&[None]), &Weights::UNIFORM).unwrap();
+        let weighted = fit(&data, &routes(&[None]), &weights).unwrap();
+        let (low, high) = (plain.thresholds.global, weighted.thresholds.global);
+        assert!(high > low, "{low} -> {high}");
+        let oos_let_through = |t: &Thresholds| groups(&all).oos - t.correct(&all).oos;
+        assert!(oos_let_through(&weighted.thresholds) < oos_let_through(&plain.thresholds));
+        // Each fit is the best under its own weighting.
+        assert!(
+            weighted.thresholds.accuracy(&all, &weights)
+                >= plain.thresholds.accuracy(&all, &weights)
+        );
+        assert!(
+            plain.thresholds.accuracy(&all, &Weights::UNIFORM)
+                >= weighted.thresholds.accuracy(&all, &Weights::UNIFORM)
+        );
+        // The reported accuracy is the weighted one: half the weight in each group.
+        let right = weighted.thresholds.correct(&all);
+        let expected = 0.5 * right.oos as f64 / 10.0 + 0.5 * right.in_scope as f64 / 40.0;
+        assert!((weighted.in_sample_global - expected).abs() < 1e-12);
+        assert_eq!(weighted.weights.share(), Some(0.5));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::config::{Config, Threshold};
 use crate::embed::{EmbedError, Encoder, ModelError, cache};
 use crate::offline::eval::{self, ConversationMetrics, EvalReport, Outcome, Sample};
 use crate::offline::tune::{self, TuneError, TuneOptions, TuneReport};
+use crate::offline::weights::{OosShare, Tally, Weights, WeightsError};
 use crate::route::{BuildError, Classification, Router};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +22,16 @@ pub struct Tuning {
     pub model_roots: Vec<PathBuf>,
 }
 
+/// How to fit, beyond the data.
+#[derive(Default)]
+pub struct FitSettings {
+    /// Tune the encoder first (`None`: keep the model).
+    pub tuning: Option<Tuning>,
+    /// Weigh the prompts as if this share of the traffic were out of scope (`None`: as
+    /// labelled).
+    pub oos_share: Option<OosShare>,
+}
+
 /// What a fit found and what to write.
 pub struct FitRun {
     /// The config the thresholds were fitted on (the tuned encoder's, with tuning).
@@ -28,7 +39,9 @@ pub struct FitRun {
     /// That config with the fitted thresholds: what `fit` writes.
     pub written: Config,
     pub fitted: Fit,
-    /// The labelled prompts' metrics with the config as given, and as written.
+    /// The labelled prompts by group (their out-of-scope share is what `oos_share` corrects).
+    pub data: Tally,
+    /// The labelled prompts' metrics (weighted as the fit was) with the config as given, and as written.
     pub before: EvalReport,
     pub after: EvalReport,
     /// The tuned model's directory and how tuning went.
@@ -52,6 +65,8 @@ pub enum FitRunError {
     Tune(#[from] TuneError),
     #[error(transparent)]
     Fit(#[from] FitError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
     #[error("fit produced an invalid threshold: {0}")]
     Threshold(f32),
 }
@@ -61,7 +76,7 @@ pub fn run(
     router: Router,
     encoder: &Encoder,
     samples: &[Sample],
-    tuning: Option<Tuning>,
+    settings: FitSettings,
 ) -> Result<FitRun, FitRunError> {
     // Before classifying (and tuning, which takes minutes): data that cannot be fitted.
     // Conversations without a prompt labelled null fit the conversation settings only.
@@ -69,9 +84,13 @@ pub fn run(
     let labels = super::check_labels(samples.iter().map(|s| s.route.is_some()));
     let thresholds_fitted = match labels {
         Ok(()) => true,
-        Err(FitError::NoOutOfScope { .. }) if conversations => false,
+        Err(FitError::NoOutOfScope { .. }) if conversations && settings.oos_share.is_none() => {
+            false
+        }
         Err(err) => return Err(err.into()),
     };
+    let data = Tally::of(samples.iter().map(|s| s.route.is_some()));
+    let weights = Weights::new(data, settings.oos_share)?;
     let (classifications, queries_per_s) = eval::classify_all(&router, encoder, samples)?;
     let texts: Vec<&str> = samples.iter().map(|s| s.text.as_str()).collect();
     let before_outcomes: Vec<Outcome> = samples
@@ -79,10 +98,10 @@ pub fn run(
         .zip(&classifications)
         .map(|(s, c)| Outcome::from_classification(s.route.clone(), c, router.config()))
         .collect();
-    let mut before = eval::metrics(&before_outcomes, &texts, queries_per_s);
+    let mut before = eval::metrics(&before_outcomes, &texts, queries_per_s, &weights);
     before.conversation = ConversationMetrics::new(samples, &before_outcomes);
     // With tuning, thresholds are fitted to the tuned encoder's scores.
-    let (router, classifications, tuned) = match tuning {
+    let (router, classifications, tuned) = match settings.tuning {
         None => (router, classifications, None),
         Some(tuning) => {
             let (router, classifications, report) = tune_and_classify(&router, samples, &tuning)?;
@@ -100,7 +119,7 @@ pub fn run(
         .map(|r| (r, config.route(r).threshold.map(Threshold::get)))
         .collect();
     let fitted = if thresholds_fitted {
-        super::fit(&observations, &current)?
+        super::fit(&observations, &current, &weights)?
     } else {
         super::keep(&observations, &current, config.threshold.get())
     };
@@ -114,7 +133,7 @@ pub fn run(
             top1: o.scores.first().map(|s| name(s.route)),
         })
         .collect();
-    let mut after = eval::metrics(&after_outcomes, &texts, queries_per_s);
+    let mut after = eval::metrics(&after_outcomes, &texts, queries_per_s, &weights);
     let mut written = with_thresholds(&config, &fitted)?;
     // The conversation settings are fitted with the fitted thresholds in place (on the
     // tuned encoder's scores, with tuning).
@@ -128,13 +147,14 @@ pub fn run(
     };
     if let Some(found) = &conversation {
         written = with_conversation(&written, found);
-        after = eval::metrics(&found.outcomes, &texts, queries_per_s);
+        after = eval::metrics(&found.outcomes, &texts, queries_per_s, &weights);
         after.conversation = ConversationMetrics::new(samples, &found.outcomes);
     }
     Ok(FitRun {
         config,
         written,
         fitted,
+        data,
         before,
         after,
         tuned,
