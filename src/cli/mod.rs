@@ -1,6 +1,7 @@
 //! The command line: `serve`, `classify`, `embed`, `validate`, `bench` (`eval` and `fit`
 //! live in `quality.rs`). Doc comments here are the `--help` text.
 
+mod chat;
 mod quality;
 
 use anyhow::{Context, Result};
@@ -69,6 +70,10 @@ pub enum Command {
         /// Nearest utterances to retrieve (default: the config's top_k).
         #[arg(long)]
         top_k: Option<usize>,
+        /// Each input is a conversation: a JSON list of chat messages (or {"messages":
+        /// [...]}); its last user message is classified with the turns before it.
+        #[arg(long)]
+        messages: bool,
         /// Texts to classify; without any, lines are read from stdin.
         texts: Vec<String>,
     },
@@ -177,8 +182,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             config,
             json,
             top_k,
+            messages,
             texts,
-        } => classify(&config, json, top_k, texts),
+        } => classify(&config, json, top_k, messages, texts),
         Command::Embed { config, texts } => embed(config.as_deref(), texts),
         Command::Validate { config } => validate(&config),
         Command::Bench { config, data, json } => bench(&config, &data, json),
@@ -261,7 +267,13 @@ fn inputs(texts: Vec<String>) -> Box<dyn Iterator<Item = Result<String>>> {
     }
 }
 
-fn classify(path: &Path, json: bool, top_k: Option<usize>, texts: Vec<String>) -> Result<ExitCode> {
+fn classify(
+    path: &Path,
+    json: bool,
+    top_k: Option<usize>,
+    messages: bool,
+    texts: Vec<String>,
+) -> Result<ExitCode> {
     let config = Config::load(path)?;
     if let Some(k) = top_k {
         anyhow::ensure!(
@@ -277,6 +289,21 @@ fn classify(path: &Path, json: bool, top_k: Option<usize>, texts: Vec<String>) -
     let mut failed = false;
     for text in inputs(texts) {
         let text = text?;
+        if messages {
+            let started = Instant::now();
+            match chat::classify(&router, &encoder, &text) {
+                Ok((last, mut c)) => {
+                    c.timing_us.total = started.elapsed().as_micros() as u64;
+                    let result = ClassifyResponse::new(&c, router.config());
+                    write_result(&mut out, json, &last, &result)?;
+                }
+                Err(err) => {
+                    failed = true;
+                    report_error(&mut out, json, &text, &err)?;
+                }
+            }
+            continue;
+        }
         if !semroute::embed::has_visible_text(&text) {
             failed = true;
             report_error(
@@ -301,11 +328,7 @@ fn classify(path: &Path, json: bool, top_k: Option<usize>, texts: Vec<String>) -
         result.timing_us.embed = embed_us;
         result.timing_us.total = started.elapsed().as_micros() as u64;
         let result = ClassifyResponse::new(&result, router.config());
-        if json {
-            writeln!(out, "{}", serde_json::to_string(&result)?)?;
-        } else {
-            write_human(&mut out, &text, &result)?;
-        }
+        write_result(&mut out, json, &text, &result)?;
     }
     Ok(if failed {
         ExitCode::FAILURE
@@ -320,6 +343,30 @@ fn report_error(out: &mut impl Write, json: bool, text: &str, message: &str) -> 
         writeln!(out, "{body}")?;
     } else {
         writeln!(out, "{text:?}\n  error: {message}")?;
+    }
+    Ok(())
+}
+
+fn write_result(
+    out: &mut impl Write,
+    json: bool,
+    text: &str,
+    result: &ClassifyResponse,
+) -> Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string(result)?)?;
+        return Ok(());
+    }
+    write_human(out, text, result)?;
+    if let Some(c) = &result.conversation {
+        let outcome = serde_json::to_value(c.outcome)?;
+        writeln!(
+            out,
+            "     conversation: {} (was {}; alone: {})",
+            outcome.as_str().unwrap_or("?"),
+            c.previous_route.as_deref().unwrap_or("no route"),
+            c.without_context.route.as_deref().unwrap_or("no route"),
+        )?;
     }
     Ok(())
 }

@@ -38,6 +38,9 @@ pub struct ConversationConfig {
     /// How sharply a message's scores count as evidence: the evidence for a route is its
     /// score minus the message's best, divided by this.
     pub temperature: f32,
+    /// The weight of the evidence of the first user message read (the one that usually
+    /// states what the conversation is about).
+    pub first_turn_weight: f32,
     /// The weight of an assistant message's evidence.
     pub assistant_weight: f32,
     /// The weight of the evidence of a user message that claims no route confidently.
@@ -56,6 +59,7 @@ impl Default for ConversationConfig {
             switch_score: 0.45,
             switch_margin: 0.15,
             temperature: 0.25,
+            first_turn_weight: 2.0,
             assistant_weight: 0.5,
             follow_up_weight: 0.5,
             decay: 1.0,
@@ -124,6 +128,13 @@ impl Checker<'_> {
             d.switch_margin,
         );
         let temperature = number("temperature", &raw.temperature, 0.01, 10.0, d.temperature);
+        let first_turn_weight = number(
+            "first_turn_weight",
+            &raw.first_turn_weight,
+            0.0,
+            10.0,
+            d.first_turn_weight,
+        );
         let assistant_weight = number(
             "assistant_weight",
             &raw.assistant_weight,
@@ -147,6 +158,7 @@ impl Checker<'_> {
             switch_score: switch_score?,
             switch_margin: switch_margin?,
             temperature: temperature?,
+            first_turn_weight: first_turn_weight?,
             assistant_weight: assistant_weight?,
             follow_up_weight: follow_up_weight?,
             decay: decay?,

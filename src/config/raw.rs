@@ -56,6 +56,8 @@ pub(crate) struct RawConversation {
     #[serde(default)]
     pub temperature: Option<Spanned<f64>>,
     #[serde(default)]
+    pub first_turn_weight: Option<Spanned<f64>>,
+    #[serde(default)]
     pub assistant_weight: Option<Spanned<f64>>,
     #[serde(default)]
     pub follow_up_weight: Option<Spanned<f64>>,

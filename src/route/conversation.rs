@@ -5,8 +5,9 @@
 //! Markov model over the routes):
 //! - a message is *evidence*: for each route, its score minus the message's best score,
 //!   divided by `temperature` (0 for the message's favourite, negative for the rest);
-//! - the first user message sets the belief; an assistant message adds its evidence times
-//!   `assistant_weight` (it speaks about the route of the turn it answers);
+//! - the first user message sets the belief (its evidence times `first_turn_weight`: it
+//!   usually states what the conversation is about); an assistant message adds its
+//!   evidence times `assistant_weight` (it speaks about the route of the turn it answers);
 //! - at each later user message the belief first *moves*: with chance `stickiness` the
 //!   conversation stays on each route, else it moves to any other one. A message that claims
 //!   another route confidently (its best score before the head reaches `switch_score`, and
@@ -97,7 +98,10 @@ pub fn track(messages: &[Scored], routes: &[RouteId], params: &ConversationConfi
         match (message.speaker, belief.as_mut()) {
             (Speaker::Assistant, None) => {}
             (Speaker::Assistant, Some(b)) => add(b, &evidence, params.assistant_weight),
-            (Speaker::User, None) => belief = Some(evidence),
+            (Speaker::User, None) => {
+                let weight = f64::from(params.first_turn_weight);
+                belief = Some(evidence.iter().map(|e| e * weight).collect());
+            }
             (Speaker::User, Some(b)) => {
                 let current = argmax(b);
                 let claims = claims_another(message.scores, &active, current, params);
