@@ -2,6 +2,7 @@
 //! live in `quality.rs`). Doc comments here are the `--help` text.
 
 mod chat;
+mod fit_report;
 mod quality;
 
 use anyhow::{Context, Result};
