@@ -7,6 +7,7 @@
 mod common;
 
 mod classify;
+mod conversations;
 mod offline;
 mod serve;
 mod validate;

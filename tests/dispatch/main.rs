@@ -13,6 +13,7 @@ mod upstream;
 mod balancing;
 mod classes;
 mod continuation;
+mod conversations;
 mod cooldowns;
 mod keys;
 mod long_answers;
