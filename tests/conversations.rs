@@ -384,15 +384,9 @@ async fn a_pattern_in_the_last_message_decides_whatever_the_conversation() {
     assert_eq!(c["outcome"], "switched", "{body}");
 }
 
-/// The tracker follows only routes with utterances (`route::conversation::track`'s
-/// `active`), so a turn pinned to `personal` spreads the belief evenly, `previous_route`
-/// becomes the first route of the file (`restaurants`) and the follow-up goes, "by the
-/// conversation", to the nearest route of its own (`flights`, scored 0.24 against a
-/// threshold of 0.35), which no turn was about.
+/// A route with patterns only (no utterances) still holds a conversation a pattern pinned
+/// to it (it was once not tracked: the follow-up went to a route no turn was about).
 #[tokio::test]
-#[ignore = "bug: after a turn pinned to a route without utterances, previous_route is the \
-            config's first route and a follow-up is routed by `conversation` to a route no \
-            turn was about"]
 async fn a_follow_up_after_a_turn_pinned_to_a_route_without_utterances_stays_there() {
     let s = state_with(PERSONAL);
     let body = classify_chat(&s, chat(&[SSN, "Noted.", FOLLOW_UP])).await;
@@ -404,4 +398,36 @@ async fn a_follow_up_after_a_turn_pinned_to_a_route_without_utterances_stays_the
     let body = classify_chat(&s, rain_first).await;
     assert_eq!(body["conversation"]["previous_route"], "personal", "{body}");
     assert_eq!(body["route"], "personal", "{body}");
+}
+
+/// Routes with keywords only: no message can be scored, yet a keyword turn holds the
+/// conversation and nothing panics (it once indexed an empty list of routes).
+#[tokio::test]
+async fn a_config_of_keyword_routes_only_routes_follow_ups_by_the_keyword_turn() {
+    let config = common::config_from(
+        "routes:\n  - name: code\n    keywords: [python]\n  - name: legal\n    keywords: [lawsuit]\n",
+    );
+    let router = Router::build(config, common::encoder()).unwrap();
+    let s = AppState::ready(Arc::new(router), worker(), DEFAULT_BODY_LIMIT);
+    let body = classify_chat(&s, chat(&["fix my python script", "sure", "ok"])).await;
+    assert_eq!(body["route"], "code", "{body}");
+    assert_eq!(body["matched_by"], "conversation", "{body}");
+    assert_eq!(body["conversation"]["previous_route"], "code", "{body}");
+    let body = classify_chat(&s, chat(&["hello", "hi", "ok"])).await;
+    assert_eq!(body["route"], Value::Null, "{body}");
+    assert_eq!(body["conversation"]["outcome"], "started", "{body}");
+}
+
+/// However many answers follow a user turn, a conversation reads at most three messages
+/// per turn of history (each would otherwise be embedded).
+#[tokio::test]
+async fn a_flood_of_assistant_messages_does_not_widen_what_is_read() {
+    let s = state();
+    let mut messages = vec![json!({"role": "user", "content": BOOK})];
+    for i in 0..500 {
+        messages.push(json!({"role": "assistant", "content": format!("answer number {i}")}));
+    }
+    messages.push(json!({"role": "user", "content": FOLLOW_UP}));
+    let body = classify_chat(&s, Value::Array(messages)).await;
+    assert_eq!(body["conversation"]["messages"], 31, "{body}");
 }

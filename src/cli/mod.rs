@@ -452,9 +452,13 @@ fn read_jsonl(path: &Path) -> Result<Vec<(String, String, serde_json::Value)>> {
             (Some(serde_json::Value::String(text)), None) => text.clone(),
             (None, Some(serde_json::Value::Array(messages))) => {
                 semroute::route::split_chat(messages)
+                    .filter(|(_, last)| semroute::embed::has_visible_text(last))
                     .map(|(_, last)| last.into_owned())
-                    .with_context(|| format!("{at}: `messages` has no user message with text"))?
+                    .with_context(|| {
+                        format!("{at}: `messages` has no user message with visible text")
+                    })?
             }
+            (None, Some(_)) => anyhow::bail!("{at}: `messages` must be a list of chat messages"),
             (Some(_), Some(_)) => anyhow::bail!("{at}: give either `text` or `messages`, not both"),
             _ => anyhow::bail!(
                 "{at}: no string field `text` (or `messages`, a list of chat messages)"

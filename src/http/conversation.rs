@@ -10,6 +10,7 @@ use crate::route::conversation::{MessageScores, Speaker};
 use crate::route::decide::OverrideHit;
 use crate::route::{Classification, Router, history, message_key, split_chat};
 use serde_json::Value;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// An earlier message: scored already, or to be embedded and scored.
@@ -91,35 +92,48 @@ impl ChatPrompt {
         }
     }
 
-    /// Embeds the last message and every earlier one not scored yet, and decides.
+    /// Embeds the last message and every earlier one not scored yet (each distinct text
+    /// once), and decides. The first refusal by the model worker (a full queue) ends it.
     pub async fn classify(
         self,
         engine: &Engine,
         top_k: Option<usize>,
     ) -> Result<Classification, ApiError> {
         let (router, worker) = (&engine.router, &engine.worker);
-        let last = worker.embed(self.prefix);
-        let missing = self.earlier.iter().filter_map(|e| match e {
+        let mut seen = HashSet::new();
+        let distinct: Vec<&Earlier> = self
+            .earlier
+            .iter()
+            .filter(|e| matches!(e, Earlier::Embed { key, .. } if seen.insert(*key)))
+            .collect();
+        let missing = distinct.iter().filter_map(|e| match e {
             Earlier::Embed { prefix, .. } => Some(worker.embed(prefix.clone())),
             Earlier::Known(..) => None,
         });
-        let (last, missing) = tokio::join!(last, futures_util::future::join_all(missing));
-        let last = last?;
-        let mut missing = missing.into_iter();
+        let (last, missing) = tokio::join!(
+            worker.embed(self.prefix),
+            futures_util::future::try_join_all(missing)
+        );
+        let (last, missing) = (last?, missing?);
+        let mut fresh: HashMap<[u8; 32], Arc<MessageScores>> = HashMap::new();
+        for (e, embedding) in distinct.into_iter().zip(&missing) {
+            if let Earlier::Embed {
+                speaker, key, hits, ..
+            } = e
+            {
+                let scores = router.score_message(*key, *speaker, hits, embedding);
+                fresh.insert(*key, scores);
+            }
+        }
         let mut scored: Vec<(Speaker, Arc<MessageScores>)> = Vec::new();
-        for e in self.earlier {
+        for e in &self.earlier {
             match e {
-                Earlier::Known(speaker, scores) => scored.push((speaker, scores)),
-                Earlier::Embed {
-                    speaker, key, hits, ..
-                } => {
-                    let embedding = missing.next().ok_or_else(|| {
+                Earlier::Known(speaker, scores) => scored.push((*speaker, scores.clone())),
+                Earlier::Embed { speaker, key, .. } => {
+                    let scores = fresh.get(key).cloned().ok_or_else(|| {
                         ApiError::new(ErrorKind::Internal, "a message was not embedded")
-                    })??;
-                    scored.push((
-                        speaker,
-                        router.score_message(key, speaker, &hits, &embedding),
-                    ));
+                    })?;
+                    scored.push((*speaker, scores));
                 }
             }
         }

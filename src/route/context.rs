@@ -13,6 +13,8 @@ use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::sync::Arc;
 
+/// Messages read per user turn of history, at most (a turn and the answers after it).
+pub const MESSAGES_PER_TURN: usize = 3;
 /// Routes listed in a conversation report's belief.
 const BELIEF_SHOWN: usize = 5;
 /// Bytes of message scores kept per router.
@@ -221,7 +223,11 @@ impl Router {
                 if alone.route != Some(current) || alone.matched_by != MatchedBy::Semantic {
                     c.route = Some(current);
                     c.matched_by = MatchedBy::Conversation;
-                    c.score = last.routed.get(current.index()).copied();
+                    c.score = last
+                        .routed
+                        .get(current.index())
+                        .copied()
+                        .filter(|s| s.is_finite());
                     c.threshold = config.threshold_for(current).get();
                 }
                 if previous == current {
@@ -247,8 +253,8 @@ impl Router {
 }
 
 /// The earlier messages a conversation reads: the last `history_turns` user messages before
-/// the final one, with everything between them; roles other than user and assistant are
-/// dropped. `messages` is oldest first and ends before the message being routed.
+/// the final one, with everything between them, but no more than `MESSAGES_PER_TURN` x
+/// `history_turns` messages in all (the latest). `messages` is oldest first and ends before the message being routed.
 pub fn history<'a, 'b>(messages: &'b [Earlier<'a>], history_turns: usize) -> &'b [Earlier<'a>] {
     let users: Vec<usize> = (0..messages.len())
         .filter(|&i| messages[i].speaker == Speaker::User)
@@ -258,6 +264,12 @@ pub fn history<'a, 'b>(messages: &'b [Earlier<'a>], history_turns: usize) -> &'b
         0 => messages.len(),
         n => users[users.len() - n],
     };
+    // However the turns are made, at most this many messages are read.
+    let start = start.max(
+        messages
+            .len()
+            .saturating_sub(MESSAGES_PER_TURN * history_turns),
+    );
     &messages[start..]
 }
 
@@ -296,6 +308,11 @@ mod tests {
         assert_eq!(kept, ["u2", "a2", "u3", "a3"]);
         assert!(history(&all, 0).is_empty());
         assert_eq!(history(&all, 10).len(), 6);
+        // A flood of answers cannot widen what is read.
+        let mut flood = texts(&[(U, "u1")]);
+        flood.extend(texts(&[(A, "a"); 1000]));
+        assert_eq!(history(&flood, 10).len(), MESSAGES_PER_TURN * 10);
+        assert_eq!(history(&flood, 2).len(), MESSAGES_PER_TURN * 2);
     }
 
     #[test]

@@ -84,10 +84,30 @@ pub fn track(messages: &[Scored], routes: &[RouteId], params: &ConversationConfi
             user_turns: 0,
         };
     };
+    // The routes a message can be scored for, and those an override pinned a turn to
+    // (a route with patterns only has no scores but can hold a conversation).
     let last_scores = &messages[last_user].scores.routed;
     let active: Vec<usize> = (0..routes.len().min(last_scores.len()))
-        .filter(|&i| last_scores[i].is_finite())
+        .filter(|&i| {
+            last_scores[i].is_finite()
+                || messages[..=last_user]
+                    .iter()
+                    .any(|m| m.scores.pinned.is_some_and(|p| p.index() == i))
+        })
         .collect();
+    if active.is_empty() {
+        // No route can be scored or was pinned (every route has keywords only, say).
+        return Track {
+            previous: None,
+            current: None,
+            claimed_switch: false,
+            belief: Vec::new(),
+            user_turns: messages[..=last_user]
+                .iter()
+                .filter(|m| m.speaker == Speaker::User)
+                .count(),
+        };
+    }
     let mut belief: Option<Vec<f64>> = None;
     let mut has_route = false;
     let mut previous = None;
@@ -106,7 +126,10 @@ pub fn track(messages: &[Scored], routes: &[RouteId], params: &ConversationConfi
                 let current = argmax(b);
                 let claims = claims_another(message.scores, &active, current, params);
                 if at == last_user {
-                    previous = has_route.then(|| routes[active[current]]);
+                    previous = has_route
+                        .then(|| active.get(current).and_then(|&r| routes.get(r)))
+                        .flatten()
+                        .copied();
                     claimed_switch = claims;
                 }
                 let stay = if claims {
@@ -130,7 +153,10 @@ pub fn track(messages: &[Scored], routes: &[RouteId], params: &ConversationConfi
     let belief = belief.unwrap_or_default();
     Track {
         previous,
-        current: (!belief.is_empty()).then(|| routes[active[argmax(&belief)]]),
+        current: active
+            .get(argmax(&belief))
+            .and_then(|&r| routes.get(r))
+            .copied(),
         claimed_switch,
         belief: probabilities(&belief, &active, routes),
         user_turns,
@@ -159,15 +185,20 @@ fn evidence(scores: &MessageScores, active: &[usize], temperature: f32) -> Vec<f
         .filter(|s| s.is_finite())
         .fold(f64::NEG_INFINITY, f64::max);
     let temperature = f64::from(temperature.max(1e-3));
+    if !best.is_finite() {
+        return vec![0.0; active.len()];
+    }
+    // A route the message cannot score counts as its least likely scored one.
+    let worst = active
+        .iter()
+        .map(|&r| score(r))
+        .filter(|s| s.is_finite())
+        .fold(best, f64::min);
     active
         .iter()
         .map(|&r| {
             let s = score(r);
-            if s.is_finite() && best.is_finite() {
-                (s - best) / temperature
-            } else {
-                -PINNED_EVIDENCE
-            }
+            (if s.is_finite() { s } else { worst } - best) / temperature
         })
         .collect()
 }
@@ -232,9 +263,11 @@ fn probabilities(belief: &[f64], active: &[usize], routes: &[RouteId]) -> Vec<Ro
     let mut out: Vec<RouteScore> = softmax(belief)
         .into_iter()
         .zip(active)
-        .map(|(p, &r)| RouteScore {
-            route: routes[r],
-            score: p as f32,
+        .filter_map(|(p, &r)| {
+            Some(RouteScore {
+                route: routes.get(r).copied()?,
+                score: p as f32,
+            })
         })
         .collect();
     out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.route.cmp(&b.route)));
@@ -386,6 +419,58 @@ mod tests {
         assert_eq!(t.belief.len(), 2);
         assert!(t.belief.iter().all(|b| b.score.is_finite()));
         assert_eq!(t.current, Some(RouteId::at(2)));
+    }
+
+    #[test]
+    fn a_turn_pinned_to_a_route_without_utterances_holds_the_conversation() {
+        let mut pinned = MessageScores {
+            routed: vec![0.3, f32::NEG_INFINITY, 0.2],
+            plain: vec![0.3, f32::NEG_INFINITY, 0.2],
+            pinned: Some(RouteId::at(1)),
+            routed_alone: true,
+        };
+        let answer = msg([0.2, 0.0, 0.1], false);
+        let mut reply = msg([0.24, 0.0, 0.1], false);
+        reply.routed[1] = f32::NEG_INFINITY;
+        reply.plain[1] = f32::NEG_INFINITY;
+        let t = track(
+            &[user(&pinned), assistant(&answer), user(&reply)],
+            &params(),
+        );
+        assert_eq!(t.previous, Some(RouteId::at(1)));
+        assert_eq!(t.current, Some(RouteId::at(1)));
+        assert!(t.belief.iter().all(|b| b.score.is_finite()));
+        // Vague replies for as many turns as a conversation reads: it is still there.
+        let mut long = vec![user(&pinned)];
+        for _ in 0..params().history_turns {
+            long.push(user(&reply));
+        }
+        assert_eq!(track(&long, &params()).current, Some(RouteId::at(1)));
+        pinned.pinned = None;
+        let t = track(&[user(&pinned), user(&reply)], &params());
+        assert_eq!(t.current, Some(RouteId::at(0)));
+    }
+
+    #[test]
+    fn no_scorable_route_gives_no_conversation_route_and_no_panic() {
+        let none = MessageScores {
+            routed: vec![f32::NEG_INFINITY; 3],
+            plain: vec![f32::NEG_INFINITY; 3],
+            pinned: None,
+            routed_alone: false,
+        };
+        let mut keyword = none.clone();
+        keyword.pinned = Some(RouteId::at(2));
+        keyword.routed_alone = true;
+        let t = track(&[user(&none), user(&none)], &params());
+        assert_eq!((t.previous, t.current, t.user_turns), (None, None, 2));
+        assert!(t.belief.is_empty());
+        // A keyword-only route a turn was pinned to holds the conversation.
+        let t = track(&[user(&keyword), user(&none)], &params());
+        assert_eq!(
+            (t.previous, t.current),
+            (Some(RouteId::at(2)), Some(RouteId::at(2)))
+        );
     }
 
     #[test]
