@@ -274,7 +274,7 @@ pub fn fit(options: FitOptions) -> Result<ExitCode> {
             None => "unweighted".to_string(),
         }
     );
-    print_fit(&run.config, &run.fitted, &run.before, &run.after, &too_few);
+    print_fit(&run, &too_few);
     print_conversation_fit(&run);
     println!("\nwrote {}", out.display());
     if let Some((dir, _)) = &run.tuned {
@@ -296,7 +296,7 @@ fn print_conversation_fit(run: &FitRun) {
     if let Some(c) = &run.conversation {
         let p = &c.params;
         println!(
-            "\nconversation: {} -> {} of the turns right ({} settings tried); switch_score {}, \
+            "\nconversation: {} -> {} of the prompts right ({} settings tried); switch_score {}, \
              switch_margin {}, temperature {}, follow_up_weight {}",
             pct(Some(c.before)),
             pct(Some(c.after)),
@@ -356,13 +356,8 @@ fn chosen_cv(fitted: &Fit) -> f64 {
     }
 }
 
-fn print_fit(
-    config: &Config,
-    fitted: &Fit,
-    before: &EvalReport,
-    after: &EvalReport,
-    too_few: &std::collections::BTreeMap<&str, usize>,
-) {
+fn print_fit(run: &FitRun, too_few: &std::collections::BTreeMap<&str, usize>) {
+    let (config, fitted, before, after) = (&run.config, &run.fitted, &run.before, &run.after);
     println!("{:<18} {:>8} {:>8}", "", "before", "after");
     let rows = [
         (
@@ -389,6 +384,10 @@ fn print_fit(
     ];
     for (label, b, a) in rows {
         println!("{label:<18} {b:>8} {a:>8}");
+    }
+    if !run.thresholds_fitted {
+        // The threshold estimates below would describe thresholds nothing moved.
+        return;
     }
     println!(
         "\nglobal threshold {:.4} (was {:.4})",
