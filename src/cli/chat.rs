@@ -35,8 +35,8 @@ pub fn classify(
         ..Sample::default()
     };
     let samples = [sample];
-    let scored = Scored::new(router, encoder, &samples).map_err(|e| e.to_string())?;
     let params = router.config().conversation;
+    let scored = Scored::new(router, encoder, &samples, &params).map_err(|e| e.to_string())?;
     let [sample] = samples;
     scored
         .classify(router, std::slice::from_ref(&sample), &params)

@@ -3,7 +3,6 @@
 //! text; the rest are embedded (concurrently: the model worker batches them) and scored.
 
 use super::Engine;
-use crate::config::ConversationMode;
 use crate::embed::has_visible_text;
 use crate::error::{ApiError, ErrorKind};
 use crate::route::conversation::{MessageScores, Speaker};
@@ -61,12 +60,7 @@ impl ChatPrompt {
         router: &Router,
         prefix: impl Fn(&str) -> String,
     ) -> ChatPrompt {
-        let params = &router.config().conversation;
-        let kept = match params.mode {
-            ConversationMode::Last => &[][..],
-            ConversationMode::Context => history(earlier, params.history_turns),
-        };
-        let earlier = kept
+        let earlier = history(earlier, &router.config().conversation)
             .iter()
             .map(|m| {
                 let key = message_key(m.speaker, &m.text);

@@ -6,9 +6,10 @@ use crate::config::ConversationConfig;
 use crate::embed::{EmbedError, Embedding, Encoder};
 use crate::offline::eval::Sample;
 use crate::route::conversation::{MessageScores, Speaker};
+use crate::route::decide::OverrideHit;
 use crate::route::{Classification, Earlier, Router, history, message_key};
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Texts embedded per batch.
@@ -18,23 +19,34 @@ const BATCH: usize = 64;
 pub struct Scored {
     /// By (speaker, text) key.
     scores: HashMap<[u8; 32], Arc<MessageScores>>,
-    /// The last user messages' embeddings, by sample.
-    last: Vec<Embedding>,
+    /// The embeddings and override hits of the samples' last user messages, by key.
+    last: HashMap<[u8; 32], (Embedding, Vec<OverrideHit>)>,
 }
 
 impl Scored {
-    pub fn new(router: &Router, encoder: &Encoder, samples: &[Sample]) -> Result<Self, EmbedError> {
-        let history_turns = router.config().conversation.history_turns;
+    /// Embeds and scores each distinct message once: every sample's last user message and
+    /// the earlier ones `params` reads (the history `classify` will be given).
+    pub fn new(
+        router: &Router,
+        encoder: &Encoder,
+        samples: &[Sample],
+        params: &ConversationConfig,
+    ) -> Result<Self, EmbedError> {
         let mut pending: Vec<(Speaker, &str)> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
+        let mut lasts = HashSet::new();
         for sample in samples {
-            for (speaker, text) in read(sample, history_turns) {
-                if seen.insert(message_key(*speaker, text)) {
-                    pending.push((*speaker, text.as_str()));
+            let last = message_key(Speaker::User, &sample.text);
+            lasts.insert(last);
+            let earlier = read(sample, params).iter().map(|(s, t)| (*s, t.as_str()));
+            for (speaker, text) in earlier.chain([(Speaker::User, sample.text.as_str())]) {
+                if seen.insert(message_key(speaker, text)) {
+                    pending.push((speaker, text));
                 }
             }
         }
-        let mut scores = HashMap::with_capacity(pending.len() + samples.len());
+        let mut scores = HashMap::with_capacity(pending.len());
+        let mut last = HashMap::with_capacity(lasts.len());
         for chunk in pending.chunks(BATCH) {
             let texts: Vec<&str> = chunk.iter().map(|(_, t)| *t).collect();
             for ((speaker, text), embedding) in chunk.iter().zip(encoder.embed(&texts)?) {
@@ -44,25 +56,16 @@ impl Scored {
                     Speaker::Assistant => Vec::new(),
                 };
                 scores.insert(key, router.score_message(key, *speaker, &hits, &embedding));
-            }
-        }
-        let mut last = Vec::with_capacity(samples.len());
-        for chunk in samples.chunks(BATCH) {
-            let texts: Vec<&str> = chunk.iter().map(|s| s.text.as_str()).collect();
-            for (text, embedding) in texts.iter().zip(encoder.embed(&texts)?) {
-                let key = message_key(Speaker::User, text);
-                let hits = router.override_hits(text);
-                scores.insert(
-                    key,
-                    router.score_message(key, Speaker::User, &hits, &embedding),
-                );
-                last.push(embedding);
+                if lasts.contains(&key) {
+                    last.insert(key, (embedding, hits));
+                }
             }
         }
         Ok(Scored { scores, last })
     }
 
-    /// Each sample's classification with `params` as the conversation settings.
+    /// Each sample's classification with `params` as the conversation settings (the
+    /// samples given to `new`, which read the same history, in the same order).
     pub fn classify(
         &self,
         router: &Router,
@@ -71,28 +74,32 @@ impl Scored {
     ) -> Vec<Classification> {
         samples
             .iter()
-            .zip(&self.last)
-            .map(|(sample, embedding)| {
-                let scored: Vec<(Speaker, &MessageScores)> = read(sample, params.history_turns)
+            .filter_map(|sample| {
+                let scored: Vec<(Speaker, &MessageScores)> = read(sample, params)
                     .iter()
                     .filter_map(|(speaker, text)| {
                         let s = self.scores.get(&message_key(*speaker, text))?;
                         Some((*speaker, s.as_ref()))
                     })
                     .collect();
-                let hits = router.override_hits(&sample.text);
-                match self.scores.get(&message_key(Speaker::User, &sample.text)) {
-                    Some(last) => router
-                        .classify_conversation_with(params, &scored, last, hits, embedding, None),
-                    None => router.classify_with_hits(hits, embedding, None),
-                }
+                let key = message_key(Speaker::User, &sample.text);
+                let (embedding, hits) = self.last.get(&key)?;
+                let last = self.scores.get(&key)?;
+                Some(router.classify_conversation_with(
+                    params,
+                    &scored,
+                    last,
+                    hits.clone(),
+                    embedding,
+                    None,
+                ))
             })
             .collect()
     }
 }
 
-/// The earlier messages of `sample` a conversation reads.
-fn read(sample: &Sample, history_turns: usize) -> &[(Speaker, String)] {
+/// The earlier messages of `sample` a conversation with `params` reads.
+fn read<'a>(sample: &'a Sample, params: &ConversationConfig) -> &'a [(Speaker, String)] {
     let earlier: Vec<Earlier> = sample
         .earlier
         .iter()
@@ -101,6 +108,6 @@ fn read(sample: &Sample, history_turns: usize) -> &[(Speaker, String)] {
             text: Cow::Borrowed(text.as_str()),
         })
         .collect();
-    let kept = history(&earlier, history_turns).len();
+    let kept = history(&earlier, params).len();
     &sample.earlier[sample.earlier.len() - kept..]
 }

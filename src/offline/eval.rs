@@ -282,8 +282,9 @@ pub fn classify_all(
 ) -> Result<(Vec<Classification>, f64), EmbedError> {
     let started = Instant::now();
     if samples.iter().any(|s| !s.earlier.is_empty()) {
-        let scored = super::conversations::Scored::new(router, encoder, samples)?;
-        let out = scored.classify(router, samples, &router.config().conversation);
+        let params = router.config().conversation;
+        let scored = super::conversations::Scored::new(router, encoder, samples, &params)?;
+        let out = scored.classify(router, samples, &params);
         let queries_per_s = samples.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
         return Ok((out, queries_per_s));
     }

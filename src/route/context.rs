@@ -252,10 +252,18 @@ impl Router {
     }
 }
 
-/// The earlier messages a conversation reads: the last `history_turns` user messages before
-/// the final one, with everything between them, but no more than `MESSAGES_PER_TURN` x
-/// `history_turns` messages in all (the latest). `messages` is oldest first and ends before the message being routed.
-pub fn history<'a, 'b>(messages: &'b [Earlier<'a>], history_turns: usize) -> &'b [Earlier<'a>] {
+/// The earlier messages a conversation reads: none with `mode: last`; else the last
+/// `history_turns` user messages before the final one, with everything between them, but no
+/// more than `MESSAGES_PER_TURN` x `history_turns` messages in all (the latest).
+/// `messages` is oldest first and ends before the message being routed.
+pub fn history<'a, 'b>(
+    messages: &'b [Earlier<'a>],
+    params: &ConversationConfig,
+) -> &'b [Earlier<'a>] {
+    let history_turns = match params.mode {
+        ConversationMode::Last => 0,
+        ConversationMode::Context => params.history_turns,
+    };
     let users: Vec<usize> = (0..messages.len())
         .filter(|&i| messages[i].speaker == Speaker::User)
         .collect();
@@ -293,6 +301,13 @@ mod tests {
             .collect()
     }
 
+    fn turns(history_turns: usize) -> ConversationConfig {
+        ConversationConfig {
+            history_turns,
+            ..ConversationConfig::default()
+        }
+    }
+
     #[test]
     fn history_keeps_the_last_user_turns_and_what_lies_between() {
         use Speaker::{Assistant as A, User as U};
@@ -304,15 +319,23 @@ mod tests {
             (U, "u3"),
             (A, "a3"),
         ]);
-        let kept: Vec<&str> = history(&all, 2).iter().map(|m| m.text.as_ref()).collect();
+        let kept: Vec<&str> = history(&all, &turns(2))
+            .iter()
+            .map(|m| m.text.as_ref())
+            .collect();
         assert_eq!(kept, ["u2", "a2", "u3", "a3"]);
-        assert!(history(&all, 0).is_empty());
-        assert_eq!(history(&all, 10).len(), 6);
+        assert!(history(&all, &turns(0)).is_empty());
+        assert_eq!(history(&all, &turns(10)).len(), 6);
+        let last = ConversationConfig {
+            mode: ConversationMode::Last,
+            ..turns(10)
+        };
+        assert!(history(&all, &last).is_empty());
         // A flood of answers cannot widen what is read.
         let mut flood = texts(&[(U, "u1")]);
         flood.extend(texts(&[(A, "a"); 1000]));
-        assert_eq!(history(&flood, 10).len(), MESSAGES_PER_TURN * 10);
-        assert_eq!(history(&flood, 2).len(), MESSAGES_PER_TURN * 2);
+        assert_eq!(history(&flood, &turns(10)).len(), MESSAGES_PER_TURN * 10);
+        assert_eq!(history(&flood, &turns(2)).len(), MESSAGES_PER_TURN * 2);
     }
 
     #[test]

@@ -32,12 +32,13 @@ pub fn fit(
     encoder: &Encoder,
     samples: &[Sample],
 ) -> Result<ConversationFit, EmbedError> {
-    let scored = Scored::new(router, encoder, samples)?;
     let config = router.config();
     let given = ConversationConfig {
         mode: ConversationMode::Context,
         ..config.conversation
     };
+    // Every setting tried reads the same history as `given`.
+    let scored = Scored::new(router, encoder, samples, &given)?;
     let outcomes = |params: &ConversationConfig| -> Vec<Outcome> {
         scored
             .classify(router, samples, params)
