@@ -10,6 +10,7 @@ use semroute::config::{Config, EncoderConfig, RouteId};
 use semroute::embed::{Encoder, files};
 use semroute::route::decide::{OverrideHit, RouteScore, decide};
 use semroute::route::head::Head;
+use semroute::route::index::UtteranceIndex;
 use semroute::route::prototypes::Prototypes;
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -78,6 +79,16 @@ fn benches(c: &mut Criterion) {
     let query = encoder.embed_one(prompt).unwrap();
     c.bench_function("search_1500_utterances_top20", |b| {
         b.iter(|| router.index().search(black_box(&query.vector), 20))
+    });
+    c.bench_function("search_exhaustive_1500_utterances_top20", |b| {
+        b.iter(|| {
+            router
+                .index()
+                .search_exhaustive(black_box(&query.vector), 20)
+        })
+    });
+    c.bench_function("build_index_1500_utterances", |b| {
+        b.iter(|| UtteranceIndex::build(black_box(&vectors), &owners))
     });
     let prototypes = Prototypes::new(&vectors, &owners);
     c.bench_function("prototypes_150_routes", |b| {

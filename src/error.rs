@@ -45,6 +45,10 @@ pub enum ErrorKind {
     ContextLengthExceeded,
     /// The shared state (Redis) cannot be reached and `state.on_error` is `fail_closed`.
     StateUnavailable,
+    /// A reload found the config file invalid (the old config keeps serving).
+    InvalidConfig,
+    /// A reload failed for another reason (the old config keeps serving).
+    ReloadFailed,
     Internal,
 }
 
@@ -71,6 +75,8 @@ impl ErrorKind {
             }
             ErrorKind::ContextLengthExceeded => StatusCode::BAD_REQUEST,
             ErrorKind::StateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::InvalidConfig => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::ReloadFailed => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

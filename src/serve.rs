@@ -3,7 +3,7 @@
 
 use crate::config::{Config, ConfigError};
 use crate::embed::{EmbedWorker, Encoder, ModelError, files};
-use crate::http::{AppState, Engine, app};
+use crate::http::{AppState, Engine, Source, app};
 use crate::route::{BuildError, Router};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +25,8 @@ pub struct ServeOptions {
     pub body_timeout: std::time::Duration,
     /// Header, idle and shutdown timeouts.
     pub limits: crate::http::server::Limits,
+    /// Reload when the config file changes (besides SIGHUP and `POST /admin/reload`).
+    pub watch: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +102,20 @@ pub fn release_large_buffers() {
 /// Runs the service until SIGTERM or ctrl-c.
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     release_large_buffers();
-    let config = Config::load(&options.config_path)?;
+    let path = &options.config_path;
+    let text = std::fs::read(path).map_err(|err| ConfigError::Unreadable {
+        file: path.display().to_string(),
+        reason: err.to_string(),
+    })?;
+    let utf8 = std::str::from_utf8(&text).map_err(|err| ConfigError::Unreadable {
+        file: path.display().to_string(),
+        reason: format!("not UTF-8: {err}"),
+    })?;
+    let config = Config::parse(
+        utf8,
+        &path.display().to_string(),
+        path.parent().unwrap_or(Path::new("")),
+    )?;
     // Fail before binding if the model cannot be found: the clearest error, at once.
     let model = files::resolve(&config.encoder, &model_roots(Some(&options.config_path)))
         .map_err(ModelError::from)?;
@@ -116,11 +131,21 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         tracing::warn!(path = %note.path, line = note.line, "{}", note.message);
     }
 
+    let source = Source {
+        path: path.clone(),
+        model_roots: model_roots(Some(path)),
+        queue: options.queue,
+    };
     let state = AppState::new(Arc::new(config.clone()), options.body_limit)
-        .with_body_timeout(options.body_timeout);
-    if let Some(dispatcher) = state.dispatcher() {
-        // A client that stops reading a streamed answer is idle: gone after the idle timeout.
-        dispatcher.set_client_stall(options.limits.idle_timeout);
+        .with_body_timeout(options.body_timeout)
+        .with_source(source, &text);
+    // A client that stops reading a streamed answer is idle: gone after the idle timeout.
+    state
+        .streams()
+        .set_client_stall(options.limits.idle_timeout);
+    crate::http::watch::on_signal(state.clone());
+    if options.watch {
+        crate::http::watch::watch(state.clone(), path)?;
     }
     let (failed_tx, failed_rx) = oneshot::channel::<ServeError>();
     let loading_state = state.clone();
@@ -144,7 +169,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         }
     });
 
-    let dispatcher = state.dispatcher().cloned();
+    let streams = state.streams().clone();
     let mut failure = None;
     let stop = async {
         tokio::select! {
@@ -153,9 +178,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         }
     };
     crate::http::server::serve(listener, app(state), options.limits, stop, move || {
-        if let Some(dispatcher) = dispatcher {
-            dispatcher.close_streams();
-        }
+        streams.close();
     })
     .await;
     match failure {

@@ -76,6 +76,11 @@ struct Tokens {
     kind: TokenKind,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Reloaded {
+    result: &'static str,
+}
+
 /// The label set of a metric without labels (a family of at most one series, so that the
 /// series appears only once something was counted).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -123,6 +128,7 @@ pub struct Metrics {
     upstream_latency: Histograms<OnBackend>,
     upstream_ttfb: Histograms<OnBackend>,
     classification: Histograms<Unlabelled>,
+    reloads: Family<Reloaded, Counter>,
     /// Refusals, spend and budgets, and the shared state.
     pub tenants: Tenants,
 }
@@ -140,6 +146,7 @@ impl Default for Metrics {
             upstream_latency: histograms(),
             upstream_ttfb: histograms(),
             classification: histograms(),
+            reloads: Family::default(),
             tenants: Tenants::default(),
         }
         .registered()
@@ -196,9 +203,19 @@ impl Metrics {
             "Time to embed and classify a prompt for model auto",
             Listed(self.classification.clone()),
         );
+        r.register(
+            "semroute_config_reloads",
+            "Config reloads, by result: ok, unchanged (the file is the one in service), error (the old config kept serving)",
+            Listed(self.reloads.clone()),
+        );
         self.tenants.register(r);
         r.register_collector(Box::new(process::Process));
         self
+    }
+
+    /// A reload ended with `result` (`ok`, `unchanged` or `error`).
+    pub fn reloaded(&self, result: &'static str) {
+        self.reloads.get_or_create(&Reloaded { result }).inc();
     }
 
     /// A proxied request was answered (`backend` `-` when none answered).

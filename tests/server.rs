@@ -26,7 +26,7 @@ async fn start(state: AppState, limits: Limits) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let dispatcher = state.dispatcher().cloned();
+    let streams = state.streams().clone();
     let done = tokio::spawn(server::serve(
         listener,
         app(state),
@@ -34,11 +34,7 @@ async fn start(state: AppState, limits: Limits) -> Running {
         async move {
             let _ = stopped.await;
         },
-        move || {
-            if let Some(d) = dispatcher {
-                d.close_streams();
-            }
-        },
+        move || streams.close(),
     ));
     Running {
         addr,

@@ -48,6 +48,15 @@ pub struct Auth {
     /// Whether a request without a known key is refused (401).
     pub required: bool,
     pub keys: Vec<ClientKey>,
+    /// The admin key (`admin_key_env`): it opens `/admin/*` from any address.
+    pub admin_key: Option<AdminKey>,
+}
+
+/// The key that opens `/admin/*`: the variable it was read from and its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminKey {
+    pub env: String,
+    pub digest: [u8; 32],
 }
 
 /// SHA-256 of a presented key.
@@ -118,7 +127,36 @@ impl Checker<'_> {
             );
             valid = false;
         }
-        valid.then_some(Auth { required, keys })
+        let admin_key = match &raw.admin_key_env {
+            Some(env) => match self.key_from_env("auth.admin_key_env".into(), env) {
+                Some((_, digest)) if digests.contains_key(&digest) => {
+                    self.issue(
+                        "auth.admin_key_env".into(),
+                        env.referenced,
+                        "the admin key is also a client's key".into(),
+                        "give the admin key its own value: a client key never opens /admin",
+                    );
+                    None
+                }
+                Some((_, digest)) => Some(AdminKey {
+                    env: env.value.trim().to_string(),
+                    digest,
+                }),
+                None => {
+                    valid = false;
+                    None
+                }
+            },
+            None => None,
+        };
+        if raw.admin_key_env.is_some() && admin_key.is_none() {
+            valid = false;
+        }
+        valid.then_some(Auth {
+            required,
+            keys,
+            admin_key,
+        })
     }
 
     fn client_key(
@@ -173,7 +211,7 @@ impl Checker<'_> {
     /// The key's digest, from its variable (read now) or as written.
     fn key_secret(&mut self, at: &str, raw: &RawClientKey) -> Option<(KeySource, [u8; 32])> {
         match (&raw.key_env, &raw.key_sha256) {
-            (Some(env), None) => self.key_from_env(at, env),
+            (Some(env), None) => self.key_from_env(format!("{at}.key_env"), env),
             (None, Some(hex_digest)) => {
                 let mut digest = [0u8; 32];
                 let text = hex_digest.value.trim();
@@ -203,7 +241,12 @@ impl Checker<'_> {
         }
     }
 
-    fn key_from_env(&mut self, at: &str, env: &Spanned<String>) -> Option<(KeySource, [u8; 32])> {
+    /// The key in the variable `env` names; a problem is reported at `path`.
+    fn key_from_env(
+        &mut self,
+        path: String,
+        env: &Spanned<String>,
+    ) -> Option<(KeySource, [u8; 32])> {
         let name = env.value.trim();
         let problem = if !super::backends::valid_env_name(name) {
             "this is not an environment variable name (the value is not shown, in case it is a key)"
@@ -224,7 +267,7 @@ impl Checker<'_> {
             }
         };
         self.issue(
-            format!("{at}.key_env"),
+            path,
             env.referenced,
             problem,
             "set the variable to the client's key before starting semroute (e.g. `openssl rand -hex 24`)",

@@ -24,7 +24,9 @@ pub use classes::{Accepted, DataClasses};
 pub use conversation::{ConversationConfig, ConversationMode};
 pub use dispatch::{Dispatch, Strategy};
 pub use error::{ConfigError, ConfigIssue};
-pub use keys::{Auth, ClientKey, KeySource, MIN_KEY_LEN, NO_KEY, RouteAccess, key_digest};
+pub use keys::{
+    AdminKey, Auth, ClientKey, KeySource, MIN_KEY_LEN, NO_KEY, RouteAccess, key_digest,
+};
 pub use route_rules::{RuleSource, Rules};
 pub use rules::RuleSet;
 pub use tenants::{Limits, OnError, StateConfig};

@@ -89,6 +89,9 @@ pub(crate) struct RawAuth {
     pub required: Option<bool>,
     #[serde(default)]
     pub keys: Vec<RawClientKey>,
+    /// The environment variable holding the key that opens `/admin/*` off loopback.
+    #[serde(default)]
+    pub admin_key_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

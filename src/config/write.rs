@@ -163,6 +163,8 @@ impl<'a> OutState<'a> {
 struct OutAuth<'a> {
     required: bool,
     keys: Vec<OutKey<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_key_env: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -224,6 +226,7 @@ impl<'a> OutAuth<'a> {
         Some(OutAuth {
             required: auth.required,
             keys,
+            admin_key_env: auth.admin_key.as_ref().map(|a| a.env.as_str()),
         })
     }
 }

@@ -10,7 +10,7 @@
 //! checks' verdicts to it.
 
 use super::verdict::Cooldown;
-use crate::config::{Backend, BackendId};
+use crate::config::{Backend, BackendId, Config};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -254,6 +254,23 @@ impl Board {
 
     pub fn get(&self, b: BackendId) -> &Arc<Health> {
         &self.0[b.index()]
+    }
+
+    /// The board for config `next`, sharing this one's (`previous`'s) health of every
+    /// backend that keeps its name.
+    pub fn carried(&self, previous: &Config, next: &Config) -> Board {
+        Board(
+            next.backends
+                .iter()
+                .map(|b| {
+                    previous
+                        .backend_id(&b.name)
+                        .and_then(|old| self.0.get(old.index()))
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .collect(),
+        )
     }
 
     pub fn all(&self) -> &[Arc<Health>] {

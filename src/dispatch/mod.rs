@@ -126,10 +126,54 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     /// Limits, budgets and the backends' own quotas, when any is configured.
     quota: Option<Arc<crate::quota::Quota>>,
+    /// The server's hold on streams, shared by the dispatchers of every config loaded.
+    streams: Streams,
+    /// Set when a reload replaced this dispatcher: its background tasks stop (the requests
+    /// it carries finish on it).
+    retired: tokio::sync::watch::Sender<bool>,
+}
+
+/// What the server holds over every stream relayed, whichever config's dispatcher relays
+/// it: the end of the drain time, and how long a client may leave a piece unread.
+#[derive(Clone)]
+pub struct Streams {
     /// Set when the server's drain time is over: open streams end with an error event.
-    closing: tokio::sync::watch::Sender<bool>,
+    closing: Arc<tokio::sync::watch::Sender<bool>>,
     /// How long a client may leave a relayed piece unread (ms) before it counts as gone.
-    client_stall_ms: std::sync::atomic::AtomicU64,
+    client_stall_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for Streams {
+    fn default() -> Streams {
+        Streams {
+            closing: Arc::new(tokio::sync::watch::Sender::new(false)),
+            client_stall_ms: Arc::new(std::sync::atomic::AtomicU64::new(
+                relay::client::DEFAULT_CLIENT_STALL.as_millis() as u64,
+            )),
+        }
+    }
+}
+
+impl Streams {
+    /// A client that leaves a relayed piece unread this long is taken to have gone.
+    pub fn set_client_stall(&self, stall: Duration) {
+        self.client_stall_ms.store(
+            stall.as_millis().max(1) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn client_stall(&self) -> Duration {
+        Duration::from_millis(
+            self.client_stall_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Ends every stream still open with an error event (the server's drain time is over).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
 }
 
 /// What the attempts on a request's targets came to so far.
@@ -148,19 +192,55 @@ impl Dispatcher {
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         quota: Option<Arc<crate::quota::Quota>>,
+        streams: Streams,
     ) -> Result<Dispatcher, reqwest::Error> {
         Ok(Dispatcher {
             quota,
             upstreams: Upstreams::new(&config.backends)?,
             health: Board::new(config.backends.len()),
             balancer: Balancer::new(config.routes.len()),
-            closing: tokio::sync::watch::Sender::new(false),
-            client_stall_ms: std::sync::atomic::AtomicU64::new(
-                relay::client::DEFAULT_CLIENT_STALL.as_millis() as u64,
-            ),
+            streams,
+            retired: tokio::sync::watch::Sender::new(false),
             config,
             metrics,
         })
+    }
+
+    /// The dispatcher for a reloaded `config`, beside `previous`: each backend that keeps
+    /// its name keeps its breaker, cooldown, load and latency (requests still on `previous`
+    /// update the same figures).
+    pub fn succeed(
+        previous: &Dispatcher,
+        config: Arc<Config>,
+        quota: Option<Arc<crate::quota::Quota>>,
+    ) -> Result<Dispatcher, reqwest::Error> {
+        let mut next = Dispatcher::new(
+            config,
+            previous.metrics.clone(),
+            quota,
+            previous.streams.clone(),
+        )?;
+        next.health = previous.health.carried(&previous.config, &next.config);
+        Ok(next)
+    }
+
+    /// Stops this dispatcher's background tasks (health checks, the shared health
+    /// channel): a reload replaced it.
+    pub fn retire(&self) {
+        self.retired.send_replace(true);
+    }
+
+    /// Resolves once `retire` is called.
+    fn until_retired(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut retired = self.retired.subscribe();
+        async move {
+            let _ = retired.wait_for(|r| *r).await;
+        }
+    }
+
+    /// The server's hold on streams.
+    pub fn streams(&self) -> &Streams {
+        &self.streams
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -173,22 +253,16 @@ impl Dispatcher {
 
     /// A client that leaves a relayed piece unread this long is taken to have gone.
     pub fn set_client_stall(&self, stall: Duration) {
-        self.client_stall_ms.store(
-            stall.as_millis().max(1) as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.streams.set_client_stall(stall);
     }
 
     fn client_stall(&self) -> Duration {
-        Duration::from_millis(
-            self.client_stall_ms
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
+        self.streams.client_stall()
     }
 
     /// Ends every stream still open with an error event (the server's drain time is over).
     pub fn close_streams(&self) {
-        self.closing.send_replace(true);
+        self.streams.close();
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -203,15 +277,22 @@ impl Dispatcher {
                 continue;
             };
             let weak = Arc::downgrade(self);
+            let retired = self.until_retired();
             runtime.spawn(async move {
-                let mut ticks = tokio::time::interval(interval);
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    ticks.tick().await;
-                    let Some(dispatcher) = weak.upgrade() else {
-                        return;
-                    };
-                    dispatcher.check_health(b).await;
+                let checks = async move {
+                    let mut ticks = tokio::time::interval(interval);
+                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        ticks.tick().await;
+                        let Some(dispatcher) = weak.upgrade() else {
+                            return;
+                        };
+                        dispatcher.check_health(b).await;
+                    }
+                };
+                tokio::select! {
+                    () = checks => {}
+                    () = retired => {}
                 }
             });
         }

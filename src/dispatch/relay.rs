@@ -147,7 +147,7 @@ impl Relay {
     }
 
     async fn relay_all(&mut self) {
-        let mut shutdown = self.dispatcher.closing.subscribe();
+        let mut shutdown = self.dispatcher.streams.closing.subscribe();
         loop {
             let mut broken = None;
             while let Some(event) = self.upstream.pending.pop_front() {

@@ -22,14 +22,18 @@ impl Dispatcher {
             .map(|b| b.name.clone())
             .collect();
         let weak = Arc::downgrade(self);
+        let retired = self.until_retired();
         runtime.spawn(async move {
-            quota
-                .listen(names, move |signal| {
-                    if let Some(dispatcher) = weak.upgrade() {
-                        dispatcher.apply_signal(&signal);
-                    }
-                })
-                .await;
+            let listening = quota.listen(names, move |signal| {
+                if let Some(dispatcher) = weak.upgrade() {
+                    dispatcher.apply_signal(&signal);
+                }
+            });
+            // A reload's dispatcher listens in this one's place (dropping the subscription).
+            tokio::select! {
+                () = listening => {}
+                () = retired => {}
+            }
         });
     }
 

@@ -6,6 +6,7 @@
 
 use super::{EmbedError, Embedding, Encoder, Truncator};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most prompts taken into one batch.
@@ -35,6 +36,9 @@ pub struct EmbedWorker {
     /// The model's tokenizer, untruncated, for token estimates (`None` if it cannot be
     /// copied, which does not happen with a loaded tokenizer).
     counter: Option<super::count::TokenCounter>,
+    /// The encoder the thread runs, for work that is not a prompt's (a reload embedding new
+    /// utterances on its own blocking thread; the encoder takes concurrent callers).
+    encoder: Arc<Encoder>,
 }
 
 impl EmbedWorker {
@@ -44,15 +48,23 @@ impl EmbedWorker {
         let (jobs, receiver) = mpsc::channel(capacity);
         let truncator = encoder.truncator();
         let counter = encoder.token_counter();
+        let encoder = Arc::new(encoder);
+        let for_thread = encoder.clone();
         std::thread::Builder::new()
             .name("semroute-embed".into())
-            .spawn(move || run(encoder, receiver))?;
+            .spawn(move || run(&for_thread, receiver))?;
         Ok(EmbedWorker {
             jobs,
             capacity,
             truncator,
             counter,
+            encoder,
         })
+    }
+
+    /// The encoder the worker's thread runs.
+    pub fn encoder(&self) -> &Arc<Encoder> {
+        &self.encoder
     }
 
     /// The part of `text` the model will see (see `Truncator::prefix`): send that, not a
@@ -81,7 +93,7 @@ impl EmbedWorker {
     }
 }
 
-fn run(encoder: Encoder, mut receiver: mpsc::Receiver<Job>) {
+fn run(encoder: &Encoder, mut receiver: mpsc::Receiver<Job>) {
     while let Some(first) = receiver.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -96,7 +108,7 @@ fn run(encoder: Encoder, mut receiver: mpsc::Receiver<Job>) {
             continue;
         }
         let texts: Vec<&str> = batch.iter().map(|job| job.text.as_str()).collect();
-        match guarded(&encoder, &texts) {
+        match guarded(encoder, &texts) {
             Ok(embeddings) => {
                 for (job, embedding) in batch.into_iter().zip(embeddings) {
                     let _ = job.reply.send(Ok(embedding));
@@ -105,7 +117,7 @@ fn run(encoder: Encoder, mut receiver: mpsc::Receiver<Job>) {
             // One bad prompt must not fail the others that shared its batch.
             Err(_) if batch.len() > 1 => {
                 for job in batch {
-                    let result = guarded(&encoder, &[job.text.as_str()]).and_then(|mut v| {
+                    let result = guarded(encoder, &[job.text.as_str()]).and_then(|mut v| {
                         v.pop()
                             .ok_or_else(|| EmbedError::Inference("empty result".into()))
                     });

@@ -5,10 +5,10 @@
 //! its header, its route and every class-bearing pattern that matches it. A large body is
 //! parsed, scanned and prepared on a blocking thread, never on the async runtime.
 
-use super::AppState;
 use super::conversation::ChatPrompt;
 use super::json::read_json_body;
 use super::tenant;
+use super::{AppState, Live};
 use crate::config::{Config, RouteId};
 use crate::dispatch::classes::{self, Classed};
 use crate::dispatch::relay::{Piece, frame};
@@ -55,7 +55,9 @@ pub async fn chat_completions(
 }
 
 async fn proxy(state: AppState, request: Request) -> Result<Response, ApiError> {
-    let Some(dispatcher) = state.dispatcher.clone() else {
+    // One config for the whole request, whatever a reload does meanwhile.
+    let live = state.live();
+    let Some(dispatcher) = live.dispatcher.clone() else {
         return Err(ApiError::new(
             ErrorKind::NotFound,
             "this config defines no backends to proxy to; add `backends:` and route `targets:`",
@@ -72,13 +74,13 @@ async fn proxy(state: AppState, request: Request) -> Result<Response, ApiError> 
     let limit = state.body_limit.max(super::CHAT_BODY_LIMIT);
     let bytes = read_json_body(request, limit, state.body_timeout).await?;
     let size = bytes.len();
-    let prepared = prepare_off_runtime(&state, &config, bytes).await?;
+    let prepared = prepare_off_runtime(&live, &config, bytes).await?;
     if prepared.destination.is_none() {
         tenant::may_classify(&config, key)?;
     }
     let (destination, score) = match (prepared.destination, prepared.prompt) {
         (Some(destination), _) => (destination, None),
-        (None, Some(prompt)) => classify(&state, prompt).await?,
+        (None, Some(prompt)) => classify(&state, &live, prompt).await?,
         (None, None) => return Err(ApiError::new(ErrorKind::Internal, "nothing to route by")),
     };
     let route = match destination {
@@ -102,7 +104,7 @@ async fn proxy(state: AppState, request: Request) -> Result<Response, ApiError> 
         data_class.as_ref().map(|c| c.class.as_str()),
     )?;
     let user = tenant::user_of(&prepared.body, header_user.as_deref());
-    let admitted = admit(&state, &config, key, user, &prepared.demand, destination).await?;
+    let admitted = admit(&live, &config, key, user, &prepared.demand, destination).await?;
     let request = ChatRequest {
         body: prepared.body,
         destination,
@@ -120,14 +122,14 @@ async fn proxy(state: AppState, request: Request) -> Result<Response, ApiError> 
 
 /// Charges the caller's limits and budgets (`None`: none are configured).
 async fn admit(
-    state: &AppState,
+    live: &Live,
     config: &Config,
     key: Option<usize>,
     user: String,
     demand: &Demand,
     destination: Destination,
 ) -> Result<Option<Admitted>, ApiError> {
-    let Some(quota) = state
+    let Some(quota) = live
         .quota
         .as_ref()
         .filter(|_| crate::quota::Quota::any_limits(config))
@@ -170,13 +172,13 @@ fn header_classes(headers: &HeaderMap) -> Result<Vec<String>, ApiError> {
 
 /// `prepare`, on a blocking thread when the body is large.
 async fn prepare_off_runtime(
-    state: &AppState,
+    live: &Live,
     config: &Arc<Config>,
     bytes: Bytes,
 ) -> Result<Prepared, ApiError> {
-    let engine = state
+    let engine = live
         .engine
-        .get()
+        .as_ref()
         .map(|e| (e.router.clone(), e.worker.clone()));
     let config = config.clone();
     let large = bytes.len() > BLOCKING_BYTES;
@@ -327,7 +329,7 @@ fn prepare(
                         "with `model: auto`, `messages` needs a user message with visible text to route by",
                     )
                 })?;
-            let (router, worker) = engine.ok_or_else(super::not_ready)?;
+            let (router, worker) = engine.ok_or_else(super::live::not_ready)?;
             // The prompt is matched against every route rule once; the data-class scan
             // reuses its pattern hits.
             let hits = router.override_hits(&text);
@@ -400,9 +402,10 @@ fn named(config: &Config, model: &str) -> Result<Option<Destination>, ApiError> 
 /// Embeds the prompt and decides the route: the destination and the route's score.
 async fn classify(
     state: &AppState,
+    live: &Live,
     prompt: ChatPrompt,
 ) -> Result<(Destination, Option<f32>), ApiError> {
-    let engine = state.engine()?;
+    let engine = live.engine()?;
     let started = std::time::Instant::now();
     let c = prompt.classify(engine, None).await?;
     state.metrics.classified(started.elapsed());
@@ -439,7 +442,7 @@ fn model_entries(config: &Config) -> Vec<Value> {
 
 /// `GET /v1/models`: `auto`, every route and every backend, in OpenAI's list shape.
 pub async fn models(State(state): State<AppState>) -> impl IntoResponse {
-    Json(json!({"object": "list", "data": model_entries(&state.config)}))
+    Json(json!({"object": "list", "data": model_entries(&state.live().config)}))
 }
 
 /// `GET /v1/models/{id}` (the SDKs' `models.retrieve`).
@@ -453,7 +456,7 @@ pub async fn model(
             "there is no such model (the id is not valid UTF-8); GET /v1/models lists them",
         ));
     };
-    model_entries(&state.config)
+    model_entries(&state.live().config)
         .into_iter()
         .find(|m| m["id"] == id.as_str())
         .map(Json)

@@ -218,12 +218,14 @@ pub async fn classify(
     ApiJson(request): ApiJson<ClassifyRequest>,
 ) -> Result<Json<ClassifyResponse>, ApiError> {
     // `auth.required` applies here too (no limits: classifying spends no provider's money).
-    super::tenant::identify(&state.config, &headers)
+    // One config for the whole request, whatever a reload does meanwhile.
+    let live = state.live();
+    super::tenant::identify(&live.config, &headers)
         .inspect_err(|e| super::tenant::count_refusal(&state.metrics, e))?;
     let started = Instant::now();
     let input = request.input()?;
     let top_k = request.top_k()?;
-    let engine = state.engine()?;
+    let engine = live.engine()?;
     let mut result = match input {
         Input::Text(text) => {
             let embedding = engine

@@ -16,7 +16,7 @@ pub async fn healthz() -> Json<Value> {
 }
 
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    state.engine()?;
+    state.live().engine()?;
     Ok(Json(json!({"status": "ready"})))
 }
 
@@ -33,7 +33,8 @@ pub struct RouteInfo {
 }
 
 pub async fn routes(State(state): State<AppState>) -> Json<Value> {
-    let config = &state.config;
+    let live = state.live();
+    let config = &live.config;
     let routes: Vec<RouteInfo> = config
         .routes
         .iter()

@@ -1,26 +1,33 @@
 //! The HTTP sidecar: `app(state)` builds the axum router, so tests drive it with `oneshot`
 //! and no socket. The state becomes ready once the model and the index are loaded.
 
+mod admin;
 mod chat;
 pub mod classify;
 mod conversation;
 mod health;
 mod json;
+pub mod live;
+pub mod reload;
 pub mod server;
 mod tenant;
 mod usage;
+pub mod watch;
 
 pub use classify::{ClassifyRequest, Message};
+pub use live::{Engine, Live, Origin};
+pub use reload::{ReloadError, Reloaded, Reloader, Source};
 
 use crate::config::Config;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Streams};
 use crate::embed::EmbedWorker;
 use crate::error::{ApiError, ErrorKind};
 use crate::route::Router as RouteIndex;
 use crate::telemetry::Metrics;
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::routing::{get, post};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tower_http::trace::TraceLayer;
 
@@ -30,23 +37,16 @@ pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 /// this, whatever `--max-body-bytes` says for the rest.
 pub const CHAT_BODY_LIMIT: usize = 32 * 1024 * 1024;
 
-/// What a handler needs once the service is ready.
-pub struct Engine {
-    pub router: Arc<RouteIndex>,
-    pub worker: EmbedWorker,
-}
-
 /// How long a request body may take to arrive, unless configured otherwise.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct AppState {
-    config: Arc<Config>,
-    engine: Arc<OnceLock<Engine>>,
-    /// Present when the config defines backends.
-    dispatcher: Option<Arc<Dispatcher>>,
-    /// Present when the config sets client or user limits.
-    quota: Option<Arc<crate::quota::Quota>>,
+    /// The config in service and what was built from it; a reload swaps it whole.
+    live: Arc<ArcSwap<Live>>,
+    reloader: Arc<Reloader>,
+    /// The server's hold on relayed streams, across every config's dispatcher.
+    streams: Streams,
     metrics: Arc<Metrics>,
     body_limit: usize,
     body_timeout: Duration,
@@ -56,59 +56,42 @@ impl AppState {
     /// A state that answers `/healthz` and `/routes` at once and the rest after `set_ready`.
     pub fn new(config: Arc<Config>, body_limit: usize) -> AppState {
         let metrics = Arc::new(Metrics::default());
-        let quota = if crate::quota::Quota::needed(&config) {
-            match crate::quota::Quota::new(config.clone(), metrics.clone()) {
-                Ok(quota) => Some(Arc::new(quota)),
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot set up the shared limits; limits are counted in this process");
-                    let mut local = (*config).clone();
-                    local.state.redis = None;
-                    crate::quota::Quota::new(Arc::new(local), metrics.clone())
-                        .ok()
-                        .map(Arc::new)
-                }
-            }
-        } else {
-            None
-        };
-        if let (Some(shared), Ok(runtime)) = (
-            quota.as_ref().filter(|q| q.shared().is_some()),
-            tokio::runtime::Handle::try_current(),
-        ) {
-            // Connect now, so the first request does not pay for it.
-            let quota = shared.clone();
-            runtime.spawn(async move { quota.warm_up().await });
-        }
-        let dispatcher = if config.backends.is_empty() {
-            None
-        } else {
-            match Dispatcher::new(config.clone(), metrics.clone(), quota.clone()) {
-                Ok(d) => {
-                    let d = Arc::new(d);
-                    match tokio::runtime::Handle::try_current() {
-                        Ok(runtime) => {
-                            d.start_health_checks(&runtime);
-                            d.start_listening(&runtime);
-                        }
-                        Err(_) => tracing::warn!("no async runtime: active health checks are off"),
-                    }
-                    Some(d)
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot start the HTTP client for the backends");
-                    None
+        let streams = Streams::default();
+        let origin = Origin::new(None, config.source.as_bytes(), 1);
+        let live = match Live::assemble(config.clone(), origin.clone(), &metrics, &streams, None) {
+            Ok(live) => live,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot start the dispatcher; proxying is off");
+                Live {
+                    config,
+                    engine: None,
+                    dispatcher: None,
+                    quota: None,
+                    origin,
                 }
             }
         };
         AppState {
-            quota,
-            config,
-            engine: Arc::new(OnceLock::new()),
-            dispatcher,
+            live: Arc::new(ArcSwap::from_pointee(live)),
+            reloader: Arc::default(),
+            streams,
             metrics,
             body_limit,
             body_timeout: DEFAULT_BODY_TIMEOUT,
         }
+    }
+
+    /// The service reloads from `source` (its config file, whose bytes `text` are the
+    /// config in service now).
+    pub fn with_source(mut self, source: Source, text: &[u8]) -> AppState {
+        let current = self.live();
+        let origin = Origin::new(Some(&source.path), text, 1);
+        self.live.store(Arc::new(Live {
+            origin,
+            ..Live::clone(&current)
+        }));
+        self.reloader = Arc::new(Reloader::new(source));
+        self
     }
 
     /// A request body must arrive whole within `timeout` (else 408).
@@ -117,9 +100,19 @@ impl AppState {
         self
     }
 
-    /// The dispatcher, when the config defines backends (for shutdown).
-    pub fn dispatcher(&self) -> Option<&Arc<Dispatcher>> {
-        self.dispatcher.as_ref()
+    /// The config in service now, and what was built from it: load it once per request.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// The dispatcher in service, when the config defines backends.
+    pub fn dispatcher(&self) -> Option<Arc<Dispatcher>> {
+        self.live.load().dispatcher.clone()
+    }
+
+    /// The server's hold on relayed streams (the drain's end, the client stall time).
+    pub fn streams(&self) -> &Streams {
+        &self.streams
     }
 
     /// A state that is ready from the start.
@@ -131,23 +124,18 @@ impl AppState {
 
     /// Marks the service ready; a second call is ignored.
     pub fn set_ready(&self, engine: Engine) {
-        let _ = self.engine.set(engine);
+        self.live.rcu(|current| {
+            let mut next = Live::clone(current);
+            if next.engine.is_none() {
+                next.engine = Some(engine.clone());
+            }
+            next
+        });
     }
 
     pub fn is_ready(&self) -> bool {
-        self.engine.get().is_some()
+        self.live.load().engine.is_some()
     }
-
-    fn engine(&self) -> Result<&Engine, ApiError> {
-        self.engine.get().ok_or_else(not_ready)
-    }
-}
-
-fn not_ready() -> ApiError {
-    ApiError::new(
-        ErrorKind::NotReady,
-        "the model and route index are still loading; retry shortly",
-    )
 }
 
 /// The endpoints. Bodies are read by `json.rs` within `--max-body-bytes` (at least
@@ -162,8 +150,16 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             tenant::require_key,
         ));
+    let admin = Router::new()
+        .route("/admin/config", get(admin::config))
+        .route("/admin/reload", post(admin::reload))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_admin,
+        ));
     Router::new()
         .merge(listings)
+        .merge(admin)
         .route("/classify", post(classify::classify))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/usage", get(usage::usage))
@@ -179,7 +175,7 @@ pub fn app(state: AppState) -> Router {
 async fn not_found() -> ApiError {
     ApiError::new(
         ErrorKind::NotFound,
-        "no such endpoint; see POST /classify, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /v1/usage, /metrics, /routes, /healthz, /readyz",
+        "no such endpoint; see POST /classify, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /v1/usage, /metrics, /routes, /healthz, /readyz, GET /admin/config, POST /admin/reload",
     )
 }
 

@@ -77,7 +77,7 @@ pub async fn require_key(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    match identify(&state.config, request.headers()) {
+    match identify(&state.live().config, request.headers()) {
         Ok(_) => next.run(request).await,
         Err(err) => {
             count_refusal(&state.metrics, &err);
@@ -307,6 +307,20 @@ fn reset_text(d: Duration) -> String {
         let s = d.as_secs();
         format!("{}m{}s", s / 60, s % 60)
     }
+}
+
+/// Whether the client is on this machine and no proxy forwarded the request (a proxy on
+/// loopback would otherwise make every client look local).
+pub fn local_and_direct(request: &axum::extract::Request) -> bool {
+    let headers = request.headers();
+    let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"]
+        .iter()
+        .any(|h| headers.contains_key(*h));
+    let loopback = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .is_some_and(|c| c.0.ip().is_loopback());
+    loopback && !forwarded
 }
 
 #[cfg(test)]

@@ -8,9 +8,8 @@ use crate::config::Limits;
 use crate::error::{ApiError, ErrorKind};
 use crate::quota::{BudgetUsage, Quota};
 use axum::Json;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use serde::Serialize;
-use std::net::SocketAddr;
 
 #[derive(Serialize)]
 pub struct Usage {
@@ -59,10 +58,11 @@ pub async fn usage(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Json<Usage>, ApiError> {
-    let config = state.config.clone();
+    let live = state.live();
+    let config = live.config.clone();
     let caller = tenant::identify(&config, request.headers())
         .inspect_err(|e| tenant::count_refusal(&state.metrics, e))?;
-    let sees_all = local_and_direct(&request)
+    let sees_all = tenant::local_and_direct(&request)
         || caller.is_some_and(|k| config.auth.keys.get(k).is_some_and(|k| k.admin));
     if !sees_all && caller.is_none() {
         return Err(ApiError::new(
@@ -71,7 +71,7 @@ pub async fn usage(
         ));
     }
     let (key_param, user_param) = query(&request);
-    let Some(quota) = &state.quota else {
+    let Some(quota) = &live.quota else {
         return Ok(Json(Usage {
             state: "memory",
             keys: Vec::new(),
@@ -139,20 +139,6 @@ async fn budgets(
             format!("cannot read the shared counters: {e}"),
         )
     })
-}
-
-/// Whether the client is on this machine and no proxy forwarded the request (a proxy on
-/// loopback would otherwise make every client look local).
-fn local_and_direct(request: &Request) -> bool {
-    let headers = request.headers();
-    let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"]
-        .iter()
-        .any(|h| headers.contains_key(*h));
-    let loopback = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .is_some_and(|c| c.0.ip().is_loopback());
-    loopback && !forwarded
 }
 
 /// `?key=` and `?user=`.

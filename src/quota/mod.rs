@@ -73,13 +73,15 @@ pub struct Admitted {
 
 pub struct Quota {
     config: Arc<Config>,
-    local: MemoryStore,
+    /// Shared with the quotas of earlier configs (a reload keeps every counter).
+    local: Arc<MemoryStore>,
     /// With `state.redis`: the counters every replica shares.
     shared: Option<Arc<RedisStore>>,
     metrics: Arc<Metrics>,
     /// Makes reservation ids unique across replicas.
     replica: u64,
-    next: AtomicU64,
+    /// Shared with earlier configs' quotas, so ids stay unique across a reload.
+    next: Arc<AtomicU64>,
 }
 
 /// What each limiter and budget of an admission is, for messages and metrics.
@@ -109,11 +111,37 @@ impl Quota {
             ^ ((std::process::id() as u64) << 32);
         Ok(Quota {
             config,
-            local: MemoryStore::default(),
+            local: Arc::default(),
             shared,
             metrics,
             replica,
-            next: AtomicU64::new(0),
+            next: Arc::default(),
+        })
+    }
+
+    /// The quota for a reloaded `config`: the counters of `previous` carry on (they are
+    /// keyed by the names of keys, users and backends), and so does its Redis connection
+    /// when `state` names the same server.
+    pub fn succeed(previous: &Quota, config: Arc<Config>) -> Result<Quota, StoreError> {
+        let same_state = previous.config.state.redis == config.state.redis
+            && previous.config.state.prefix == config.state.prefix
+            && previous.config.state.timeout == config.state.timeout;
+        let shared = match (&previous.shared, &config.state.redis) {
+            (Some(shared), Some(_)) if same_state => Some(shared.clone()),
+            (_, Some(url)) => Some(Arc::new(RedisStore::new(
+                url,
+                &config.state.prefix,
+                config.state.timeout,
+            )?)),
+            (_, None) => None,
+        };
+        Ok(Quota {
+            config,
+            local: previous.local.clone(),
+            shared,
+            metrics: previous.metrics.clone(),
+            replica: previous.replica,
+            next: previous.next.clone(),
         })
     }
 

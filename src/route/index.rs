@@ -89,9 +89,15 @@ impl UtteranceIndex {
             EF_CONSTRUCTION,
             UnitDot,
         );
-        for (id, e) in embeddings.iter().enumerate() {
-            graph.insert_slice((e.as_slice(), id));
-        }
+        // Inserts run on every core (hnsw_rs locks per node): a reload's index is built in
+        // about half the time on two cores. The graph then depends on the threads'
+        // interleaving, as any approximate index may; recall is tested, not the exact graph.
+        let items: Vec<(&[f32], usize)> = embeddings
+            .iter()
+            .enumerate()
+            .map(|(id, e)| (e.as_slice(), id))
+            .collect();
+        graph.parallel_insert_slice(&items);
         let mut graph = graph;
         graph.set_searching_mode(true);
         Ok(UtteranceIndex {
@@ -108,6 +114,11 @@ impl UtteranceIndex {
 
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
+    }
+
+    /// The unit vector of utterance `i` (index order).
+    pub fn vector(&self, i: usize) -> Option<&[f32]> {
+        self.vectors.get(i * self.dim..(i + 1) * self.dim)
     }
 
     pub fn dim(&self) -> usize {

@@ -15,8 +15,10 @@ pub mod overrides;
 pub mod prototypes;
 pub mod score;
 
+mod build;
 mod router;
 
+pub use build::Provenance;
 pub use context::{
     Alone, ConversationReport, Earlier, TurnOutcome, content_text, history, message_key, split_chat,
 };

@@ -3,19 +3,15 @@
 
 use crate::config::Aggregation;
 use crate::config::{Config, MAX_TOP_K, RouteId};
-use crate::embed::cache::{EmbeddingCache, HeadCache, TextKey, text_key};
-use crate::embed::{EmbedError, Embedding, Encoder};
+use crate::embed::{EmbedError, Embedding};
 use crate::route::context::{ConversationReport, ScoreCache, score_cache};
 use crate::route::decide::{MatchedBy, OverrideHit, RouteScore, decide};
-use crate::route::head::{Head, INVERSE_REGULARIZATION};
+use crate::route::head::Head;
 use crate::route::index::{IndexError, Neighbor, UtteranceIndex};
 use crate::route::overrides::OverrideMatcher;
 use crate::route::prototypes::Prototypes;
 use crate::route::score::{Hit, apply_head, mix_with_prototypes, route_scores};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -96,84 +92,7 @@ pub struct Timing {
 }
 
 impl Router {
-    /// Embeds every route utterance and builds the index.
-    pub fn build(config: Config, encoder: &Encoder) -> Result<Router, BuildError> {
-        let texts: Vec<&str> = config
-            .routes
-            .iter()
-            .flat_map(|r| r.utterances.iter().map(String::as_str))
-            .collect();
-        let embeddings = encoder.embed(&texts)?;
-        let vectors = embeddings.into_iter().map(|e| e.vector).collect();
-        Router::from_embeddings(config, vectors)
-    }
-
-    /// Like `build`, reading the embeddings of unchanged utterances from the cache in
-    /// `cache_dir` and writing back the current set. Cache problems are logged, not fatal.
-    pub fn build_cached(
-        config: Config,
-        encoder: &Encoder,
-        cache_dir: Option<&Path>,
-    ) -> Result<Router, BuildError> {
-        let Some(dir) = cache_dir else {
-            return Router::build(config, encoder);
-        };
-        let key = match encoder.cache_key() {
-            Ok(key) => key,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot hash the model weights; not caching");
-                return Router::build(config, encoder);
-            }
-        };
-        let mut cache = EmbeddingCache::open(dir, &key, encoder.dim());
-        let texts: Vec<&str> = config
-            .routes
-            .iter()
-            .flat_map(|r| r.utterances.iter().map(String::as_str))
-            .collect();
-        let keys: Vec<TextKey> = texts.iter().map(|t| text_key(t)).collect();
-        let missing: Vec<usize> = (0..texts.len())
-            .filter(|&i| cache.get(&keys[i]).is_none())
-            .collect();
-        let missing_texts: Vec<&str> = missing.iter().map(|&i| texts[i]).collect();
-        let fresh = encoder.embed(&missing_texts)?;
-        let mut current: HashMap<TextKey, Vec<f32>> = HashMap::with_capacity(texts.len());
-        for (&i, embedding) in missing.iter().zip(fresh) {
-            current.insert(keys[i], embedding.vector);
-        }
-        for key in &keys {
-            if !current.contains_key(key)
-                && let Some(v) = cache.get(key)
-            {
-                current.insert(*key, v.to_vec());
-            }
-        }
-        let vectors: Vec<Vec<f32>> = keys
-            .iter()
-            .filter_map(|k| current.get(k).cloned())
-            .collect();
-        tracing::info!(
-            cached = texts.len() - missing.len(),
-            embedded = missing.len(),
-            "utterance embeddings"
-        );
-        if (!missing.is_empty() || cache.len() != current.len())
-            && let Err(err) = cache.store(current)
-        {
-            tracing::warn!(path = %cache.path().display(), error = %err, "cannot write the embedding cache");
-        }
-        let head = cached_head(&config, &vectors, &keys, &HeadCache::open(dir, &key));
-        Router::from_parts(config, vectors, head)
-    }
-
-    /// Builds from precomputed utterance embeddings, in route order then utterance order,
-    /// training the head.
-    pub fn from_embeddings(config: Config, vectors: Vec<Vec<f32>>) -> Result<Router, BuildError> {
-        let head = train_head(&config, &vectors);
-        Router::from_parts(config, vectors, head)
-    }
-
-    fn from_parts(
+    pub(super) fn from_parts(
         config: Config,
         vectors: Vec<Vec<f32>>,
         head: Option<Head>,
@@ -206,6 +125,11 @@ impl Router {
 
     pub fn config(&self) -> &Arc<Config> {
         &self.config
+    }
+
+    /// The learned head, if one was trained.
+    pub(super) fn head(&self) -> Option<&Head> {
+        self.head.as_ref()
     }
 
     pub fn index(&self) -> &UtteranceIndex {
@@ -421,58 +345,4 @@ impl Router {
             })
             .collect()
     }
-}
-
-/// Each indexed utterance's route, in index order.
-fn owners(config: &Config) -> Vec<RouteId> {
-    config
-        .route_ids()
-        .flat_map(|r| std::iter::repeat_n(r, config.route(r).utterances.len()))
-        .collect()
-}
-
-fn train_head(config: &Config, vectors: &[Vec<f32>]) -> Option<Head> {
-    if config.head_weight <= 0.0 {
-        return None;
-    }
-    let started = Instant::now();
-    let head = Head::train(vectors, &owners(config));
-    tracing::info!(
-        ms = started.elapsed().as_millis() as u64,
-        "trained the route head"
-    );
-    head
-}
-
-/// The head for these utterances from `cache`, else trained and stored there.
-fn cached_head(
-    config: &Config,
-    vectors: &[Vec<f32>],
-    keys: &[TextKey],
-    cache: &HeadCache,
-) -> Option<Head> {
-    if config.head_weight <= 0.0 {
-        return None;
-    }
-    let owners = owners(config);
-    // The head depends on the texts (their vectors, given the cache's model), which route
-    // owns each, and the training settings.
-    let mut hasher = Sha256::new();
-    hasher.update(INVERSE_REGULARIZATION.to_le_bytes());
-    for (key, route) in keys.iter().zip(&owners) {
-        hasher.update(key);
-        hasher.update((route.index() as u64).to_le_bytes());
-    }
-    let content: [u8; 32] = hasher.finalize().into();
-    if let Some(head) = cache
-        .load(&content)
-        .and_then(|b| Head::from_bytes(&b, |i| config.route_at(i)))
-    {
-        return Some(head);
-    }
-    let head = train_head(config, vectors)?;
-    if let Err(err) = cache.store(&content, &head.to_bytes()) {
-        tracing::warn!(path = %cache.path().display(), error = %err, "cannot write the head cache");
-    }
-    Some(head)
 }

@@ -9,6 +9,7 @@ mod common;
 mod classify;
 mod conversations;
 mod offline;
+mod reload;
 mod serve;
 mod validate;
 

@@ -19,6 +19,7 @@ mod keys;
 mod long_answers;
 mod metrics;
 mod quotas;
+mod reload;
 mod requests;
 mod retries;
 mod streaming;
