@@ -6,7 +6,11 @@
 //! Counters are atomics and each family's series map takes a read lock, so counting never
 //! serialises requests on one global lock. Labels are route and backend names, statuses and
 //! outcome kinds: never a key, a header or anything from a request's body.
+//!
+//! The decision log (`telemetry/decisions.rs`), one JSON line per routing decision, lives
+//! here too: it is what happened to each request, as the metrics are what happened in sum.
 
+pub mod decisions;
 mod process;
 mod tenants;
 
@@ -123,6 +127,7 @@ pub struct Metrics {
     upstream_latency: Histograms<OnBackend>,
     upstream_ttfb: Histograms<OnBackend>,
     classification: Histograms<Unlabelled>,
+    decisions_dropped: Counter,
     /// Refusals, spend and budgets, and the shared state.
     pub tenants: Tenants,
 }
@@ -140,6 +145,7 @@ impl Default for Metrics {
             upstream_latency: histograms(),
             upstream_ttfb: histograms(),
             classification: histograms(),
+            decisions_dropped: Counter::default(),
             tenants: Tenants::default(),
         }
         .registered()
@@ -195,6 +201,11 @@ impl Metrics {
             "semroute_classification_seconds",
             "Time to embed and classify a prompt for model auto",
             Listed(self.classification.clone()),
+        );
+        r.register(
+            "semroute_decision_log_dropped",
+            "Decision log lines not written: the log's queue was full or the write failed",
+            self.decisions_dropped.clone(),
         );
         self.tenants.register(r);
         r.register_collector(Box::new(process::Process));
@@ -268,6 +279,11 @@ impl Metrics {
         self.classification
             .get_or_create(&Unlabelled {})
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Decision log lines were dropped (their queue was full, or writing them failed).
+    pub fn decisions_dropped(&self, lines: u64) {
+        self.decisions_dropped.inc_by(lines);
     }
 
     /// Everything, in Prometheus' text exposition format (version 0.0.4).

@@ -59,6 +59,10 @@ pub enum Command {
         /// descriptor limit, `ulimit -n`).
         #[arg(long, default_value_t = semroute::http::server::Limits::default().max_connections)]
         max_connections: usize,
+        /// Write one JSON line per /classify and per proxied request to FILE (appended; `-`:
+        /// standard output). Prompts are included only with `log_prompts: true`.
+        #[arg(long, value_name = "FILE")]
+        decision_log: Option<PathBuf>,
     },
     /// Classify each TEXT (or each line of stdin) and print the route chosen.
     Classify {
@@ -159,6 +163,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             idle_timeout,
             shutdown_timeout,
             max_connections,
+            decision_log,
         } => {
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -174,6 +179,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     shutdown_timeout: Duration::from_secs_f64(shutdown_timeout),
                     max_connections: max_connections.max(1),
                 },
+                decision_log,
             }))?;
             // Streams cut short at the end of the drain may still hold the runtime.
             runtime.shutdown_timeout(Duration::from_millis(100));

@@ -4,8 +4,10 @@
 mod chat;
 pub mod classify;
 mod conversation;
+pub mod decisions;
 mod health;
 mod json;
+pub mod request_id;
 pub mod server;
 mod tenant;
 mod usage;
@@ -18,6 +20,7 @@ use crate::embed::EmbedWorker;
 use crate::error::{ApiError, ErrorKind};
 use crate::route::Router as RouteIndex;
 use crate::telemetry::Metrics;
+use crate::telemetry::decisions::{DEFAULT_QUEUE, DEFAULT_RECENT, DecisionLog};
 use axum::Router;
 use axum::routing::{get, post};
 use std::sync::{Arc, OnceLock};
@@ -48,6 +51,8 @@ pub struct AppState {
     /// Present when the config sets client or user limits.
     quota: Option<Arc<crate::quota::Quota>>,
     metrics: Arc<Metrics>,
+    /// The decision log (`--decision-log`) and the recent decisions (`log_prompts`).
+    decisions: Arc<DecisionLog>,
     body_limit: usize,
     body_timeout: Duration,
 }
@@ -100,12 +105,14 @@ impl AppState {
                 }
             }
         };
+        let decisions = DecisionLog::new(metrics.clone(), config.log_prompts, DEFAULT_RECENT);
         AppState {
             quota,
             config,
             engine: Arc::new(OnceLock::new()),
             dispatcher,
             metrics,
+            decisions: Arc::new(decisions),
             body_limit,
             body_timeout: DEFAULT_BODY_TIMEOUT,
         }
@@ -115,6 +122,26 @@ impl AppState {
     pub fn with_body_timeout(mut self, timeout: Duration) -> AppState {
         self.body_timeout = timeout;
         self
+    }
+
+    /// Decision log lines go to `out` (a file, or standard output), written off the
+    /// requests' path.
+    pub fn with_decision_log(
+        mut self,
+        out: Box<dyn std::io::Write + Send>,
+    ) -> std::io::Result<AppState> {
+        let log = DecisionLog::new(
+            self.metrics.clone(),
+            self.config.log_prompts,
+            DEFAULT_RECENT,
+        );
+        self.decisions = Arc::new(log.writing_to(out, DEFAULT_QUEUE)?);
+        Ok(self)
+    }
+
+    /// The decision log (to flush it at shutdown).
+    pub fn decisions(&self) -> &Arc<DecisionLog> {
+        &self.decisions
     }
 
     /// The dispatcher, when the config defines backends (for shutdown).
@@ -170,16 +197,18 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/admin/decisions", get(decisions::recent))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        .layer(axum::middleware::from_fn(request_id::tag))
         .layer(TraceLayer::new_for_http())
 }
 
 async fn not_found() -> ApiError {
     ApiError::new(
         ErrorKind::NotFound,
-        "no such endpoint; see POST /classify, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /v1/usage, /metrics, /routes, /healthz, /readyz",
+        "no such endpoint; see POST /classify, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /v1/usage, GET /admin/decisions, /metrics, /routes, /healthz, /readyz",
     )
 }
 
