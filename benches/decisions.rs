@@ -1,9 +1,11 @@
 //! Criterion benches of what the decision log costs a request: a `/classify` decision built
-//! and handed to the writer (with the writer busy, and with it idle, when the hand-over
-//! also wakes its thread), the same with `log_prompts` (the prompt copied and kept in the
-//! ring), and a proxied request's line through its whole life. Beside them, the writer's
-//! own cost per line (off the request's path: it bounds the lines per second written) and
-//! making a request id. No model needed.
+//! and handed to the writer, the same with `log_prompts` (the prompt copied and kept in the
+//! ring), and a proxied request's line through its whole life (made, filled in as the
+//! handler and the dispatcher do, recorded on drop). Lines go to a real file; each batch
+//! of requests is timed, then the writer is let catch up (untimed), so every line measured
+//! is queued and written, none dropped. Beside them, the writer's own cost per line (off
+//! the request's path: it bounds the lines per second written), making a request id, and
+//! a request through a bare router with and without the id middleware. No model needed.
 //! `cargo bench --bench decisions`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -17,6 +19,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
+use tower::ServiceExt;
 
 const PROMPT: &str = "you charged my card two times for the same order, can I get a refund?";
 
@@ -82,65 +85,77 @@ fn dropped(metrics: &Metrics) -> String {
         .to_string()
 }
 
+/// Lines recorded per timed batch: half the queue, so none is dropped.
+const BATCH: u64 = DEFAULT_QUEUE as u64 / 2;
+
+/// Times `iters` calls of `record`, in batches, letting the writer (which counts the lines
+/// it wrote in `written`) catch up between batches, untimed.
+fn batched(iters: u64, written: &AtomicU64, mut record: impl FnMut()) -> Duration {
+    let mut spent = Duration::ZERO;
+    let mut done = 0;
+    while done < iters {
+        let batch = BATCH.min(iters - done);
+        let target = written.load(Ordering::Acquire) + batch;
+        let started = Instant::now();
+        for _ in 0..batch {
+            record();
+        }
+        spent += started.elapsed();
+        done += batch;
+        while written.load(Ordering::Acquire) < target {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    spent
+}
+
 fn benches(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let metrics = Arc::new(Metrics::default());
     let id = semroute::http::request_id::generate();
 
-    let (log, _) = log_to_file(&dir, false, &metrics);
-    c.bench_function("decision_classify_busy_writer", |b| {
-        b.iter(|| log.record(classified(black_box(&id), &log)))
+    let (log, written) = log_to_file(&dir, false, &metrics);
+    c.bench_function("decision_classify", |b| {
+        b.iter_custom(|iters| {
+            batched(iters, &written, || {
+                log.record(classified(black_box(&id), &log))
+            })
+        })
     });
-    runtime.block_on(log.sync());
-    eprintln!("after the busy-writer bench: {}", dropped(&metrics));
+
+    let (log, written) = log_to_file(&dir, true, &metrics);
+    c.bench_function("decision_classify_log_prompts", |b| {
+        b.iter_custom(|iters| {
+            batched(iters, &written, || {
+                log.record(classified(black_box(&id), &log))
+            })
+        })
+    });
 
     let (log, written) = log_to_file(&dir, false, &metrics);
-    c.bench_function("decision_classify_idle_writer", |b| {
-        b.iter_custom(|iters| {
-            let mut spent = Duration::ZERO;
-            for _ in 0..iters {
-                let before = written.load(Ordering::Acquire);
-                let started = Instant::now();
-                log.record(classified(black_box(&id), &log));
-                spent += started.elapsed();
-                // The writer writes it and goes back to sleep before the next request.
-                while written.load(Ordering::Acquire) == before {
-                    std::thread::yield_now();
-                }
-            }
-            spent
-        })
-    });
-
-    let (log, _) = log_to_file(&dir, true, &metrics);
-    c.bench_function("decision_classify_log_prompts", |b| {
-        b.iter(|| log.record(classified(black_box(&id), &log)))
-    });
-    runtime.block_on(log.sync());
-
-    let (log, _) = log_to_file(&dir, false, &metrics);
+    let proxied = || {
+        let d = Decision::new(SystemTime::now(), id.clone(), "/v1/chat/completions");
+        let pending = log.pending(d, Instant::now()).unwrap();
+        pending.routed(Routing {
+            route: Some("billing".to_string()),
+            matched_by: Some("semantic"),
+            score: Some(0.472),
+            margin: Some(0.104),
+            ambiguous: Some(false),
+        });
+        pending.key("team-search");
+        pending.attempted();
+        pending.answered_by("openai-mini");
+        pending.used(812, 164, Some(0.000_221));
+        pending.status(200);
+        drop(black_box(pending));
+    };
     c.bench_function("decision_proxied_whole_life", |b| {
-        b.iter(|| {
-            let d = Decision::new(SystemTime::now(), id.clone(), "/v1/chat/completions");
-            let pending = log.pending(d, Instant::now()).unwrap();
-            pending.routed(Routing {
-                route: Some("billing".to_string()),
-                matched_by: Some("semantic"),
-                score: Some(0.472),
-                margin: Some(0.104),
-                ambiguous: Some(false),
-            });
-            pending.key("team-search");
-            pending.attempted();
-            pending.answered_by("openai-mini");
-            pending.used(812, 164, Some(0.000_221));
-            pending.status(200);
-            drop(black_box(pending));
-        })
+        b.iter_custom(|iters| batched(iters, &written, proxied))
     });
     runtime.block_on(log.sync());
-    eprintln!("after every bench: {}", dropped(&metrics));
+    eprintln!("lines dropped in all: {}", dropped(&metrics));
 
     let mut line = Vec::with_capacity(1024);
     let mut full = classified(&id, &log);
@@ -156,6 +171,27 @@ fn benches(c: &mut Criterion) {
     c.bench_function("request_id_generate", |b| {
         b.iter(semroute::http::request_id::generate)
     });
+
+    // The id middleware's whole cost: one request through a bare router, with and without it.
+    let bare = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+    let tagged = bare
+        .clone()
+        .layer(semroute::http::request_id::RequestIdLayer);
+    for (name, router) in [
+        ("request_bare_router", bare),
+        ("request_with_id_middleware", tagged),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let request = axum::http::Request::get("/")
+                    .header("x-request-id", "0af7651916cd43dd8448eb211c80319c")
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                let response = runtime.block_on(router.clone().oneshot(request)).unwrap();
+                black_box(response)
+            })
+        });
+    }
 }
 
 criterion_group! {

@@ -201,7 +201,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .layer(axum::middleware::from_fn(request_id::tag))
+        .layer(request_id::RequestIdLayer)
         .layer(TraceLayer::new_for_http())
 }
 

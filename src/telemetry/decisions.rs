@@ -11,7 +11,7 @@ mod prompt;
 mod time;
 mod writer;
 
-pub use pending::PendingDecision;
+pub use pending::{CLIENT_LEFT, PendingDecision};
 pub use prompt::{MAX_PROMPT_BYTES, MAX_PROMPT_MESSAGES, Prompt, PromptMessage};
 pub use writer::open_sink;
 
@@ -71,7 +71,7 @@ pub struct Proxied {
     pub backend: Option<String>,
     /// Calls made upstream, on every backend (continuations of a broken stream included).
     pub attempts: u32,
-    /// The HTTP status the client got.
+    /// The HTTP status the client got ([`CLIENT_LEFT`], 499, when it left before the answer).
     pub status: u16,
     /// From arrival to the end of the answer (a stream: its last piece, or the client leaving).
     pub latency_ms: f64,

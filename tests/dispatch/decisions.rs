@@ -258,6 +258,26 @@ async fn a_client_that_vanishes_mid_stream_still_gives_exactly_one_line() {
 }
 
 #[tokio::test]
+async fn a_client_that_leaves_before_the_answer_is_logged_with_499() {
+    let a = Upstream::start("a", Behaviour::Slow(Duration::from_secs(2))).await;
+    let log = Logged::new(one_backend(&a, "    upstream_stream: false\n", ""));
+    let waiting = Request::post("/v1/chat/completions")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(request("chat").to_string()))
+        .unwrap();
+    let gone = tokio::time::timeout(
+        Duration::from_millis(300),
+        app(log.state.clone()).oneshot(waiting),
+    )
+    .await;
+    assert!(gone.is_err(), "the client gave up first");
+    let line = &log.lines(1).await[0];
+    assert_eq!(line["status"], 499);
+    assert_eq!(line["attempts"], 1);
+    assert!(line["backend"].is_null() && line["ttfb_ms"].is_null());
+}
+
+#[tokio::test]
 async fn the_key_is_named_and_never_quoted() {
     const KEY: &str = "sk-decisions-0123456789abcdef";
     let digest = hex::encode(semroute::config::key_digest(KEY.as_bytes()));

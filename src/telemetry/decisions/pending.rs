@@ -8,6 +8,10 @@ use super::{Decision, DecisionLog, Prompt, Proxied, Routing, Tokens, millis};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
 
+/// The status logged for a request whose client left before it was answered (nginx's
+/// "client closed request"): the handler never got to set another.
+pub const CLIENT_LEFT: u16 = 499;
+
 pub struct PendingDecision {
     log: Arc<DecisionLog>,
     arrived: Instant,
@@ -28,7 +32,10 @@ impl PendingDecision {
         mut decision: Decision,
         arrived: Instant,
     ) -> PendingDecision {
-        decision.proxied.get_or_insert_with(Proxied::default);
+        decision.proxied.get_or_insert(Proxied {
+            status: CLIENT_LEFT,
+            ..Proxied::default()
+        });
         PendingDecision {
             log,
             arrived,

@@ -1,15 +1,25 @@
 //! The decision log's writer: a thread of its own (file writes never block the async
 //! runtime) that turns each decision into a JSON line and writes it through a buffer,
-//! flushed whenever the queue is momentarily empty so lines show up at once under light
-//! traffic and in large writes under heavy traffic.
+//! flushed whenever the queue is momentarily empty, so lines show up within a few
+//! milliseconds under light traffic and go out in large writes under heavy traffic.
+//!
+//! The thread looks at the queue every [`TICK`] rather than waiting on it: a thread that
+//! waits must be woken by whoever hands it a line, and that wake (a system call, 3-4 us on
+//! the development machine) would be most of what the log costs a request. Handing over a
+//! line is then only a push onto the queue.
 
 use super::Decision;
 use crate::telemetry::Metrics;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
+
+/// How often the writer takes what is queued: the longest a line waits to be written (and
+/// the queue must hold what arrives meanwhile: 8,192 lines in 5 ms is 1.6 million a second).
+pub const TICK: Duration = Duration::from_millis(5);
 
 /// What the writer is handed.
 pub(super) enum Message {
@@ -68,23 +78,17 @@ impl Writer {
 
     fn run(mut self, mut queue: mpsc::Receiver<Message>) {
         loop {
-            let message = match queue.try_recv() {
-                Ok(message) => message,
-                Err(TryRecvError::Empty) => {
-                    self.flush();
-                    match queue.blocking_recv() {
-                        Some(message) => message,
-                        None => break,
-                    }
-                }
-                Err(TryRecvError::Disconnected) => break,
-            };
-            match message {
-                Message::Line(decision) => self.write(&decision),
-                Message::Sync(done) => {
+            match queue.try_recv() {
+                Ok(Message::Line(decision)) => self.write(&decision),
+                Ok(Message::Sync(done)) => {
                     self.flush();
                     let _ = done.send(());
                 }
+                Err(TryRecvError::Empty) => {
+                    self.flush();
+                    std::thread::sleep(TICK);
+                }
+                Err(TryRecvError::Disconnected) => break,
             }
         }
         self.flush();
