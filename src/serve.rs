@@ -5,10 +5,11 @@ use crate::config::{Config, ConfigError};
 use crate::embed::{EmbedWorker, Encoder, ModelError, files};
 use crate::http::{AppState, Engine, Source, app};
 use crate::route::{BuildError, Router};
+use crate::telemetry::decisions::open_sink;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -27,6 +28,8 @@ pub struct ServeOptions {
     pub limits: crate::http::server::Limits,
     /// Reload when the config file changes (besides SIGHUP and `POST /admin/reload`).
     pub watch: bool,
+    /// Where decision log lines go (`-`: standard output); none are written without it.
+    pub decision_log: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,8 @@ pub enum ServeError {
     Build(#[from] BuildError),
     #[error("cannot listen on {addr}: {reason}")]
     Bind { addr: String, reason: String },
+    #[error("cannot open the decision log {path}: {reason}")]
+    DecisionLog { path: String, reason: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -119,6 +124,13 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     // Fail before binding if the model cannot be found: the clearest error, at once.
     let model = files::resolve(&config.encoder, &model_roots(Some(&options.config_path)))
         .map_err(ModelError::from)?;
+    let decision_log = match &options.decision_log {
+        Some(path) => Some(open_sink(path).map_err(|err| ServeError::DecisionLog {
+            path: path.display().to_string(),
+            reason: err.to_string(),
+        })?),
+        None => None,
+    };
     let listener = TcpListener::bind(&options.addr)
         .await
         .map_err(|err| ServeError::Bind {
@@ -136,9 +148,13 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         model_roots: model_roots(Some(path)),
         queue: options.queue,
     };
-    let state = AppState::new(Arc::new(config.clone()), options.body_limit)
+    let mut state = AppState::new(Arc::new(config.clone()), options.body_limit)
         .with_body_timeout(options.body_timeout)
         .with_source(source, &text);
+    if let Some(out) = decision_log {
+        state = state.with_decision_log(out)?;
+    }
+    let decisions = state.decisions().clone();
     // A client that stops reading a streamed answer is idle: gone after the idle timeout.
     state
         .streams()
@@ -181,6 +197,13 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         streams.close();
     })
     .await;
+    // The last lines (streams cut at the end of the drain) are written before the exit.
+    if tokio::time::timeout(Duration::from_secs(2), decisions.sync())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the decision log's last lines were not written in time");
+    }
     match failure {
         Some(err) => Err(err),
         None => Ok(()),

@@ -6,7 +6,11 @@
 //! Counters are atomics and each family's series map takes a read lock, so counting never
 //! serialises requests on one global lock. Labels are route and backend names, statuses and
 //! outcome kinds: never a key, a header or anything from a request's body.
+//!
+//! The decision log (`telemetry/decisions.rs`), one JSON line per routing decision, lives
+//! here too: it is what happened to each request, as the metrics are what happened in sum.
 
+pub mod decisions;
 mod process;
 mod tenants;
 
@@ -129,6 +133,7 @@ pub struct Metrics {
     upstream_ttfb: Histograms<OnBackend>,
     classification: Histograms<Unlabelled>,
     reloads: Family<Reloaded, Counter>,
+    decisions_dropped: Counter,
     /// Refusals, spend and budgets, and the shared state.
     pub tenants: Tenants,
 }
@@ -147,6 +152,7 @@ impl Default for Metrics {
             upstream_ttfb: histograms(),
             classification: histograms(),
             reloads: Family::default(),
+            decisions_dropped: Counter::default(),
             tenants: Tenants::default(),
         }
         .registered()
@@ -207,6 +213,11 @@ impl Metrics {
             "semroute_config_reloads",
             "Config reloads, by result: ok, unchanged (the file is the one in service), error (the old config kept serving)",
             Listed(self.reloads.clone()),
+        );
+        r.register(
+            "semroute_decision_log_dropped",
+            "Decision log lines not written: the log's queue was full or the write failed",
+            self.decisions_dropped.clone(),
         );
         self.tenants.register(r);
         r.register_collector(Box::new(process::Process));
@@ -285,6 +296,11 @@ impl Metrics {
         self.classification
             .get_or_create(&Unlabelled {})
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Decision log lines were dropped (their queue was full, or writing them failed).
+    pub fn decisions_dropped(&self, lines: u64) {
+        self.decisions_dropped.inc_by(lines);
     }
 
     /// Everything, in Prometheus' text exposition format (version 0.0.4).

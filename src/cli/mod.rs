@@ -63,6 +63,10 @@ pub enum Command {
         /// POST /admin/reload).
         #[arg(long)]
         watch: bool,
+        /// Write one JSON line per /classify and per proxied request to FILE (appended; `-`:
+        /// standard output). Prompts are included only with `log_prompts: true`.
+        #[arg(long, value_name = "FILE")]
+        decision_log: Option<PathBuf>,
     },
     /// Classify each TEXT (or each line of stdin) and print the route chosen.
     Classify {
@@ -164,6 +168,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             shutdown_timeout,
             max_connections,
             watch,
+            decision_log,
         } => {
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -180,6 +185,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     max_connections: max_connections.max(1),
                 },
                 watch,
+                decision_log,
             }))?;
             // Streams cut short at the end of the drain may still hold the runtime.
             runtime.shutdown_timeout(Duration::from_millis(100));

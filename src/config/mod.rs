@@ -86,6 +86,9 @@ pub struct Config {
     pub auth: Auth,
     /// Limits on each user (the request's `user` or `x-semroute-user`) of each key.
     pub per_user: Limits,
+    /// Whether the decision log carries prompts and the last decisions are kept in memory
+    /// with theirs (off: no prompt text is logged or kept).
+    pub log_prompts: bool,
     /// Every route's keywords and patterns, compiled once (file order: per route, its
     /// keywords then its patterns).
     pub overrides: Rules,
@@ -269,6 +272,7 @@ impl Checker<'_> {
             state: state?,
             auth: auth?,
             per_user: per_user?,
+            log_prompts: raw.log_prompts.unwrap_or(false),
             overrides,
             class_patterns,
             notes: Vec::new(),

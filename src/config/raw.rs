@@ -33,6 +33,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub limits: Option<RawGlobalLimits>,
     #[serde(default)]
+    pub log_prompts: Option<bool>,
+    #[serde(default)]
     pub backends: Vec<RawBackend>,
     pub routes: Spanned<Vec<RawRoute>>,
 }

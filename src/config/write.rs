@@ -31,6 +31,7 @@ struct OutConfig<'a> {
     auth: Option<OutAuth<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limits: Option<OutGlobalLimits>,
+    log_prompts: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     backends: Vec<OutBackend<'a>>,
     routes: Vec<OutRoute<'a>>,
@@ -335,6 +336,7 @@ impl Config {
             state: OutState::new(&self.state),
             auth: OutAuth::new(&self.auth, self),
             limits: OutLimits::new(&self.per_user).map(|per_user| OutGlobalLimits { per_user }),
+            log_prompts: self.log_prompts,
             backends: self.backends.iter().map(OutBackend::new).collect(),
             routes: self
                 .routes

@@ -23,6 +23,7 @@ mod sse;
 pub mod verdict;
 
 use crate::config::{BackendId, Config, RouteId};
+use crate::telemetry::decisions::PendingDecision;
 use crate::telemetry::{Metrics, TokenKind};
 use attempt::Upstreams;
 use balance::Balancer;
@@ -69,11 +70,21 @@ pub struct ChatRequest {
     pub demand: crate::quota::demand::Demand,
     /// Its hold on the caller's limits and budgets, told the usage of its answer.
     pub ticket: Option<Arc<crate::quota::Ticket>>,
+    /// Its decision log line, told the attempts, the backend that answered and the usage;
+    /// written when the last holder (a stream's relay) lets go.
+    pub decision: Option<Arc<PendingDecision>>,
 }
 
 impl ChatRequest {
     pub fn is_stream(&self) -> bool {
         self.body.get("stream").and_then(|s| s.as_bool()) == Some(true)
+    }
+
+    /// Tells the decision log line, if there is one.
+    fn note(&self, tell: impl FnOnce(&PendingDecision)) {
+        if let Some(decision) = &self.decision {
+            tell(decision);
+        }
     }
 }
 
@@ -381,10 +392,14 @@ impl Dispatcher {
         loop {
             tries_here += 1;
             tally.attempts += 1;
+            request.note(PendingDecision::attempted);
             let started = Instant::now();
             self.sending(request, b);
             let outcome = match self.attempt(b, request, rest).await {
-                Ok(answer) => return Some(self.answered(b, answer, started, tally.attempts)),
+                Ok(answer) => {
+                    request.note(|d| d.answered_by(&backend.name));
+                    return Some(self.answered(b, answer, started, tally.attempts));
+                }
                 Err(outcome) => outcome,
             };
             if let Some(ticket) = &request.ticket {
@@ -395,7 +410,13 @@ impl Dispatcher {
             tracing::warn!(backend = %backend.name, attempt = tries_here, outcome = %outcome.describe(), ?verdict, "attempt failed");
             match verdict {
                 Verdict::Retry(pause) => tokio::time::sleep(pause).await,
-                Verdict::ToClient => return self.for_client(b, outcome, tally.attempts),
+                Verdict::ToClient => {
+                    let answer = self.for_client(b, outcome, tally.attempts);
+                    if answer.is_some() {
+                        request.note(|d| d.answered_by(&backend.name));
+                    }
+                    return answer;
+                }
                 Verdict::FallOver(cooldown) => {
                     self.cool_down(b, cooldown);
                     self.metrics
@@ -548,6 +569,7 @@ impl Dispatcher {
         if backend.cost.is_some() {
             self.metrics.cost(route, name, usd);
         }
+        request.note(|d| d.used(input as u64, output as u64, backend.cost.map(|_| usd)));
         if let Some(ticket) = &request.ticket {
             ticket.used(usd, (input + output) as u64);
         }

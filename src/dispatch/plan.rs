@@ -160,6 +160,7 @@ mod tests {
             size: 0,
             demand: Demand::default(),
             ticket: None,
+            decision: None,
         }
     }
 

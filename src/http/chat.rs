@@ -6,6 +6,7 @@
 //! parsed, scanned and prepared on a blocking thread, never on the async runtime.
 
 use super::conversation::ChatPrompt;
+use super::decisions;
 use super::json::read_json_body;
 use super::tenant;
 use super::{AppState, Live};
@@ -19,6 +20,7 @@ use crate::quota::demand::Demand;
 use crate::quota::{Admitted, Caller};
 use crate::route::decide::OverrideKind;
 use crate::route::split_chat;
+use crate::telemetry::decisions::PendingDecision;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
@@ -49,12 +51,25 @@ pub async fn chat_completions(
     request: Request,
 ) -> Result<Response, ApiError> {
     let metrics = state.metrics.clone();
-    proxy(state, request)
+    // Written when the request, or its stream, is over: one decision line, refusals too.
+    let decision = decisions::pending(&state, request.extensions().get());
+    let result = proxy(state, request, decision.as_ref())
         .await
-        .inspect_err(|e| tenant::count_refusal(&metrics, e))
+        .inspect_err(|e| tenant::count_refusal(&metrics, e));
+    if let Some(d) = &decision {
+        d.status(match &result {
+            Ok(response) => response.status().as_u16(),
+            Err(err) => err.code.status().as_u16(),
+        });
+    }
+    result
 }
 
-async fn proxy(state: AppState, request: Request) -> Result<Response, ApiError> {
+async fn proxy(
+    state: AppState,
+    request: Request,
+    decision: Option<&Arc<PendingDecision>>,
+) -> Result<Response, ApiError> {
     // One config for the whole request, whatever a reload does meanwhile.
     let live = state.live();
     let Some(dispatcher) = live.dispatcher.clone() else {
@@ -65,6 +80,7 @@ async fn proxy(state: AppState, request: Request) -> Result<Response, ApiError> 
     };
     let config = dispatcher.config().clone();
     let key = tenant::identify(&config, request.headers())?;
+    decisions::keyed(decision, &config, key);
     let header_classes = header_classes(request.headers())?;
     let header_user = request
         .headers()
@@ -75,12 +91,16 @@ async fn proxy(state: AppState, request: Request) -> Result<Response, ApiError> 
     let bytes = read_json_body(request, limit, state.body_timeout).await?;
     let size = bytes.len();
     let prepared = prepare_off_runtime(&live, &config, bytes).await?;
+    decisions::prompted(decision, &prepared.body);
     if prepared.destination.is_none() {
         tenant::may_classify(&config, key)?;
     }
     let (destination, score) = match (prepared.destination, prepared.prompt) {
-        (Some(destination), _) => (destination, None),
-        (None, Some(prompt)) => classify(&state, &live, prompt).await?,
+        (Some(destination), _) => {
+            decisions::named(decision, &config, destination);
+            (destination, None)
+        }
+        (None, Some(prompt)) => classify(&state, &live, prompt, decision).await?,
         (None, None) => return Err(ApiError::new(ErrorKind::Internal, "nothing to route by")),
     };
     let route = match destination {
@@ -112,6 +132,7 @@ async fn proxy(state: AppState, request: Request) -> Result<Response, ApiError> 
         size,
         demand: prepared.demand,
         ticket: admitted.as_ref().map(|a| a.ticket.clone()),
+        decision: decision.cloned(),
     };
     let result = dispatcher.dispatch(&request).await;
     count_answer(&state, &config, route, &result);
@@ -404,11 +425,13 @@ async fn classify(
     state: &AppState,
     live: &Live,
     prompt: ChatPrompt,
+    decision: Option<&Arc<PendingDecision>>,
 ) -> Result<(Destination, Option<f32>), ApiError> {
     let engine = live.engine()?;
     let started = std::time::Instant::now();
     let c = prompt.classify(engine, None).await?;
     state.metrics.classified(started.elapsed());
+    decisions::routed(decision, engine.router.config(), &c);
     match c.route {
         Some(r) => Ok((Destination::Route(r), c.score)),
         None => Err(ApiError::invalid(

@@ -3,13 +3,14 @@
 use super::AppState;
 use super::conversation::ChatPrompt;
 use super::json::ApiJson;
+use super::request_id::RequestMeta;
 use crate::config::{Config, MAX_TOP_K};
 use crate::embed::has_visible_text;
 use crate::error::ApiError;
 use crate::route::decide::{MatchedBy, OverrideKind};
 use crate::route::{Classification, Timing, TurnOutcome};
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -214,6 +215,7 @@ impl ClassifyResponse {
 
 pub async fn classify(
     State(state): State<AppState>,
+    Extension(meta): Extension<RequestMeta>,
     headers: axum::http::HeaderMap,
     ApiJson(request): ApiJson<ClassifyRequest>,
 ) -> Result<Json<ClassifyResponse>, ApiError> {
@@ -226,6 +228,7 @@ pub async fn classify(
     let input = request.input()?;
     let top_k = request.top_k()?;
     let engine = live.engine()?;
+    let prompt = super::decisions::prompt_of(&state, &input);
     let mut result = match input {
         Input::Text(text) => {
             let embedding = engine
@@ -247,5 +250,7 @@ pub async fn classify(
         .timing_us
         .total
         .saturating_sub(result.timing_us.search);
-    Ok(Json(ClassifyResponse::new(&result, engine.router.config())))
+    let answer = ClassifyResponse::new(&result, engine.router.config());
+    super::decisions::classified(&state, &meta, &answer, prompt);
+    Ok(Json(answer))
 }

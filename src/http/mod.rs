@@ -5,10 +5,12 @@ mod admin;
 mod chat;
 pub mod classify;
 mod conversation;
+pub mod decisions;
 mod health;
 mod json;
 pub mod live;
 pub mod reload;
+pub mod request_id;
 pub mod server;
 mod tenant;
 mod usage;
@@ -24,6 +26,7 @@ use crate::embed::EmbedWorker;
 use crate::error::{ApiError, ErrorKind};
 use crate::route::Router as RouteIndex;
 use crate::telemetry::Metrics;
+use crate::telemetry::decisions::{DEFAULT_QUEUE, DEFAULT_RECENT, DecisionLog};
 use arc_swap::ArcSwap;
 use axum::Router;
 use axum::routing::{get, post};
@@ -48,6 +51,8 @@ pub struct AppState {
     /// The server's hold on relayed streams, across every config's dispatcher.
     streams: Streams,
     metrics: Arc<Metrics>,
+    /// The decision log (`--decision-log`) and the recent decisions (`log_prompts`).
+    decisions: Arc<DecisionLog>,
     body_limit: usize,
     body_timeout: Duration,
 }
@@ -58,6 +63,7 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         let streams = Streams::default();
         let origin = Origin::new(None, config.source.as_bytes(), 1);
+        let decisions = DecisionLog::new(metrics.clone(), config.log_prompts, DEFAULT_RECENT);
         let live = match Live::assemble(config.clone(), origin.clone(), &metrics, &streams, None) {
             Ok(live) => live,
             Err(err) => {
@@ -76,6 +82,7 @@ impl AppState {
             reloader: Arc::default(),
             streams,
             metrics,
+            decisions: Arc::new(decisions),
             body_limit,
             body_timeout: DEFAULT_BODY_TIMEOUT,
         }
@@ -113,6 +120,26 @@ impl AppState {
     /// The server's hold on relayed streams (the drain's end, the client stall time).
     pub fn streams(&self) -> &Streams {
         &self.streams
+    }
+
+    /// Decision log lines go to `out` (a file, or standard output), written off the
+    /// requests' path.
+    pub fn with_decision_log(
+        mut self,
+        out: Box<dyn std::io::Write + Send>,
+    ) -> std::io::Result<AppState> {
+        let log = DecisionLog::new(
+            self.metrics.clone(),
+            self.live().config.log_prompts,
+            DEFAULT_RECENT,
+        );
+        self.decisions = Arc::new(log.writing_to(out, DEFAULT_QUEUE)?);
+        Ok(self)
+    }
+
+    /// The decision log (to flush it at shutdown).
+    pub fn decisions(&self) -> &Arc<DecisionLog> {
+        &self.decisions
     }
 
     /// A state that is ready from the start.
@@ -153,6 +180,7 @@ pub fn app(state: AppState) -> Router {
     let admin = Router::new()
         .route("/admin/config", get(admin::config))
         .route("/admin/reload", post(admin::reload))
+        .route("/admin/decisions", get(decisions::recent))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_admin,
@@ -169,13 +197,14 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        .layer(request_id::RequestIdLayer)
         .layer(TraceLayer::new_for_http())
 }
 
 async fn not_found() -> ApiError {
     ApiError::new(
         ErrorKind::NotFound,
-        "no such endpoint; see POST /classify, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /v1/usage, /metrics, /routes, /healthz, /readyz, GET /admin/config, POST /admin/reload",
+        "no such endpoint; see POST /classify, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /v1/usage, /metrics, /routes, /healthz, /readyz, GET /admin/config, POST /admin/reload, GET /admin/decisions",
     )
 }
 

@@ -173,6 +173,7 @@ impl AppState {
         }
         let next = Arc::new(next);
         let replaced = self.live.swap(next.clone());
+        self.decisions.set_log_prompts(next.config.log_prompts);
         if let Some(old) = &replaced.dispatcher {
             old.retire();
         }

@@ -15,6 +15,7 @@ mod classes;
 mod continuation;
 mod conversations;
 mod cooldowns;
+mod decisions;
 mod keys;
 mod long_answers;
 mod metrics;

@@ -136,6 +136,18 @@ pub async fn get(state: &AppState, path: &str) -> Reply {
     send(state, Request::get(path).body(Body::empty()).unwrap()).await
 }
 
+/// `GET path` from a client on this machine, as the server hands it on (`/admin/*`).
+pub async fn get_local(state: &AppState, path: &str) -> Reply {
+    let mut request = Request::get(path).body(Body::empty()).unwrap();
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            40_000,
+        ))));
+    send(state, request).await
+}
+
 /// Sends `request` through the app and reads the whole reply.
 pub async fn send(state: &AppState, request: Request<Body>) -> Reply {
     let response = app(state.clone()).oneshot(request).await.unwrap();

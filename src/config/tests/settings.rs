@@ -58,3 +58,16 @@ fn head_weight_out_of_range_is_reported() {
     assert_eq!(problem.path, "head_weight");
     assert_eq!(problem.line, Some(1));
 }
+
+#[test]
+fn log_prompts_is_off_unless_set_and_must_be_a_boolean() {
+    let config = valid("routes:\n  - name: a\n    utterances: [x]\n");
+    assert!(!config.log_prompts);
+    let config = valid("log_prompts: true\nroutes:\n  - name: a\n    utterances: [x]\n");
+    assert!(config.log_prompts);
+    let written = config.to_yaml("").unwrap_or_else(|e| panic!("{e}"));
+    assert!(written.contains("log_prompts: true"), "{written}");
+    assert!(valid(&written).log_prompts);
+    let i = issue("log_prompts: maybe\nroutes:\n  - name: a\n    utterances: [x]\n");
+    assert_eq!((i.path.as_str(), i.line), ("log_prompts", Some(1)));
+}

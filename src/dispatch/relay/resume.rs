@@ -5,6 +5,7 @@
 use super::{Opened, Piece, Relay};
 use crate::config::BackendId;
 use crate::dispatch::verdict::Outcome;
+use crate::telemetry::decisions::PendingDecision;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -32,6 +33,8 @@ impl Relay {
         match self.continuation().await {
             Some((backend, opened, prefilled)) => {
                 self.backend = backend;
+                let name = self.name();
+                self.request.note(|d| d.continued_on(&name));
                 self.upstream = opened;
                 self.in_flight = Some(self.dispatcher.health(backend).enter());
                 let relayed = self.relayed_content().to_string();
@@ -86,6 +89,7 @@ impl Relay {
             let Some(_admission) = self.dispatcher.health(b).admit(now) else {
                 continue;
             };
+            self.request.note(PendingDecision::attempted);
             let first = self
                 .dispatcher
                 .open_stream(b, &self.request, prefill.as_deref())
@@ -97,6 +101,7 @@ impl Relay {
                 }
                 Err(Outcome::Status { status: 400, .. }) if prefill.is_some() => {
                     tracing::info!(backend = %backend.name, "the prefill was rejected; restarting without it");
+                    self.request.note(PendingDecision::attempted);
                     if let Ok(opened) = self.dispatcher.open_stream(b, &self.request, None).await {
                         self.dispatcher.health(b).succeeded();
                         return Some((b, opened, false));
