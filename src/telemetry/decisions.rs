@@ -194,12 +194,15 @@ impl DecisionLog {
         let decision = Arc::new(decision);
         if keep {
             let mut ring = self.ring();
-            if ring.len() >= self.recent_size {
-                ring.pop_front();
-            }
+            let oldest = (ring.len() >= self.recent_size)
+                .then(|| ring.pop_front())
+                .flatten();
             if self.recent_size > 0 {
                 ring.push_back(decision.clone());
             }
+            drop(ring);
+            // Freed after the lock is let go: the lock is held for two pointer moves.
+            drop(oldest);
         }
         if let Some(lines) = &self.lines
             && lines.try_send(Message::Line(decision)).is_err()
