@@ -30,6 +30,8 @@ pub struct ServeOptions {
     pub watch: bool,
     /// Where decision log lines go (`-`: standard output); none are written without it.
     pub decision_log: Option<PathBuf>,
+    /// A candidate config every prompt is also classified with (`GET /admin/shadow`).
+    pub shadow: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,8 @@ pub enum ServeError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error("--shadow: {0}")]
+    Shadow(String),
     #[error("cannot listen on {addr}: {reason}")]
     Bind { addr: String, reason: String },
     #[error("cannot open the decision log {path}: {reason}")]
@@ -166,17 +170,26 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let (failed_tx, failed_rx) = oneshot::channel::<ServeError>();
     let loading_state = state.clone();
     let queue = options.queue;
+    let shadow = options.shadow.clone();
     tokio::task::spawn_blocking(move || {
         let loaded = load_router(config, model).and_then(|(router, encoder)| {
             let worker = EmbedWorker::spawn(encoder, queue)?;
-            Ok((router, worker))
+            let engine = Engine {
+                router: Arc::new(router),
+                worker,
+            };
+            if let Some(file) = &shadow {
+                let log_prompts = engine.router.config().log_prompts;
+                let candidate = crate::http::shadow::Shadow::start(file, &engine, log_prompts)
+                    .map_err(ServeError::Shadow)?;
+                tracing::info!(file = %file.display(), "shadow routes: every prompt is compared with this config");
+                loading_state.set_shadow(candidate);
+            }
+            Ok(engine)
         });
         match loaded {
-            Ok((router, worker)) => {
-                loading_state.set_ready(Engine {
-                    router: Arc::new(router),
-                    worker,
-                });
+            Ok(engine) => {
+                loading_state.set_ready(engine);
                 tracing::info!("ready");
             }
             Err(err) => {

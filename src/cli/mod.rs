@@ -67,6 +67,10 @@ pub enum Command {
         /// standard output). Prompts are included only with `log_prompts: true`.
         #[arg(long, value_name = "FILE")]
         decision_log: Option<PathBuf>,
+        /// A candidate routes file: every prompt is also classified with it (never
+        /// dispatched), and GET /admin/shadow compares its decisions with the live ones.
+        #[arg(long, value_name = "FILE")]
+        shadow: Option<PathBuf>,
     },
     /// Classify each TEXT (or each line of stdin) and print the route chosen.
     Classify {
@@ -169,6 +173,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             max_connections,
             watch,
             decision_log,
+            shadow,
         } => {
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -186,6 +191,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 watch,
                 decision_log,
+                shadow,
             }))?;
             // Streams cut short at the end of the drain may still hold the runtime.
             runtime.shutdown_timeout(Duration::from_millis(100));

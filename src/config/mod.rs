@@ -7,6 +7,7 @@ mod backends;
 mod classes;
 mod conversation;
 mod dispatch;
+mod edits;
 mod error;
 mod keys;
 mod parse;
@@ -23,6 +24,7 @@ pub use backends::{Backend, BackendId, Cost};
 pub use classes::{Accepted, DataClasses};
 pub use conversation::{ConversationConfig, ConversationMode};
 pub use dispatch::{Dispatch, Strategy};
+pub use edits::{EditError, MAX_EDITED_UTTERANCES, RouteEdit};
 pub use error::{ConfigError, ConfigIssue};
 pub use keys::{
     AdminKey, Auth, ClientKey, KeySource, MIN_KEY_LEN, NO_KEY, RouteAccess, key_digest,

@@ -1,9 +1,10 @@
-//! The operator's endpoints under `/admin/`: the config in service (`GET /admin/config`) and
-//! a reload (`POST /admin/reload`). They answer on loopback to a client no proxy forwarded,
+//! The operator's endpoints under `/admin/`: the config in service (`GET /admin/config`), a
+//! reload (`POST /admin/reload`) and the shadow config's report (`GET /admin/shadow`). They answer on loopback to a client no proxy forwarded,
 //! or to the admin key (`auth.admin_key_env`) from anywhere; never to a client key.
 
 use super::AppState;
 use super::reload::ReloadError;
+use super::shadow::ShadowReport;
 use super::tenant::local_and_direct;
 use crate::config::key_digest;
 use crate::error::{ApiError, ErrorKind};
@@ -88,4 +89,15 @@ fn reload_error(err: ReloadError) -> ApiError {
         _ => ErrorKind::ReloadFailed,
     };
     ApiError::new(kind, format!("{err}\nthe previous config keeps serving"))
+}
+
+/// `GET /admin/shadow`: how the candidate config of `serve --shadow` decides the live
+/// prompts, compared with the config in service.
+pub async fn shadow(State(state): State<AppState>) -> Result<Json<ShadowReport>, ApiError> {
+    state.shadow.get().map(|s| Json(s.report())).ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::NotFound,
+            "no shadow config: start `semroute serve --shadow candidate.yaml` to compare one with live traffic",
+        )
+    })
 }

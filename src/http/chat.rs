@@ -424,14 +424,16 @@ fn named(config: &Config, model: &str) -> Result<Option<Destination>, ApiError> 
 async fn classify(
     state: &AppState,
     live: &Live,
-    prompt: ChatPrompt,
+    mut prompt: ChatPrompt,
     decision: Option<&Arc<PendingDecision>>,
 ) -> Result<(Destination, Option<f32>), ApiError> {
     let engine = live.engine()?;
     let started = std::time::Instant::now();
-    let c = prompt.classify(engine, None).await?;
+    let text = std::mem::take(&mut prompt.text);
+    let (c, last) = prompt.classify(engine, None).await?;
     state.metrics.classified(started.elapsed());
     decisions::routed(decision, engine.router.config(), &c);
+    state.shadow_observe(&text, Arc::new(last), &c, engine.router.config());
     match c.route {
         Some(r) => Ok((Destination::Route(r), c.score)),
         None => Err(ApiError::invalid(

@@ -12,6 +12,7 @@ use crate::route::{Classification, Timing, TurnOutcome};
 use axum::Json;
 use axum::extract::{Extension, State};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// `{"text": "..."}` or `{"messages": [...]}` (the last user message is classified, with
@@ -229,19 +230,25 @@ pub async fn classify(
     let top_k = request.top_k()?;
     let engine = live.engine()?;
     let prompt = super::decisions::prompt_of(&state, &input);
+    let config = engine.router.config();
     let mut result = match input {
         Input::Text(text) => {
             let embedding = engine
                 .worker
                 .embed(engine.worker.prefix(&text).to_string())
                 .await?;
-            engine.router.classify(&text, &embedding, top_k)
+            let result = engine.router.classify(&text, &embedding, top_k);
+            state.shadow_observe(&text, Arc::new(embedding), &result, config);
+            result
         }
         Input::Chat(messages) => {
             let worker = &engine.worker;
-            let prompt =
+            let mut prompt =
                 ChatPrompt::read(&messages, &engine.router, |t| worker.prefix(t).to_string())?;
-            prompt.classify(engine, top_k).await?
+            let text = std::mem::take(&mut prompt.text);
+            let (result, last) = prompt.classify(engine, top_k).await?;
+            state.shadow_observe(&text, Arc::new(last), &result, config);
+            result
         }
     };
     result.timing_us.total = started.elapsed().as_micros() as u64;

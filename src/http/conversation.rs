@@ -3,7 +3,7 @@
 //! text; the rest are embedded (concurrently: the model worker batches them) and scored.
 
 use super::Engine;
-use crate::embed::has_visible_text;
+use crate::embed::{Embedding, has_visible_text};
 use crate::error::{ApiError, ErrorKind};
 use crate::route::conversation::{MessageScores, Speaker};
 use crate::route::decide::OverrideHit;
@@ -28,6 +28,8 @@ pub(super) enum Earlier {
 /// The routing input of a chat: its last user message and the earlier messages the config
 /// reads.
 pub(super) struct ChatPrompt {
+    /// The last user message's first bytes (`shadow::cut`), for the shadow config.
+    pub text: String,
     /// The last user message's cache key.
     pub key: [u8; 32],
     /// What the model sees of it.
@@ -79,6 +81,7 @@ impl ChatPrompt {
             })
             .collect();
         ChatPrompt {
+            text: super::shadow::cut(last).to_string(),
             key: message_key(Speaker::User, last),
             prefix: prefix(last),
             hits,
@@ -87,12 +90,13 @@ impl ChatPrompt {
     }
 
     /// Embeds the last message and every earlier one not scored yet (each distinct text
-    /// once), and decides. The first refusal by the model worker (a full queue) ends it.
+    /// once), and decides; the last message's embedding comes back with the decision. The
+    /// first refusal by the model worker (a full queue) ends it.
     pub async fn classify(
         self,
         engine: &Engine,
         top_k: Option<usize>,
-    ) -> Result<Classification, ApiError> {
+    ) -> Result<(Classification, Embedding), ApiError> {
         let (router, worker) = (&engine.router, &engine.worker);
         let mut seen = HashSet::new();
         let distinct: Vec<&Earlier> = self
@@ -134,6 +138,7 @@ impl ChatPrompt {
         let last_scores = router.score_message(self.key, Speaker::User, &self.hits, &last);
         let earlier: Vec<(Speaker, &MessageScores)> =
             scored.iter().map(|(s, m)| (*s, m.as_ref())).collect();
-        Ok(router.classify_conversation(&earlier, &last_scores, self.hits, &last, top_k))
+        let decided = router.classify_conversation(&earlier, &last_scores, self.hits, &last, top_k);
+        Ok((decided, last))
     }
 }

@@ -35,14 +35,7 @@ pub const MATCHED_BY: [&str; 6] = [
 ];
 
 pub fn matched_by(m: MatchedBy) -> &'static str {
-    match m {
-        MatchedBy::Semantic => MATCHED_BY[0],
-        MatchedBy::Keyword => MATCHED_BY[1],
-        MatchedBy::Pattern => MATCHED_BY[2],
-        MatchedBy::Conversation => MATCHED_BY[3],
-        MatchedBy::Default => MATCHED_BY[4],
-        MatchedBy::None => MATCHED_BY[5],
-    }
+    m.as_str()
 }
 
 /// What a request to classify would keep as its prompt (built only with `log_prompts` on).

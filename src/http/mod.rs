@@ -12,9 +12,11 @@ pub mod live;
 pub mod reload;
 pub mod request_id;
 pub mod server;
+pub mod shadow;
 mod tenant;
 mod usage;
 pub mod watch;
+mod whatif;
 
 pub use classify::{ClassifyRequest, Message};
 pub use live::{Engine, Live, Origin};
@@ -30,7 +32,7 @@ use crate::telemetry::decisions::{DEFAULT_QUEUE, DEFAULT_RECENT, DecisionLog};
 use arc_swap::ArcSwap;
 use axum::Router;
 use axum::routing::{get, post};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tower_http::trace::TraceLayer;
 
@@ -53,6 +55,10 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     /// The decision log (`--decision-log`) and the recent decisions (`log_prompts`).
     decisions: Arc<DecisionLog>,
+    /// The candidate config of `serve --shadow`, once the model is loaded.
+    shadow: Arc<OnceLock<shadow::Shadow>>,
+    /// One what-if at a time.
+    whatif: Arc<whatif::Turn>,
     body_limit: usize,
     body_timeout: Duration,
 }
@@ -83,6 +89,8 @@ impl AppState {
             streams,
             metrics,
             decisions: Arc::new(decisions),
+            shadow: Arc::default(),
+            whatif: Arc::default(),
             body_limit,
             body_timeout: DEFAULT_BODY_TIMEOUT,
         }
@@ -160,6 +168,26 @@ impl AppState {
         });
     }
 
+    /// Compares every prompt classified from now on with `shadow`'s candidate config.
+    pub fn set_shadow(&self, shadow: shadow::Shadow) {
+        let _ = self.shadow.set(shadow);
+    }
+
+    /// Hands a classified prompt to the shadow config, if there is one (off the request's
+    /// path: it only queues).
+    pub(super) fn shadow_observe(
+        &self,
+        text: &str,
+        embedding: Arc<crate::embed::Embedding>,
+        classification: &crate::route::Classification,
+        config: &Config,
+    ) {
+        if let Some(shadow) = self.shadow.get() {
+            let live = shadow::Side::of(classification, config);
+            shadow.observe(shadow::Observed::new(text, embedding, live));
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
         self.live.load().engine.is_some()
     }
@@ -181,6 +209,8 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/config", get(admin::config))
         .route("/admin/reload", post(admin::reload))
         .route("/admin/decisions", get(decisions::recent))
+        .route("/admin/whatif", post(whatif::whatif))
+        .route("/admin/shadow", get(admin::shadow))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_admin,

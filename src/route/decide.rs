@@ -50,6 +50,20 @@ pub enum MatchedBy {
     None,
 }
 
+impl MatchedBy {
+    /// The name `/classify` and the logs give it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchedBy::Semantic => "semantic",
+            MatchedBy::Keyword => "keyword",
+            MatchedBy::Pattern => "pattern",
+            MatchedBy::Conversation => "conversation",
+            MatchedBy::Default => "default",
+            MatchedBy::None => "none",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub route: Option<RouteId>,

@@ -181,3 +181,35 @@ fn classify(server: &Server, text: &str) -> Value {
     assert_eq!(status, 200, "{body}");
     serde_json::from_str::<Value>(&body).unwrap()["route"].clone()
 }
+
+#[test]
+fn serve_shadow_compares_live_prompts_with_the_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.yaml");
+    std::fs::write(&config, ROUTES).unwrap();
+    let candidate = dir.path().join("candidate.yaml");
+    let added = format!("{ROUTES}  - name: dining\n    utterances: [reserve a table for dinner]\n");
+    std::fs::write(&candidate, added).unwrap();
+    let server = start(&config, &["--shadow", candidate.to_str().unwrap()]);
+    classify(&server, "book a table for dinner tonight");
+    classify(&server, "will it rain on monday");
+    let report = wait_for(&server, "/admin/shadow", |r| r["compared"] == 2);
+    assert_eq!(report["agreed"], 1, "{report}");
+    // A candidate that is not valid stops serve with the reason.
+    std::fs::write(&candidate, "routes: []\n").unwrap();
+    let out = semroute()
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--addr",
+            "127.0.0.1:0",
+            "--shadow",
+            candidate.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--shadow"), "{stderr}");
+}
