@@ -11,10 +11,10 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use semroute::Router;
-use semroute::embed::{EmbedWorker, Encoder, files};
+use semroute::embed::EmbedWorker;
 use semroute::http::{AppState, DEFAULT_BODY_LIMIT, app};
 use serde_json::{Value, json};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use tower::ServiceExt;
 
 const ROUTES: &str = "tests/data/conversation-routes.yaml";
@@ -29,15 +29,7 @@ const CONFIRMED: &str = "Done: a table for four at Trattoria Roma at 7 pm.";
 const RAIN: &str = "Will it rain in Chicago tonight?";
 
 fn worker() -> EmbedWorker {
-    static WORKER: OnceLock<EmbedWorker> = OnceLock::new();
-    WORKER
-        .get_or_init(|| {
-            common::model_dir();
-            let config = semroute::config::EncoderConfig::default();
-            let found = files::resolve(&config, &[common::repo().to_path_buf()]).unwrap();
-            EmbedWorker::spawn(Encoder::load_files(found, &config).unwrap(), 64).unwrap()
-        })
-        .clone()
+    common::worker()
 }
 
 /// A ready app over the conversation routes with `extra` YAML appended (a `conversation:`

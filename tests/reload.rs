@@ -13,12 +13,12 @@ use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use semroute::Router;
 use semroute::config::Config;
-use semroute::embed::{EmbedWorker, Encoder, files};
+use semroute::embed::EmbedWorker;
 use semroute::http::{AppState, DEFAULT_BODY_LIMIT, Engine, Source, app};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use tower::ServiceExt;
 
 const ROUTES: &str = "\
@@ -34,15 +34,7 @@ routes:
 ";
 
 fn worker() -> EmbedWorker {
-    static WORKER: OnceLock<EmbedWorker> = OnceLock::new();
-    WORKER
-        .get_or_init(|| {
-            common::model_dir();
-            let config = semroute::config::EncoderConfig::default();
-            let found = files::resolve(&config, &[common::repo().to_path_buf()]).unwrap();
-            EmbedWorker::spawn(Encoder::load_files(found, &config).unwrap(), 64).unwrap()
-        })
-        .clone()
+    common::worker()
 }
 
 /// A ready state serving `yaml` from a file in `dir`, reloadable from it.

@@ -10,12 +10,12 @@ use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use semroute::Router;
-use semroute::embed::{EmbedWorker, Encoder, files};
+use semroute::embed::EmbedWorker;
 use semroute::http::shadow::Shadow;
 use semroute::http::{AppState, DEFAULT_BODY_LIMIT, Engine, app};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
 
@@ -28,15 +28,7 @@ routes:
 ";
 
 fn worker() -> EmbedWorker {
-    static WORKER: OnceLock<EmbedWorker> = OnceLock::new();
-    WORKER
-        .get_or_init(|| {
-            common::model_dir();
-            let config = semroute::config::EncoderConfig::default();
-            let found = files::resolve(&config, &[common::repo().to_path_buf()]).unwrap();
-            EmbedWorker::spawn(Encoder::load_files(found, &config).unwrap(), 64).unwrap()
-        })
-        .clone()
+    common::worker()
 }
 
 fn ready(yaml: &str) -> (AppState, Engine) {

@@ -8,7 +8,7 @@
 
 mod pending;
 mod prompt;
-mod time;
+pub mod time;
 mod writer;
 
 pub use pending::{CLIENT_LEFT, PendingDecision};

@@ -42,6 +42,20 @@ pub fn encoder() -> &'static Encoder {
     })
 }
 
+/// A model worker for in-process app states, one per test binary.
+pub fn worker() -> semroute::embed::EmbedWorker {
+    static WORKER: OnceLock<semroute::embed::EmbedWorker> = OnceLock::new();
+    WORKER
+        .get_or_init(|| {
+            model_dir();
+            let config = semroute::config::EncoderConfig::default();
+            let found = files::resolve(&config, &[repo().to_path_buf()]).expect("model files");
+            let encoder = Encoder::load_files(found, &config).expect("load the model");
+            semroute::embed::EmbedWorker::spawn(encoder, 64).expect("start the worker")
+        })
+        .clone()
+}
+
 pub fn shipped_config() -> Config {
     Config::load(&repo().join("routes.yaml")).expect("the shipped routes.yaml is valid")
 }
