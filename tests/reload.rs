@@ -10,7 +10,6 @@ mod common;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
 use semroute::Router;
 use semroute::config::Config;
 use semroute::embed::{EmbedWorker, Encoder, files};
@@ -19,7 +18,6 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
-use tower::ServiceExt;
 
 const ROUTES: &str = "\
 routes:
@@ -78,10 +76,9 @@ fn local(request: Request<Body>) -> Request<Body> {
     from([127, 0, 0, 1], request)
 }
 
+/// Sends `request` through the app; the answer is checked against the OpenAPI description.
 async fn send(state: &AppState, request: Request<Body>) -> (StatusCode, Value) {
-    let response = app(state.clone()).oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let (status, _, bytes) = common::openapi::oneshot(app(state.clone()), request).await;
     let body = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| json!({"text": String::from_utf8_lossy(&bytes)}));
     (status, body)
@@ -106,8 +103,7 @@ async fn route_of(state: &AppState, text: &str) -> Value {
 }
 
 async fn metric(state: &AppState, series: &str) -> f64 {
-    let response = app(state.clone()).oneshot(get("/metrics")).await.unwrap();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let (_, _, bytes) = common::openapi::oneshot(app(state.clone()), get("/metrics")).await;
     String::from_utf8_lossy(&bytes)
         .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())

@@ -106,6 +106,7 @@ async fn a_client_trickling_its_request_head_is_disconnected_after_the_header_ti
         .unwrap();
     let (reply, _) = read_until_closed(&mut other, Duration::from_secs(3)).await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    common::openapi::check_raw("GET", "/healthz", &reply);
 }
 
 #[tokio::test]
@@ -146,6 +147,7 @@ async fn a_body_that_does_not_arrive_in_time_gets_408() {
     let started = Instant::now();
     let (reply, _) = read_until_closed(&mut client, Duration::from_secs(4)).await;
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    common::openapi::check_raw("POST", "/classify", &reply);
     assert!(reply.contains("request_timeout"), "{reply}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -221,6 +223,11 @@ async fn shutdown_lets_short_requests_finish_and_ends_a_stream_still_open_with_a
     assert!(rest.contains("shutting down"), "{rest}");
     assert!(rest.contains("\"error\""), "{rest}");
     assert!(!rest.contains("[DONE]"), "never a clean end: {rest}");
+    common::openapi::check_raw(
+        "POST",
+        "/v1/chat/completions",
+        &String::from_utf8_lossy(&seen),
+    );
     assert!(
         started.elapsed() >= Duration::from_millis(700),
         "it waited for the drain time: {:?}",
@@ -260,4 +267,5 @@ async fn connections_past_the_limit_are_closed_and_the_rest_still_served() {
         .unwrap();
     let (reply, _) = read_until_closed(&mut client, Duration::from_secs(3)).await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    common::openapi::check_raw("GET", "/healthz", &reply);
 }

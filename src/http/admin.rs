@@ -3,16 +3,16 @@
 //! or to the admin key (`auth.admin_key_env`) from anywhere; never to a client key.
 
 use super::AppState;
-use super::reload::ReloadError;
+use super::reload::{LastReload, ReloadError, Reloaded};
 use super::tenant::local_and_direct;
 use crate::config::key_digest;
-use crate::error::{ApiError, ErrorKind};
+use crate::error::{ApiError, ErrorBody, ErrorKind};
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 /// A layer for `/admin/*`: loopback and direct, or the admin key.
 pub async fn require_admin(
@@ -57,23 +57,70 @@ pub async fn require_admin(
     }
 }
 
-/// `GET /admin/config`: which config is in service, since when, and the last reload.
-pub async fn config(State(state): State<AppState>) -> Json<Value> {
-    let live = state.live();
-    Json(json!({
-        "file": live.origin.file,
-        "hash": live.origin.hash,
-        "loaded_at": live.origin.loaded_at,
-        "generation": live.origin.generation,
-        "routes": live.config.routes.len(),
-        "backends": live.config.backends.len(),
-        "ready": live.engine.is_some(),
-        "last_reload": state.reloader.last(),
-    }))
+/// What `GET /admin/config` answers: the config in service (`Origin`'s fields), what it
+/// holds, and the last reload.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ConfigAnswer {
+    /// The file, when the config was read from one.
+    file: Option<String>,
+    /// SHA-256 of the file's bytes (hex).
+    hash: String,
+    /// When this config went into service (RFC 3339, UTC).
+    loaded_at: String,
+    /// 1 for the config the service started with, one more at each reload that changed it.
+    generation: u64,
+    routes: usize,
+    backends: usize,
+    /// Whether the model and index are loaded.
+    ready: bool,
+    /// The last reload since start (`null`: none yet).
+    last_reload: Option<LastReload>,
 }
 
-/// `POST /admin/reload`: reads the config file again; the new config is in service when
-/// this answers 200, and the old one still is when it answers an error.
+/// Which config is in service, since when, and the last reload.
+#[utoipa::path(
+    get,
+    path = "/admin/config",
+    tag = "admin",
+    security((), ("admin_key" = [])),
+    responses(
+        (status = 200, description = "The config in service", body = ConfigAnswer),
+        (status = 401, description = "`unauthorized`: not on loopback (or forwarded) and no admin key", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a client key does not open /admin", body = ErrorBody),
+    )
+)]
+pub async fn config(State(state): State<AppState>) -> Json<ConfigAnswer> {
+    let live = state.live();
+    let origin = &live.origin;
+    Json(ConfigAnswer {
+        file: origin.file.clone(),
+        hash: origin.hash.clone(),
+        loaded_at: origin.loaded_at.clone(),
+        generation: origin.generation,
+        routes: live.config.routes.len(),
+        backends: live.config.backends.len(),
+        ready: live.engine.is_some(),
+        last_reload: state.reloader.last(),
+    })
+}
+
+/// Reads the config file again; the new config is in service when this answers 200, and the
+/// old one still is when it answers an error.
+#[utoipa::path(
+    post,
+    path = "/admin/reload",
+    tag = "admin",
+    security((), ("admin_key" = [])),
+    responses(
+        (status = 200, description = "`result: ok`: the new config is in service; `unchanged`: the file is the one in service", body = Reloaded),
+        (status = 401, description = "`unauthorized`: not on loopback (or forwarded) and no admin key", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a client key does not open /admin", body = ErrorBody),
+        (status = 422, description = "`invalid_config`: the file is unreadable or invalid; the old config serves", body = ErrorBody),
+        (status = 500, description = "`reload_failed`: no config file, a model that cannot load, limits that cannot be set up; the old config serves", body = ErrorBody),
+        (status = 503, description = "`not_ready`: the model is still loading at startup", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn reload(State(state): State<AppState>) -> Response {
     match state.reload().await {
         Ok(done) => Json(done).into_response(),

@@ -8,6 +8,8 @@ mod conversation;
 mod health;
 mod json;
 pub mod live;
+mod models;
+pub mod openapi;
 pub mod reload;
 pub mod server;
 mod tenant;
@@ -143,8 +145,8 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     // What lists routes and backends needs a key when keys are required.
     let listings = Router::new()
-        .route("/v1/models", get(chat::models))
-        .route("/v1/models/{*id}", get(chat::model))
+        .route("/v1/models", get(models::models))
+        .route("/v1/models/{*id}", get(models::model))
         .route("/routes", get(health::routes))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -166,6 +168,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi::openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -175,7 +178,7 @@ pub fn app(state: AppState) -> Router {
 async fn not_found() -> ApiError {
     ApiError::new(
         ErrorKind::NotFound,
-        "no such endpoint; see POST /classify, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /v1/usage, /metrics, /routes, /healthz, /readyz, GET /admin/config, POST /admin/reload",
+        "no such endpoint; see POST /classify, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /v1/usage, /metrics, /routes, /healthz, /readyz, GET /admin/config, POST /admin/reload, GET /openapi.json",
     )
 }
 

@@ -74,6 +74,7 @@ fn http(server: &Server, method: &str, path: &str, body: &str) -> Option<(u16, S
     stream.write_all(body.as_bytes()).ok()?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).ok()?;
+    crate::common::openapi::check_raw(method, path, &answer);
     let status = answer.split_whitespace().nth(1)?.parse().ok()?;
     let (_, body) = answer.split_once("\r\n\r\n")?;
     Some((status, body.to_string()))

@@ -2,7 +2,6 @@
 //! on SIGTERM.
 
 use crate::{common, semroute};
-use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,22 +42,21 @@ fn serve_answers_over_http_and_shuts_down_on_sigterm() {
                 .send()
                 .await
                 .unwrap();
-            if ready.status() == 200 {
+            let (status, _, _) = common::openapi::read("GET", ready).await;
+            if status == 200 {
                 break;
             }
-            assert_eq!(ready.status(), 503);
+            assert_eq!(status, 503);
             assert!(Instant::now() < deadline, "not ready in time");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let body: Value = client
+        let answer = client
             .post(format!("http://{addr}/classify"))
             .json(&serde_json::json!({"text": "Write a Python function to parse JSON"}))
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
             .unwrap();
+        let body = common::openapi::read_json("POST", answer).await;
         assert_eq!(body["route"], "code");
     });
     let pid = child.0.id().to_string();

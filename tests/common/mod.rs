@@ -2,6 +2,8 @@
 //! use), the shipped routes, and the shared data sets.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod openapi;
+
 use semroute::Router;
 use semroute::config::Config;
 use semroute::embed::{Encoder, files};

@@ -7,14 +7,12 @@ use super::common;
 use super::upstream::{Behaviour, StreamEnd, Upstream};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
 use semroute::Router;
 use semroute::embed::{EmbedWorker, Encoder, files};
 use semroute::http::{AppState, DEFAULT_BODY_LIMIT, app};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
-use tower::ServiceExt;
 
 pub fn worker() -> EmbedWorker {
     static WORKER: OnceLock<EmbedWorker> = OnceLock::new();
@@ -136,12 +134,10 @@ pub async fn get(state: &AppState, path: &str) -> Reply {
     send(state, Request::get(path).body(Body::empty()).unwrap()).await
 }
 
-/// Sends `request` through the app and reads the whole reply.
+/// Sends `request` through the app and reads the whole reply, checked against the OpenAPI
+/// description.
 pub async fn send(state: &AppState, request: Request<Body>) -> Reply {
-    let response = app(state.clone()).oneshot(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let (status, headers, bytes) = common::openapi::oneshot(app(state.clone()), request).await;
     Reply {
         status,
         headers,
@@ -151,13 +147,9 @@ pub async fn send(state: &AppState, request: Request<Body>) -> Reply {
 
 /// The `GET /metrics` page, which must answer 200.
 pub async fn metrics_text(s: &AppState) -> String {
-    let response = app(s.clone())
-        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8_lossy(&bytes).into_owned()
+    let reply = get(s, "/metrics").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    reply.body
 }
 
 pub fn request(model: &str) -> Value {

@@ -65,6 +65,7 @@ async fn concurrent_clients_on_two_replicas_overspend_by_at_most_one_reservation
                     .send()
                     .await
                     .unwrap();
+                let reply = common::openapi::checked("POST", reply).await;
                 match reply.status().as_u16() {
                     200 => answered += 1,
                     429 => return answered,
@@ -167,6 +168,7 @@ async fn cancelled_and_failed_requests_leave_no_reservation_and_no_phantom_spend
                         .send()
                         .await
                         .unwrap();
+                    let reply = common::openapi::checked("POST", reply).await;
                     match reply.status().as_u16() {
                         200 => outcomes.0 += 1,
                         // Failed, or refused while the failing backend cools down.

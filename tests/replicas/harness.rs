@@ -179,14 +179,13 @@ impl Replica {
 
     /// Its `GET /metrics` page.
     pub async fn metrics(&self) -> String {
-        common::http_client()
+        let answer = common::http_client()
             .get(self.url("/metrics"))
             .send()
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+            .unwrap();
+        let (_, _, body) = common::openapi::read("GET", answer).await;
+        String::from_utf8(body).unwrap()
     }
 
     pub fn log(&self) -> Vec<String> {
