@@ -85,7 +85,8 @@ pub struct ConfigAnswer {
     security((), ("admin_key" = [])),
     responses(
         (status = 200, description = "The config in service", body = ConfigAnswer),
-        (status = 401, description = "`unauthorized`: not on loopback (or forwarded) and no admin key", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: not on loopback (or forwarded) and no admin key", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "`forbidden`: a client key does not open /admin", body = ErrorBody),
     )
 )]
@@ -113,7 +114,8 @@ pub async fn config(State(state): State<AppState>) -> Json<ConfigAnswer> {
     security((), ("admin_key" = [])),
     responses(
         (status = 200, description = "`result: ok`: the new config is in service; `unchanged`: the file is the one in service", body = Reloaded),
-        (status = 401, description = "`unauthorized`: not on loopback (or forwarded) and no admin key", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: not on loopback (or forwarded) and no admin key", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "`forbidden`: a client key does not open /admin", body = ErrorBody),
         (status = 422, description = "`invalid_config`: the file is unreadable or invalid; the old config serves", body = ErrorBody),
         (status = 500, description = "`reload_failed`: no config file, a model that cannot load, limits that cannot be set up; the old config serves", body = ErrorBody),

@@ -92,10 +92,12 @@ pub struct Reloaded {
     pub result: &'static str,
     /// The config in service now.
     pub config: Origin,
+    /// Routes and backends of the config in service.
     pub routes: usize,
     pub backends: usize,
     /// Utterances the model embedded for this reload (the others' embeddings were reused).
     pub embedded: usize,
+    /// Utterances whose embeddings were reused.
     pub reused: usize,
     /// Whether `encoder:` changed, so the model was loaded again.
     pub model_reloaded: bool,

@@ -345,8 +345,25 @@ fn dechunk(mut rest: &str) -> Option<String> {
 }
 
 /// Reads a served answer whole and checks it, then gives it back as it was, for callers that
-/// read it themselves (`method` is the request's).
+/// read it themselves (`method` is the request's). A stream is left unread, for the caller
+/// to hold open or drop: its status and content type are checked.
 pub async fn checked(method: &str, response: reqwest::Response) -> reqwest::Response {
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_string());
+    let media = media_type(content_type.as_deref()).unwrap_or_default();
+    if media == "text/event-stream" {
+        let status = response.status().as_u16();
+        check(
+            method,
+            response.url().path(),
+            status,
+            content_type.as_deref(),
+            &[],
+        );
+        return response;
+    }
     let (status, headers, body) = read(method, response).await;
     let mut rebuilt = axum::http::Response::new(body);
     *rebuilt.status_mut() = status;

@@ -143,7 +143,7 @@ async fn cancelled_and_failed_requests_leave_no_reservation_and_no_phantom_spend
                 let url = &urls[(worker + i) % 2];
                 if i % 2 == 0 {
                     // Streamed, and abandoned after the first bytes.
-                    let mut reply = client
+                    let reply = client
                         .post(format!("{url}/v1/chat/completions"))
                         .bearer_auth(KEY)
                         .json(&json!({"model": "story", "stream": true, "max_tokens": 50,
@@ -151,6 +151,7 @@ async fn cancelled_and_failed_requests_leave_no_reservation_and_no_phantom_spend
                         .send()
                         .await
                         .unwrap();
+                    let mut reply = common::openapi::checked("POST", reply).await;
                     assert_eq!(reply.status(), 200);
                     let _ = reply.chunk().await;
                     drop(reply);

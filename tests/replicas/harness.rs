@@ -160,8 +160,9 @@ impl Replica {
         let client = common::http_client();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let ready = client.get(self.url("/readyz")).send().await;
-            if ready.is_ok_and(|r| r.status() == 200) {
+            if let Ok(ready) = client.get(self.url("/readyz")).send().await
+                && common::openapi::read("GET", ready).await.0 == 200
+            {
                 return;
             }
             assert!(
