@@ -8,7 +8,8 @@ use serde::Serialize;
 /// Seconds a client is asked to wait before retrying after a 429 or 503.
 const RETRY_AFTER_SECS: u64 = 1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// What went wrong, as the `code` of the error body (the HTTP status follows from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The body is not valid JSON.
@@ -82,7 +83,8 @@ impl ErrorKind {
     }
 }
 
-#[derive(Debug, Clone, thiserror::Error, Serialize)]
+/// A failure as the caller sees it: `code` says what kind, `message` says what to do.
+#[derive(Debug, Clone, thiserror::Error, Serialize, utoipa::ToSchema)]
 #[error("{message}")]
 pub struct ApiError {
     pub code: ErrorKind,
@@ -131,9 +133,10 @@ impl From<crate::embed::WorkerError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: &'a ApiError,
+/// The body of every error answer: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    pub error: &'a ApiError,
 }
 
 impl IntoResponse for ApiError {
@@ -142,7 +145,7 @@ impl IntoResponse for ApiError {
             tracing::error!(message = %self.message, "request failed");
         }
         let status = self.code.status();
-        let mut response = (status, axum::Json(Body { error: &self })).into_response();
+        let mut response = (status, axum::Json(ErrorBody { error: &self })).into_response();
         let headers = response.headers_mut();
         for (name, value) in &self.headers {
             if let Ok(value) = HeaderValue::from_str(value) {

@@ -9,13 +9,11 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
 use semroute::Router;
 use semroute::embed::EmbedWorker;
 use semroute::http::{AppState, DEFAULT_BODY_LIMIT, app};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use tower::ServiceExt;
 
 const ROUTES: &str = "tests/data/conversation-routes.yaml";
 
@@ -63,9 +61,7 @@ async fn classify_on(state: &AppState, body: Value) -> (StatusCode, Value) {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body.to_string()))
         .unwrap();
-    let response = app(state.clone()).oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let (status, _, bytes) = common::openapi::oneshot(app(state.clone()), request).await;
     let body = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| panic!("body is not JSON: {:?}", String::from_utf8_lossy(&bytes)));
     (status, body)

@@ -6,13 +6,11 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
 use semroute::Router;
 use semroute::embed::{EmbedWorker, Encoder, files};
 use semroute::http::{AppState, DEFAULT_BODY_LIMIT, app};
 use serde_json::{Value, json};
 use std::sync::{Arc, OnceLock};
-use tower::ServiceExt;
 
 /// A ready app over the shipped routes, with its own worker (and so its own model copy).
 fn ready_state() -> AppState {
@@ -28,10 +26,9 @@ fn ready_state() -> AppState {
     AppState::ready(router.clone(), worker.clone(), DEFAULT_BODY_LIMIT)
 }
 
+/// Sends `request` through the app; the answer is checked against the OpenAPI description.
 async fn send(state: AppState, request: Request<Body>) -> (StatusCode, Value) {
-    let response = app(state).oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let (status, _, bytes) = common::openapi::oneshot(app(state), request).await;
     let body = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| panic!("body is not JSON: {:?}", String::from_utf8_lossy(&bytes)));
     (status, body)
@@ -208,12 +205,13 @@ async fn before_the_model_is_loaded_readyz_and_classify_are_503() {
     assert_error(status, &body, StatusCode::SERVICE_UNAVAILABLE, "not_ready");
     let (status, _) = send(state.clone(), get("/healthz")).await;
     assert_eq!(status, StatusCode::OK);
-    let response = app(state)
-        .oneshot(post_json("/classify", json!({"text": "hi"}).to_string()))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(response.headers().contains_key(header::RETRY_AFTER));
+    let (status, headers, _) = common::openapi::oneshot(
+        app(state),
+        post_json("/classify", json!({"text": "hi"}).to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key(header::RETRY_AFTER));
 }
 
 #[tokio::test]
@@ -242,7 +240,7 @@ async fn the_same_app_over_a_real_socket() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
+    let body = common::openapi::read_json("POST", response).await;
     assert_eq!(body["route"], "support");
     // Concurrent requests share the worker and all get answers.
     let texts = [
@@ -264,6 +262,7 @@ async fn the_same_app_over_a_real_socket() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    common::openapi::read("POST", bad).await;
     server.abort();
 }
 
@@ -284,7 +283,7 @@ async fn futures_join(
                     .send()
                     .await
                     .unwrap();
-                let body: Value = response.json().await.unwrap();
+                let body = common::openapi::read_json("POST", response).await;
                 body["route"].as_str().unwrap_or("").to_string()
             })
         })
@@ -313,12 +312,9 @@ async fn a_full_queue_is_answered_429_with_retry_after_and_the_rest_succeed() {
             let state = state.clone();
             tokio::spawn(async move {
                 let body = json!({ "text": format!("please refund order number {i}") }).to_string();
-                let response = app(state)
-                    .oneshot(post_json("/classify", body))
-                    .await
-                    .unwrap();
-                let retry_after = response.headers().get(header::RETRY_AFTER).is_some();
-                (response.status(), retry_after)
+                let (status, headers, _) =
+                    common::openapi::oneshot(app(state), post_json("/classify", body)).await;
+                (status, headers.get(header::RETRY_AFTER).is_some())
             })
         })
         .collect();
@@ -333,4 +329,122 @@ async fn a_full_queue_is_answered_429_with_retry_after_and_the_rest_succeed() {
     assert!(ok >= 1, "some requests are served");
     assert!(overloaded >= 1, "the burst overflowed the queue");
     assert_eq!(ok + overloaded, 40);
+}
+
+/// Every `$ref` in `value`, with where it is.
+fn refs<'a>(value: &'a Value, at: String, out: &mut Vec<(String, &'a str)>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                match (key.as_str(), inner) {
+                    ("$ref", Value::String(target)) => out.push((at.clone(), target)),
+                    _ => refs(inner, format!("{at}/{key}"), out),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, inner) in items.iter().enumerate() {
+                refs(inner, format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The `(method, path)` pairs `app()` routes, read from its source as `src/architecture.rs`
+/// reads imports: `{*id}` (axum's wildcard) is OpenAPI's `{id}`.
+fn served_routes() -> std::collections::BTreeSet<(String, String)> {
+    let source = std::fs::read_to_string(common::repo().join("src/http/mod.rs")).unwrap();
+    let route =
+        regex::Regex::new(r#"\.route\(\s*"([^"]+)",\s*(get|post|put|patch|delete)\("#).unwrap();
+    route
+        .captures_iter(&source)
+        .map(|c| (c[2].to_string(), c[1].replace("{*", "{")))
+        .collect()
+}
+
+#[tokio::test]
+async fn openapi_json_is_an_openapi_3_1_description_of_every_route_the_app_serves() {
+    let (status, doc) = send(ready_state(), get("/openapi.json")).await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    assert_eq!(
+        &doc,
+        common::openapi::document(),
+        "it serves the generated description"
+    );
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(doc["info"]["title"].is_string());
+
+    let mut documented = std::collections::BTreeSet::new();
+    let mut operation_ids = std::collections::BTreeSet::new();
+    let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        assert!(path.starts_with('/'), "{path}");
+        for (method, operation) in item.as_object().unwrap() {
+            documented.insert((method.clone(), path.clone()));
+            let what = format!("{method} {path}");
+            let responses = operation["responses"].as_object().unwrap();
+            assert!(!responses.is_empty(), "{what} documents no response");
+            for (status, response) in responses {
+                assert!(
+                    response["description"].is_string(),
+                    "{what} {status}: a response needs a description"
+                );
+            }
+            let id = operation["operationId"].as_str().unwrap();
+            assert!(
+                operation_ids.insert(id.to_string()),
+                "{what}: operationId {id} twice"
+            );
+            // Each `{param}` of the path is a required path parameter.
+            for name in path
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+            {
+                let declared = operation["parameters"].as_array().is_some_and(|ps| {
+                    ps.iter()
+                        .any(|p| p["name"] == name && p["in"] == "path" && p["required"] == true)
+                });
+                assert!(
+                    declared,
+                    "{what}: `{name}` is not a required path parameter"
+                );
+            }
+            for requirement in operation["security"].as_array().into_iter().flatten() {
+                for scheme in requirement.as_object().unwrap().keys() {
+                    assert!(
+                        schemes.contains_key(scheme),
+                        "{what}: no security scheme {scheme}"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(
+        documented,
+        served_routes(),
+        "the description and `app()` list different endpoints"
+    );
+
+    let mut found = Vec::new();
+    refs(&doc, String::new(), &mut found);
+    assert!(!found.is_empty());
+    for (at, target) in found {
+        let pointer = target
+            .strip_prefix('#')
+            .unwrap_or_else(|| panic!("{at}: external ref {target}"));
+        assert!(
+            doc.pointer(pointer).is_some(),
+            "{at}: `{target}` does not resolve"
+        );
+    }
+    // Every schema is a valid JSON Schema (2020-12, OpenAPI 3.1's dialect) and compiles.
+    for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+        assert!(
+            jsonschema::meta::is_valid(schema),
+            "schema {name} is not valid JSON Schema"
+        );
+        common::openapi::compile(&json!({"$ref": format!("#/components/schemas/{name}")}));
+    }
 }

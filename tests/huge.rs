@@ -9,13 +9,11 @@ mod upstream;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
 use semroute::Router;
 use semroute::embed::{EmbedWorker, Encoder, files};
 use semroute::http::{AppState, DEFAULT_BODY_LIMIT, app};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use tower::ServiceExt;
 use upstream::{Behaviour, Upstream};
 
 #[test]
@@ -74,10 +72,7 @@ async fn a_30_mib_non_ascii_request_is_routed_by_a_keyword_or_a_pattern_at_its_v
             .unwrap();
         let state = state.clone();
         async move {
-            let response = app(state).oneshot(request).await.unwrap();
-            let status = response.status();
-            let headers = response.headers().clone();
-            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let (status, headers, bytes) = common::openapi::oneshot(app(state), request).await;
             assert_eq!(
                 status,
                 StatusCode::OK,

@@ -10,16 +10,11 @@ mod common;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
-use semroute::Router;
 use semroute::config::Config;
-use semroute::embed::EmbedWorker;
-use semroute::http::{AppState, DEFAULT_BODY_LIMIT, Engine, Source, app};
+use semroute::http::{AppState, app};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use tower::ServiceExt;
 
 const ROUTES: &str = "\
 routes:
@@ -33,31 +28,6 @@ routes:
       - how do I update my credit card
 ";
 
-fn worker() -> EmbedWorker {
-    common::worker()
-}
-
-/// A ready state serving `yaml` from a file in `dir`, reloadable from it.
-fn serving(dir: &Path, yaml: &str) -> AppState {
-    let path = dir.join("routes.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let config = Config::load(&path).unwrap();
-    let worker = worker();
-    let router = Router::build(config.clone(), worker.encoder()).unwrap();
-    let source = Source {
-        path,
-        model_roots: vec![common::repo().to_path_buf()],
-        queue: 64,
-    };
-    let state =
-        AppState::new(Arc::new(config), DEFAULT_BODY_LIMIT).with_source(source, yaml.as_bytes());
-    state.set_ready(Engine {
-        router: Arc::new(router),
-        worker,
-    });
-    state
-}
-
 /// `request` as a real server hands it on from `peer`.
 fn from(peer: [u8; 4], mut request: Request<Body>) -> Request<Body> {
     request
@@ -70,10 +40,9 @@ fn local(request: Request<Body>) -> Request<Body> {
     from([127, 0, 0, 1], request)
 }
 
+/// Sends `request` through the app; the answer is checked against the OpenAPI description.
 async fn send(state: &AppState, request: Request<Body>) -> (StatusCode, Value) {
-    let response = app(state.clone()).oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let (status, _, bytes) = common::openapi::oneshot(app(state.clone()), request).await;
     let body = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| json!({"text": String::from_utf8_lossy(&bytes)}));
     (status, body)
@@ -98,8 +67,7 @@ async fn route_of(state: &AppState, text: &str) -> Value {
 }
 
 async fn metric(state: &AppState, series: &str) -> f64 {
-    let response = app(state.clone()).oneshot(get("/metrics")).await.unwrap();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let (_, _, bytes) = common::openapi::oneshot(app(state.clone()), get("/metrics")).await;
     String::from_utf8_lossy(&bytes)
         .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
@@ -109,7 +77,7 @@ async fn metric(state: &AppState, series: &str) -> f64 {
 #[tokio::test]
 async fn a_reload_puts_an_edited_route_in_service_embedding_only_its_new_utterance() {
     let dir = tempfile::tempdir().unwrap();
-    let state = serving(dir.path(), ROUTES);
+    let state = common::reloadable(dir.path(), ROUTES);
     let prompt = "book me a table for two at an italian place";
     assert_ne!(route_of(&state, prompt).await, "dining");
     let (_, before) = send(&state, local(get("/admin/config"))).await;
@@ -145,7 +113,7 @@ async fn a_reload_puts_an_edited_route_in_service_embedding_only_its_new_utteran
 #[tokio::test]
 async fn the_same_file_again_is_unchanged_and_builds_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let state = serving(dir.path(), ROUTES);
+    let state = common::reloadable(dir.path(), ROUTES);
     let (status, done) = send(&state, reload_request()).await;
     assert_eq!(status, StatusCode::OK, "{done}");
     assert_eq!(done["result"], "unchanged");
@@ -163,7 +131,7 @@ async fn the_same_file_again_is_unchanged_and_builds_nothing() {
 #[tokio::test]
 async fn an_invalid_file_keeps_the_old_config_serving_and_says_where() {
     let dir = tempfile::tempdir().unwrap();
-    let state = serving(dir.path(), ROUTES);
+    let state = common::reloadable(dir.path(), ROUTES);
     let broken = ROUTES.replace(
         "  - name: billing\n",
         "  - name: billing\n    threshold: 7\n",
@@ -228,7 +196,7 @@ async fn an_invalid_file_keeps_the_old_config_serving_and_says_where() {
 #[tokio::test]
 async fn a_model_that_cannot_load_keeps_the_old_config_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let state = serving(dir.path(), ROUTES);
+    let state = common::reloadable(dir.path(), ROUTES);
     let missing = format!(
         "encoder:\n  path: {}\n{ROUTES}",
         dir.path().join("nowhere").display()
@@ -247,7 +215,7 @@ async fn a_model_that_cannot_load_keeps_the_old_config_serving() {
 #[tokio::test]
 async fn a_changed_encoder_loads_the_model_again() {
     let dir = tempfile::tempdir().unwrap();
-    let state = serving(dir.path(), ROUTES);
+    let state = common::reloadable(dir.path(), ROUTES);
     std::fs::write(
         dir.path().join("routes.yaml"),
         format!("encoder:\n  max_tokens: 64\n{ROUTES}"),
@@ -262,7 +230,7 @@ async fn a_changed_encoder_loads_the_model_again() {
 #[tokio::test]
 async fn requests_racing_reloads_all_succeed() {
     let dir = tempfile::tempdir().unwrap();
-    let state = serving(dir.path(), ROUTES);
+    let state = common::reloadable(dir.path(), ROUTES);
     let path = dir.path().join("routes.yaml");
     let mut clients = Vec::new();
     for i in 0..64 {
@@ -299,7 +267,7 @@ async fn admin_answers_loopback_and_the_admin_key_only() {
         "auth:\n  required: true\n  admin_key_env: RELOAD_TEST_ADMIN_KEY\n  keys:\n    - name: app\n      key_env: RELOAD_TEST_CLIENT_KEY\n{ROUTES}"
     );
     let dir = tempfile::tempdir().unwrap();
-    let state = serving(dir.path(), &yaml);
+    let state = common::reloadable(dir.path(), &yaml);
     let with_key = |key: &str, request: Request<Body>| {
         let mut request = request;
         request.headers_mut().insert(

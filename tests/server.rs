@@ -6,42 +6,14 @@
 mod common;
 mod upstream;
 
-use semroute::http::server::{self, Limits};
-use semroute::http::{AppState, DEFAULT_BODY_LIMIT, app};
+use common::serving::start;
+use semroute::http::server::Limits;
+use semroute::http::{AppState, DEFAULT_BODY_LIMIT};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::TcpStream;
 use upstream::{Behaviour, StreamEnd, Upstream};
-
-/// A server running `state` with `limits`; stop it with the sender, await it with the handle.
-struct Running {
-    addr: std::net::SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<()>,
-}
-
-async fn start(state: AppState, limits: Limits) -> Running {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let streams = state.streams().clone();
-    let done = tokio::spawn(server::serve(
-        listener,
-        app(state),
-        limits,
-        async move {
-            let _ = stopped.await;
-        },
-        move || streams.close(),
-    ));
-    Running {
-        addr,
-        stop: Some(stop),
-        done,
-    }
-}
 
 fn no_backends() -> AppState {
     let config = common::config_from("routes:\n  - name: a\n    utterances: [hello]\n");
@@ -106,6 +78,7 @@ async fn a_client_trickling_its_request_head_is_disconnected_after_the_header_ti
         .unwrap();
     let (reply, _) = read_until_closed(&mut other, Duration::from_secs(3)).await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    common::openapi::check_raw("GET", "/healthz", &reply);
 }
 
 #[tokio::test]
@@ -146,6 +119,7 @@ async fn a_body_that_does_not_arrive_in_time_gets_408() {
     let started = Instant::now();
     let (reply, _) = read_until_closed(&mut client, Duration::from_secs(4)).await;
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    common::openapi::check_raw("POST", "/classify", &reply);
     assert!(reply.contains("request_timeout"), "{reply}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -221,6 +195,11 @@ async fn shutdown_lets_short_requests_finish_and_ends_a_stream_still_open_with_a
     assert!(rest.contains("shutting down"), "{rest}");
     assert!(rest.contains("\"error\""), "{rest}");
     assert!(!rest.contains("[DONE]"), "never a clean end: {rest}");
+    common::openapi::check_raw(
+        "POST",
+        "/v1/chat/completions",
+        &String::from_utf8_lossy(&seen),
+    );
     assert!(
         started.elapsed() >= Duration::from_millis(700),
         "it waited for the drain time: {:?}",
@@ -260,4 +239,5 @@ async fn connections_past_the_limit_are_closed_and_the_rest_still_served() {
         .unwrap();
     let (reply, _) = read_until_closed(&mut client, Duration::from_secs(3)).await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    common::openapi::check_raw("GET", "/healthz", &reply);
 }

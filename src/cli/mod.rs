@@ -4,6 +4,7 @@
 mod chat;
 mod fit_report;
 mod quality;
+mod serve_args;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -11,12 +12,12 @@ use semroute::Router;
 use semroute::config::{Config, EncoderConfig};
 use semroute::embed::{Encoder, files};
 use semroute::http::classify::ClassifyResponse;
-use semroute::serve::{self, ServeOptions};
+use semroute::serve;
 use serde::Serialize;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// semroute: a semantic router for LLM applications.
 #[derive(Debug, Parser)]
@@ -28,50 +29,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the HTTP sidecar (POST /classify, GET /routes, /healthz, /readyz).
-    Serve {
-        /// The routes file.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        addr: String,
-        /// Largest request body accepted, in bytes (larger ones get 413).
-        #[arg(long, default_value_t = semroute::http::DEFAULT_BODY_LIMIT)]
-        max_body_bytes: usize,
-        /// Prompts that may wait for the model before new ones get 429.
-        #[arg(long, default_value_t = serve::DEFAULT_QUEUE)]
-        queue: usize,
-        /// Seconds a client has to send a request's head, from its first byte.
-        #[arg(long, default_value_t = 10.0, value_parser = seconds)]
-        header_timeout: f64,
-        /// Seconds a request body has to arrive whole (else 408).
-        #[arg(long, default_value_t = 60.0, value_parser = seconds)]
-        body_timeout: f64,
-        /// Seconds a keep-alive connection may stay idle between requests.
-        #[arg(long, default_value_t = 60.0, value_parser = seconds)]
-        idle_timeout: f64,
-        /// Seconds requests in flight get to finish after SIGTERM or ctrl-c; then open
-        /// streams end with an error event and the server exits.
-        #[arg(long, default_value_t = 30.0, value_parser = seconds)]
-        shutdown_timeout: f64,
-        /// Connections open at once; more are closed at once (keep it under the file
-        /// descriptor limit, `ulimit -n`).
-        #[arg(long, default_value_t = semroute::http::server::Limits::default().max_connections)]
-        max_connections: usize,
-        /// Reload the config when its file changes (it is also reloaded on SIGHUP and on
-        /// POST /admin/reload).
-        #[arg(long)]
-        watch: bool,
-        /// Write one JSON line per /classify and per proxied request to FILE (appended; `-`:
-        /// standard output). Prompts are included only with `log_prompts: true`.
-        #[arg(long, value_name = "FILE")]
-        decision_log: Option<PathBuf>,
-        /// A candidate routes file: every prompt is also classified with it (never
-        /// dispatched), and GET /admin/shadow compares its decisions with the live ones.
-        #[arg(long, value_name = "FILE")]
-        shadow: Option<PathBuf>,
-    },
+    /// Run the HTTP service: POST /classify, the OpenAI-compatible proxy, the debugging
+    /// page at GET /, /admin/*, /routes, /metrics, /healthz, /readyz.
+    Serve(serve_args::ServeArgs),
     /// Classify each TEXT (or each line of stdin) and print the route chosen.
     Classify {
         /// The routes file.
@@ -161,42 +121,7 @@ pub struct LabelledArgs {
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Serve {
-            config,
-            addr,
-            max_body_bytes,
-            queue,
-            header_timeout,
-            body_timeout,
-            idle_timeout,
-            shutdown_timeout,
-            max_connections,
-            watch,
-            decision_log,
-            shadow,
-        } => {
-            let runtime =
-                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(serve::serve(ServeOptions {
-                config_path: config,
-                addr,
-                body_limit: max_body_bytes,
-                queue,
-                body_timeout: Duration::from_secs_f64(body_timeout),
-                limits: semroute::http::server::Limits {
-                    header_timeout: Duration::from_secs_f64(header_timeout),
-                    idle_timeout: Duration::from_secs_f64(idle_timeout),
-                    shutdown_timeout: Duration::from_secs_f64(shutdown_timeout),
-                    max_connections: max_connections.max(1),
-                },
-                watch,
-                decision_log,
-                shadow,
-            }))?;
-            // Streams cut short at the end of the drain may still hold the runtime.
-            runtime.shutdown_timeout(Duration::from_millis(100));
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Serve(args) => serve_args::run(args),
         Command::Classify {
             config,
             json,
@@ -226,18 +151,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 ..semroute::offline::tune::TuneOptions::default()
             }),
         }),
-    }
-}
-
-/// A number of seconds: finite, positive, at most a day.
-fn seconds(text: &str) -> Result<f64, String> {
-    let value: f64 = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    if value.is_finite() && value > 0.0 && value <= 86_400.0 {
-        Ok(value)
-    } else {
-        Err(format!("{value} is outside (0, 86400] seconds"))
     }
 }
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_saphyr::Spanned;
 
 /// How a route picks among its targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// In the order written.

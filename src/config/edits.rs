@@ -11,7 +11,7 @@ pub const MAX_EDITED_UTTERANCES: usize = 2_000;
 pub const MAX_UTTERANCE_BYTES: usize = 4_096;
 
 /// One route's new utterances and/or threshold.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteEdit {
     /// The route's name, as in the file.

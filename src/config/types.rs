@@ -143,7 +143,7 @@ impl Pattern {
 }
 
 /// How a route's score is formed from the similarities of its retrieved utterances.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Aggregation {
     /// The best single neighbour.

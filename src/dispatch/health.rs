@@ -40,6 +40,34 @@ pub enum Availability {
     Cooling(Instant),
 }
 
+/// A breaker as an operator reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// In use.
+    Closed,
+    /// Failures opened it: skipped until its cooldown ends.
+    Open,
+    /// The provider's rate limit or a refused credential: skipped until the cooldown ends,
+    /// which a health check cannot lift.
+    Cooling,
+    /// The cooldown is over: one request at a time probes it.
+    HalfOpen,
+}
+
+/// One backend's health at one moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Snapshot {
+    pub state: BreakerState,
+    /// Consecutive failures.
+    pub failures: u32,
+    /// Time left in the cooldown.
+    pub remaining: Option<Duration>,
+    pub in_flight: usize,
+    /// The peak-EWMA latency (`None`: no answer yet).
+    pub latency: Option<Duration>,
+}
+
 #[derive(Debug, Default)]
 struct Breaker {
     failures: u32,
@@ -204,6 +232,35 @@ impl Health {
                 }
             };
             *l = (updated, Some(now));
+        }
+    }
+
+    /// The breaker and the load as an operator reads them (the page, `/admin/backends`).
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let (state, failures, remaining) = match self.breaker.lock() {
+            Ok(b) => {
+                let state = match b.until {
+                    None => BreakerState::Closed,
+                    Some(until) if now < until && b.pinned => BreakerState::Cooling,
+                    Some(until) if now < until => BreakerState::Open,
+                    Some(_) => BreakerState::HalfOpen,
+                };
+                let remaining = b.until.map(|u| u.saturating_duration_since(now));
+                (state, b.failures, remaining.filter(|r| !r.is_zero()))
+            }
+            Err(_) => (BreakerState::Closed, 0, None),
+        };
+        let latency = self
+            .latency
+            .lock()
+            .ok()
+            .and_then(|l| l.1.map(|_| Duration::from_secs_f64(l.0 / 1e6)));
+        Snapshot {
+            state,
+            failures,
+            remaining,
+            in_flight: self.in_flight(),
+            latency,
         }
     }
 

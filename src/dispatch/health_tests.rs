@@ -173,3 +173,34 @@ fn an_admission_after_the_cooldown_holds_the_probe_slot_until_dropped() {
     drop(probe);
     assert!(h.start_probe().is_some());
 }
+
+#[test]
+fn a_snapshot_names_the_breakers_state_and_the_load() {
+    let h = Arc::new(Health::default());
+    let t0 = Instant::now();
+    let fresh = h.snapshot(t0);
+    assert_eq!(fresh.state, BreakerState::Closed);
+    assert_eq!(
+        (fresh.failures, fresh.remaining, fresh.latency),
+        (0, None, None)
+    );
+    let _busy = h.enter();
+    h.observe_latency(t0, Duration::from_millis(40));
+    for _ in 0..FAILURES_TO_OPEN {
+        h.failed(t0);
+    }
+    let open = h.snapshot(t0);
+    assert_eq!(open.state, BreakerState::Open);
+    assert_eq!(open.failures, FAILURES_TO_OPEN);
+    assert_eq!(open.remaining, Some(BASE_COOLDOWN));
+    assert_eq!(open.in_flight, 1);
+    assert_eq!(open.latency, Some(Duration::from_millis(40)));
+    let after = h.snapshot(t0 + BASE_COOLDOWN);
+    assert_eq!(
+        (after.state, after.remaining),
+        (BreakerState::HalfOpen, None)
+    );
+    let limited = Health::default();
+    limited.rate_limited(t0, Some(Duration::from_secs(7)));
+    assert_eq!(limited.snapshot(t0).state, BreakerState::Cooling);
+}

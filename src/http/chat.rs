@@ -1,13 +1,14 @@
-//! `POST /v1/chat/completions` (the OpenAI-compatible proxy), `GET /v1/models` and
-//! `GET /v1/models/{id}`. The body passes through untouched apart from `model`: `auto` (or
-//! none) routes by classifying the last user message, a route's or a backend's name goes
-//! straight there. Whatever `model` says, the request carries the strictest data class of
-//! its header, its route and every class-bearing pattern that matches it. A large body is
-//! parsed, scanned and prepared on a blocking thread, never on the async runtime.
+//! `POST /v1/chat/completions`, the OpenAI-compatible proxy. The body passes through
+//! untouched apart from `model`: `auto` (or none) routes by classifying the last user
+//! message, a route's or a backend's name goes straight there. Whatever `model` says, the
+//! request carries the strictest data class of its header, its route and every
+//! class-bearing pattern that matches it. A large body is parsed, scanned and prepared on a
+//! blocking thread, never on the async runtime.
 
 use super::conversation::ChatPrompt;
 use super::decisions;
 use super::json::read_json_body;
+use super::openapi::{ChatCompletion, ChatCompletionRequest, RelayedError};
 use super::tenant;
 use super::{AppState, Live};
 use crate::config::{Config, RouteId};
@@ -15,18 +16,17 @@ use crate::dispatch::classes::{self, Classed};
 use crate::dispatch::relay::{Piece, frame};
 use crate::dispatch::{Answer, AnswerBody, ChatRequest, Destination, DispatchError};
 use crate::embed::has_visible_text;
-use crate::error::{ApiError, ErrorKind};
+use crate::error::{ApiError, ErrorBody, ErrorKind};
 use crate::quota::demand::Demand;
 use crate::quota::{Admitted, Caller};
 use crate::route::decide::OverrideKind;
 use crate::route::split_chat;
 use crate::telemetry::decisions::PendingDecision;
-use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use axum::response::Response;
+use serde_json::{Map, Value};
 use std::sync::Arc;
 
 /// The request header that raises a request's data class.
@@ -46,6 +46,53 @@ struct Prepared {
     demand: Demand,
 }
 
+/// OpenAI's chat completions: routed by `model` (`auto` classifies the last user message),
+/// sent to the route's targets in order, the backend's answer relayed as it came.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "proxy",
+    request_body = ChatCompletionRequest,
+    params(
+        ("x-semroute-data-class" = Option<String>, Header, description = "Raises the request's data class (the strictest of all values applies)"),
+        ("x-semroute-user" = Option<String>, Header, description = "The end user, when the body has no `user`"),
+    ),
+    security((), ("client_key" = [])),
+    responses(
+        (status = 200, description = "The backend's answer: a completion, or with `stream: true` server-sent events",
+            content((ChatCompletion = "application/json"), (String = "text/event-stream")),
+            headers(
+                ("x-semroute-route" = String, description = "The route by name (`-`: a backend was named)"),
+                ("x-semroute-backend" = String, description = "The backend that answered"),
+                ("x-semroute-score" = String, description = "The route's score (`-`: not classified)"),
+                ("x-semroute-attempts" = u32, description = "Upstream calls made"),
+                ("x-ratelimit-limit-requests" = u64, description = "With a requests-per-minute limit (and `-tokens` with a tokens one)"),
+                ("x-ratelimit-remaining-requests" = u64, description = "What the limit leaves"),
+                ("x-ratelimit-reset-requests" = String, description = "When it is whole again (`20ms`, `1.5s`, `6m0s`)"),
+            )),
+        (status = 400, description = "`invalid_json`; `context_length_exceeded`: no target's context window holds the request; or the backend's own 400", body = RelayedError),
+        (status = 401, description = "`unauthorized`: `auth.required` and no known client key", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "`forbidden`: the key may not use this route, backend or data class; `data_class_refused`: no target may receive the request's data class", body = ErrorBody),
+        (status = 404, description = "`not_found`: the config defines no backends; `model_not_found`: `model` names no route or backend; or the backend's own 404", body = RelayedError),
+        (status = 408, description = "`request_timeout`: the body did not arrive within `--body-timeout`; or the backend's own 408", body = RelayedError),
+        (status = 413, description = "`payload_too_large`: the body is over the limit (at least 32 MiB); or the backend's own 413", body = RelayedError),
+        (status = 415, description = "`unsupported_media_type`: not `content-type: application/json`; or the backend's own 415", body = RelayedError),
+        (status = 422, description = "`invalid_request`: no `messages`, wrong types, no user text to route by, no route matched and no `default_route`; or the backend's own 422", body = RelayedError),
+        (status = 429, description = "`rate_limit_exceeded`, `budget_exceeded` (the key's or the user's), or `overloaded` (the model's queue is full)", body = ErrorBody,
+            headers(
+                ("Retry-After" = u64, description = "Seconds to wait"),
+                ("x-ratelimit-limit-requests" = u64, description = "The limit that refused (or `-tokens`)"),
+                ("x-ratelimit-remaining-requests" = u64, description = "What the limit leaves"),
+                ("x-ratelimit-reset-requests" = String, description = "When it is whole again"),
+            )),
+        (status = "4XX", description = "Any other 4xx of the backend, relayed as it came", body = RelayedError),
+        (status = 500, description = "`internal`", body = ErrorBody),
+        (status = 502, description = "`upstream_failed`: every target failed (the message lists each failure)", body = ErrorBody),
+        (status = 503, description = "`upstream_unavailable`: every target is cooling down; `not_ready`: the model is loading; `state_unavailable`: Redis is unreachable and `state.on_error` is `fail_closed`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn chat_completions(
     State(state): State<AppState>,
     request: Request,
@@ -449,46 +496,4 @@ fn names<'a>(list: impl Iterator<Item = &'a str>) -> String {
     } else {
         all.join(", ")
     }
-}
-
-/// Every model id a client may name: `auto`, the routes, the backends.
-fn model_entries(config: &Config) -> Vec<Value> {
-    let entry = |id: &str, kind: &str| json!({"id": id, "object": "model", "created": 0, "owned_by": "semroute", "semroute_kind": kind});
-    let mut data = vec![entry("auto", "auto")];
-    data.extend(
-        config
-            .routes
-            .iter()
-            .map(|r| entry(r.name.as_str(), "route")),
-    );
-    data.extend(config.backends.iter().map(|b| entry(&b.name, "backend")));
-    data
-}
-
-/// `GET /v1/models`: `auto`, every route and every backend, in OpenAI's list shape.
-pub async fn models(State(state): State<AppState>) -> impl IntoResponse {
-    Json(json!({"object": "list", "data": model_entries(&state.live().config)}))
-}
-
-/// `GET /v1/models/{id}` (the SDKs' `models.retrieve`).
-pub async fn model(
-    State(state): State<AppState>,
-    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Ok(Path(id)) = id else {
-        return Err(ApiError::new(
-            ErrorKind::ModelNotFound,
-            "there is no such model (the id is not valid UTF-8); GET /v1/models lists them",
-        ));
-    };
-    model_entries(&state.live().config)
-        .into_iter()
-        .find(|m| m["id"] == id.as_str())
-        .map(Json)
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::ModelNotFound,
-                format!("there is no model `{id}`; GET /v1/models lists them"),
-            )
-        })
 }

@@ -6,7 +6,7 @@ use super::json::ApiJson;
 use super::request_id::RequestMeta;
 use crate::config::{Config, MAX_TOP_K};
 use crate::embed::has_visible_text;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::route::decide::{MatchedBy, OverrideKind};
 use crate::route::{Classification, Timing, TurnOutcome};
 use axum::Json;
@@ -17,20 +17,26 @@ use std::time::Instant;
 
 /// `{"text": "..."}` or `{"messages": [...]}` (the last user message is classified, with
 /// the conversation before it as `conversation:` configures).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ClassifyRequest {
+    /// The prompt to classify (give this or `messages`).
     #[serde(default)]
     pub text: Option<String>,
+    /// A chat in OpenAI's format: its last `user` message is classified.
     #[serde(default)]
     pub messages: Option<Vec<Message>>,
+    /// How many candidate routes to list (the config's `top_k` when absent).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
     pub top_k: Option<usize>,
 }
 
 /// An OpenAI-style chat message; `content` is a string or a list of parts.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Message {
+    /// `system`, `user`, `assistant`, `tool`...
     pub role: String,
+    /// A string, or a list of parts such as `{"type": "text", "text": "..."}`.
     #[serde(default)]
     pub content: serde_json::Value,
 }
@@ -80,16 +86,24 @@ impl ClassifyRequest {
 
 /// A classification as `POST /classify` (and `semroute classify --json`) shows it: routes
 /// and utterances by name.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ClassifyResponse {
+    /// The chosen route, or `null`.
     pub route: Option<String>,
+    /// The chosen route's score (for `default`/`none`: the best score seen).
     pub score: Option<f32>,
     pub matched_by: MatchedBy,
+    /// The threshold that applied to the chosen (or best) route.
     pub threshold: f32,
+    /// The best route's score minus the runner-up's (`null` with one candidate).
     pub margin: Option<f32>,
+    /// The best two are within `ambiguity_margin`.
     pub ambiguous: bool,
+    /// Every keyword and pattern that matched, in file order.
     pub overrides: Vec<OverrideReport>,
+    /// Up to `top_k` routes, best first, each with its best neighbours.
     pub candidates: Vec<CandidateReport>,
+    /// Tokens the prompt was embedded as, after truncation.
     pub tokens: usize,
     pub timing_us: Timing,
     /// What the conversation contributed (requests with `messages` only).
@@ -98,7 +112,7 @@ pub struct ClassifyResponse {
 }
 
 /// A conversation's part in a decision, by name.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ConversationView {
     /// The conversation's route when the last user message arrived (`null`: none yet).
     pub previous_route: Option<String>,
@@ -112,27 +126,27 @@ pub struct ConversationView {
     pub messages: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WithoutContext {
     pub route: Option<String>,
     pub score: Option<f32>,
     pub matched_by: MatchedBy,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ContextScore {
     pub route: String,
     pub probability: f32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OverrideReport {
     pub route: String,
     pub kind: OverrideKind,
     pub rule: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CandidateReport {
     pub route: String,
     pub score: f32,
@@ -140,7 +154,7 @@ pub struct CandidateReport {
     pub neighbors: Vec<NeighborReport>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NeighborReport {
     pub utterance: String,
     pub similarity: f32,
@@ -214,6 +228,29 @@ impl ClassifyResponse {
     }
 }
 
+/// Which route a prompt (or a chat's last user message) goes to, and why.
+#[utoipa::path(
+    post,
+    path = "/classify",
+    tag = "routing",
+    request_body = ClassifyRequest,
+    security((), ("client_key" = [])),
+    responses(
+        (status = 200, description = "The decision, the overrides that fired and the candidates", body = ClassifyResponse),
+        (status = 400, description = "`invalid_json`: the body is not valid JSON", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: `auth.required` and no known client key", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 408, description = "`request_timeout`: the body did not arrive within `--body-timeout`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over `--max-body-bytes`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `content-type: application/json`", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: no `text`/`messages`, empty text, both given, wrong types, `top_k` out of range", body = ErrorBody),
+        (status = 429, description = "`overloaded`: more than `--queue` prompts wait for the model", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "`internal`: the model worker failed", body = ErrorBody),
+        (status = 503, description = "`not_ready`: the model is still loading", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn classify(
     State(state): State<AppState>,
     Extension(meta): Extension<RequestMeta>,

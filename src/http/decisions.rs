@@ -7,11 +7,11 @@ use super::classify::{ClassifyResponse, Input};
 use super::request_id::RequestMeta;
 use crate::config::Config;
 use crate::dispatch::Destination;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::route::decide::MatchedBy;
 use crate::route::{Classification, content_text};
 use crate::telemetry::decisions::{
-    DEFAULT_RECENT, Decision, Filter, PendingDecision, Prompt, Routing,
+    DEFAULT_RECENT, Decision, Filter, PendingDecision, Prompt, Routing, Tokens,
 };
 use axum::Json;
 use axum::extract::{RawQuery, State};
@@ -125,16 +125,76 @@ pub fn routed(decision: Option<&Arc<PendingDecision>>, config: &Config, c: &Clas
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Recent {
     /// Off: no decision is kept, the list is empty.
     log_prompts: bool,
     /// Newest first.
+    #[schema(value_type = Vec<DecisionLine>)]
     decisions: Vec<Decision>,
+}
+
+/// One decision as the log writes it (`Decision`, whose flattened parts utoipa cannot
+/// describe as one flat object).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // a description only: the answer is `Decision`
+struct DecisionLine {
+    /// When the request arrived (RFC 3339, UTC, milliseconds).
+    #[schema(format = DateTime)]
+    ts: String,
+    request_id: String,
+    /// `/classify` or `/v1/chat/completions`.
+    endpoint: String,
+    route: Option<String>,
+    matched_by: Option<String>,
+    score: Option<f32>,
+    margin: Option<f32>,
+    ambiguous: Option<bool>,
+    /// Proxied requests only: the backend that answered last.
+    #[schema(required = false)]
+    backend: Option<String>,
+    /// Proxied requests only: calls made upstream.
+    #[schema(required = false)]
+    attempts: u32,
+    /// Proxied requests only: the status the client got (499: it left first).
+    #[schema(required = false)]
+    status: u16,
+    #[schema(required = false)]
+    latency_ms: f64,
+    #[schema(required = false)]
+    ttfb_ms: Option<f64>,
+    #[schema(required = false)]
+    tokens: Option<Tokens>,
+    #[schema(required = false)]
+    cost_usd: Option<f64>,
+    /// The client key's name, when the request carried a known one.
+    #[schema(required = false)]
+    key: String,
+    /// The prompt (only with `log_prompts: true`).
+    #[schema(required = false)]
+    prompt: Prompt,
 }
 
 /// `GET /admin/decisions?route=&matched_by=&limit=`: the recent decisions with their
 /// prompts, newest first (`route=-`: those without a route).
+#[utoipa::path(
+    get,
+    path = "/admin/decisions",
+    tag = "admin",
+    security((), ("admin_key" = [])),
+    params(
+        ("route" = Option<String>, Query, description = "Only this route's decisions (`-`: those without a route)"),
+        ("matched_by" = Option<String>, Query, description = "Only decisions matched this way: semantic, keyword, pattern, conversation, default or none"),
+        ("limit" = Option<usize>, Query, description = "At most this many (1 to 1,000; default 100)", minimum = 1, maximum = 1000),
+    ),
+    responses(
+        (status = 200, description = "The recent decisions, newest first (kept only with `log_prompts: true`)", body = Recent),
+        (status = 422, description = "`invalid_request`: an unknown parameter or a value out of range", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: not on loopback (or forwarded) and no admin key", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "`forbidden`: a client key, or a browser page of another origin", body = ErrorBody),
+    )
+)]
 pub async fn recent(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,

@@ -23,7 +23,7 @@ pub struct Engine {
 }
 
 /// Where the config in service came from (`GET /admin/config`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Origin {
     /// The file, when the config was read from one.
     pub file: Option<String>,

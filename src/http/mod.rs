@@ -7,13 +7,17 @@ pub mod classify;
 mod conversation;
 pub mod decisions;
 mod health;
+mod inspect;
 mod json;
 pub mod live;
+mod models;
+pub mod openapi;
 pub mod reload;
 pub mod request_id;
 pub mod server;
 pub mod shadow;
 mod tenant;
+mod ui;
 mod usage;
 pub mod watch;
 mod whatif;
@@ -198,8 +202,8 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     // What lists routes and backends needs a key when keys are required.
     let listings = Router::new()
-        .route("/v1/models", get(chat::models))
-        .route("/v1/models/{*id}", get(chat::model))
+        .route("/v1/models", get(models::models))
+        .route("/v1/models/{*id}", get(models::model))
         .route("/routes", get(health::routes))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -211,6 +215,8 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/decisions", get(decisions::recent))
         .route("/admin/whatif", post(whatif::whatif))
         .route("/admin/shadow", get(admin::shadow))
+        .route("/admin/routes", get(inspect::routes))
+        .route("/admin/backends", get(inspect::backends))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_admin,
@@ -224,6 +230,11 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi::openapi))
+        .route("/", get(ui::page))
+        .route("/ui", get(ui::page_at_ui))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -234,7 +245,7 @@ pub fn app(state: AppState) -> Router {
 async fn not_found() -> ApiError {
     ApiError::new(
         ErrorKind::NotFound,
-        "no such endpoint; see POST /classify, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /v1/usage, /metrics, /routes, /healthz, /readyz, GET /admin/config, POST /admin/reload, GET /admin/decisions",
+        "no such endpoint; see POST /classify, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /v1/usage, /metrics, /routes, /healthz, /readyz, GET /admin/config, POST /admin/reload, GET /admin/decisions, POST /admin/whatif, GET /admin/shadow, GET /admin/routes, GET /admin/backends, GET /openapi.json, the page at GET /",
     )
 }
 

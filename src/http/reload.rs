@@ -30,10 +30,12 @@ pub struct Reloader {
 }
 
 /// The last reload, for `GET /admin/config`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LastReload {
     /// `ok`, `unchanged` or `error`.
+    #[schema(pattern = "^(ok|unchanged|error)$")]
     pub result: &'static str,
+    /// When it ended (RFC 3339, UTC).
     pub at: String,
     /// Why it failed (the old config kept serving).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -83,16 +85,19 @@ pub enum ReloadError {
 }
 
 /// What a reload did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Reloaded {
     /// `ok` (the new config is in service) or `unchanged` (the file is the one in service).
+    #[schema(pattern = "^(ok|unchanged)$")]
     pub result: &'static str,
     /// The config in service now.
     pub config: Origin,
+    /// Routes and backends of the config in service.
     pub routes: usize,
     pub backends: usize,
     /// Utterances the model embedded for this reload (the others' embeddings were reused).
     pub embedded: usize,
+    /// Utterances whose embeddings were reused.
     pub reused: usize,
     /// Whether `encoder:` changed, so the model was loaded again.
     pub model_reloaded: bool,

@@ -57,7 +57,7 @@ pub fn cut(text: &str) -> &str {
 }
 
 /// One side's decision, by name.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Side {
     pub route: Option<String>,
     pub matched_by: &'static str,
@@ -110,7 +110,7 @@ struct Cell {
 }
 
 /// `GET /admin/shadow`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ShadowReport {
     pub candidate: String,
     pub since: Option<String>,
@@ -126,7 +126,7 @@ pub struct ShadowReport {
     pub scores: Vec<ScoreBucket>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConfusionCell {
     pub live: String,
     pub candidate: String,
@@ -135,7 +135,7 @@ pub struct ConfusionCell {
     pub examples: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ScoreBucket {
     pub from: f32,
     pub to: f32,

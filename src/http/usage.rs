@@ -5,29 +5,33 @@
 use super::AppState;
 use super::tenant;
 use crate::config::Limits;
-use crate::error::{ApiError, ErrorKind};
+use crate::error::{ApiError, ErrorBody, ErrorKind};
 use crate::quota::{BudgetUsage, Quota};
 use axum::Json;
 use axum::extract::{Request, State};
 use serde::Serialize;
 
-#[derive(Serialize)]
+/// What `GET /v1/usage` answers: the keys the caller may see, and with `?user=` one user.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Usage {
     /// Where the counters live: `redis` or `memory` (this process).
+    #[schema(pattern = "^(redis|memory)$")]
     state: &'static str,
     keys: Vec<KeyUsage>,
     #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<UserUsage>,
 }
 
-#[derive(Serialize)]
+/// A client key's limits and where its budgets stand.
+#[derive(Serialize, utoipa::ToSchema)]
 struct KeyUsage {
     name: String,
     limits: LimitsOut,
     budgets: Vec<BudgetUsage>,
 }
 
-#[derive(Serialize)]
+/// One end user's (`?user=`) limits and budgets under a key (`-`: no key).
+#[derive(Serialize, utoipa::ToSchema)]
 struct UserUsage {
     key: String,
     user: String,
@@ -35,7 +39,9 @@ struct UserUsage {
     budgets: Vec<BudgetUsage>,
 }
 
-#[derive(Serialize)]
+/// Limits as configured (`null`: none).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Limits)]
 struct LimitsOut {
     rpm: Option<u64>,
     tpm: Option<u64>,
@@ -54,6 +60,25 @@ impl From<&Limits> for LimitsOut {
     }
 }
 
+/// Spend and limits per client key; per user with `?user=` (and `?key=`).
+#[utoipa::path(
+    get,
+    path = "/v1/usage",
+    tag = "tenants",
+    params(
+        ("user" = Option<String>, Query, description = "Also show this end user's budgets"),
+        ("key" = Option<String>, Query, description = "The key the user is under (default: the caller's)"),
+    ),
+    security(("client_key" = []), ("admin_key" = []), ()),
+    responses(
+        (status = 200, description = "Every key for an admin key or a direct loopback client; the caller's own otherwise", body = Usage),
+        (status = 401, description = "`unauthorized`: no key (and not on loopback), or a key that is not valid", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "`not_found`: `?key=` names no key the caller may see", body = ErrorBody),
+        (status = 503, description = "`state_unavailable`: the shared counters (Redis) cannot be read", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn usage(
     State(state): State<AppState>,
     request: Request,

@@ -10,7 +10,7 @@ use super::AppState;
 use super::json::ApiJson;
 use super::shadow::{Side, cut};
 use crate::config::RouteEdit;
-use crate::error::{ApiError, ErrorKind};
+use crate::error::{ApiError, ErrorBody, ErrorKind};
 use crate::route::Router as RouteIndex;
 use crate::telemetry::decisions::{Filter, Prompt};
 use axum::Json;
@@ -23,7 +23,7 @@ pub const MAX_PROMPTS: usize = 1_000;
 /// Prompts embedded per pass of the model.
 const BATCH: usize = 32;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WhatIfRequest {
     pub edits: Vec<RouteEdit>,
@@ -35,7 +35,7 @@ pub struct WhatIfRequest {
     pub limit: Option<usize>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WhatIfResponse {
     /// Prompts tried.
     pub prompts: usize,
@@ -47,7 +47,7 @@ pub struct WhatIfResponse {
     pub ms: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Moved {
     pub text: String,
     pub from: Side,
@@ -63,6 +63,31 @@ impl Default for Turn {
     }
 }
 
+/// Tries edits to routes' utterances or thresholds on prompts, without touching the file:
+/// which prompts would move, from where to where.
+#[utoipa::path(
+    post,
+    path = "/admin/whatif",
+    tag = "admin",
+    security((), ("admin_key" = [])),
+    request_body = WhatIfRequest,
+    responses(
+        (status = 200, description = "The prompts whose route would change", body = WhatIfResponse),
+        (status = 400, description = "`invalid_json`: the body is not valid JSON", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: not on loopback (or forwarded) and no admin key", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "`forbidden`: a client key, or a browser page of another origin", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body did not arrive within `--body-timeout`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over `--max-body-bytes`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `content-type: application/json`", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: an unknown route, a threshold outside [-1, 1], empty or too many utterances, too many prompts", body = ErrorBody),
+        (status = 429, description = "`overloaded`: another what-if is running", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "`internal`: the model worker failed", body = ErrorBody),
+        (status = 503, description = "`not_ready`: the model is still loading", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn whatif(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<WhatIfRequest>,

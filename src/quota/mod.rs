@@ -433,7 +433,7 @@ impl Quota {
 }
 
 /// One budget's state, for `GET /v1/usage`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct BudgetUsage {
     /// `usd_per_day` or `usd_per_month`.
     pub budget: &'static str,

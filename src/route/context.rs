@@ -44,7 +44,7 @@ pub struct Alone {
 }
 
 /// How the decision relates to the conversation's route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TurnOutcome {
     /// No earlier turn had a route (or `mode: last`): the message decided alone.

@@ -21,7 +21,7 @@ pub struct RouteScore {
 }
 
 /// Which kind of override matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OverrideKind {
     Pattern,
@@ -38,7 +38,7 @@ pub struct OverrideHit {
 }
 
 /// How the decision was reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MatchedBy {
     Semantic,

@@ -84,7 +84,8 @@ pub struct NearUtterance {
     pub similarity: f32,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+/// Microseconds spent embedding, searching and deciding, and in total.
+#[derive(Debug, Clone, Copy, Default, Serialize, utoipa::ToSchema)]
 pub struct Timing {
     pub embed: u64,
     pub search: u64,

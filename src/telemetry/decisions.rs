@@ -83,7 +83,7 @@ pub struct Proxied {
     pub cost_usd: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Tokens {
     pub prompt: u64,
     pub completion: u64,

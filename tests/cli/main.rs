@@ -14,7 +14,9 @@ mod serve;
 mod validate;
 
 use serde_json::Value;
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 fn semroute() -> Command {
     common::model_dir();
@@ -51,4 +53,50 @@ fn stderr(output: &Output) -> String {
 fn json_of(out: &Output) -> Value {
     assert!(out.status.success(), "{}", stderr(out));
     serde_json::from_str(stdout(out).trim()).unwrap()
+}
+
+/// A `semroute serve` child, killed if the test ends before stopping it.
+struct Served {
+    child: Child,
+    /// The address it logged that it listens on.
+    addr: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `semroute serve --addr 127.0.0.1:0 ARGS` (logging at info), once it logged its address.
+fn serve(args: &[&str], stdout: Stdio) -> Served {
+    let child = semroute()
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "semroute=info")
+        .stderr(Stdio::piped())
+        .stdout(stdout)
+        .spawn()
+        .unwrap();
+    let mut served = Served {
+        child,
+        addr: String::new(),
+    };
+    let stderr = served.child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    served.addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("serve logs its address");
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    served
 }

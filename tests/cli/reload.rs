@@ -2,65 +2,24 @@
 //! the way editors save (a new file renamed over the old). A file saved broken leaves the
 //! service answering on the old config.
 
-use crate::semroute;
+use crate::{Served, semroute, serve};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ROUTES: &str = "routes:\n  - name: weather\n    utterances: [will it rain tomorrow, is it sunny outside]\n  - name: billing\n    utterances: [why was I charged twice, update my credit card]\n";
 
-/// A server child that is killed if the test fails before stopping it.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(config: &Path, extra: &[&str]) -> Server {
-    let mut child = semroute()
-        .args([
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--addr",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
-        .env("RUST_LOG", "semroute=info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("serve logs its address");
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    let server = Server { child, addr };
+fn start(config: &Path, extra: &[&str]) -> Served {
+    let args = [&["--config", config.to_str().unwrap()][..], extra].concat();
+    let server = serve(&args, Stdio::null());
     wait_for(&server, "/readyz", |_| true);
     server
 }
 
 /// One HTTP/1.1 exchange over a fresh connection: the status and the body.
-fn http(server: &Server, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+fn http(server: &Served, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
     let mut stream = std::net::TcpStream::connect(&server.addr).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -74,13 +33,14 @@ fn http(server: &Server, method: &str, path: &str, body: &str) -> Option<(u16, S
     stream.write_all(body.as_bytes()).ok()?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).ok()?;
+    crate::common::openapi::check_raw(method, path, &answer);
     let status = answer.split_whitespace().nth(1)?.parse().ok()?;
     let (_, body) = answer.split_once("\r\n\r\n")?;
     Some((status, body.to_string()))
 }
 
 /// `GET path` as JSON, when it answers 200.
-fn get(server: &Server, path: &str) -> Option<Value> {
+fn get(server: &Served, path: &str) -> Option<Value> {
     match http(server, "GET", path, "")? {
         (200, body) => serde_json::from_str(&body).ok(),
         _ => None,
@@ -88,7 +48,7 @@ fn get(server: &Server, path: &str) -> Option<Value> {
 }
 
 /// Polls `path` until it answers 200 with a body `done` accepts (60 s at most).
-fn wait_for(server: &Server, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+fn wait_for(server: &Served, path: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(body) = get(server, path)
@@ -108,7 +68,7 @@ fn save(path: &Path, text: &str) {
     std::fs::rename(&beside, path).unwrap();
 }
 
-fn generation(server: &Server) -> u64 {
+fn generation(server: &Served) -> u64 {
     get(server, "/admin/config").unwrap()["generation"]
         .as_u64()
         .unwrap()
@@ -170,7 +130,7 @@ fn watch_reloads_a_saved_file_and_keeps_serving_when_it_is_saved_broken() {
     assert_eq!(generation(&server), 2);
 }
 
-fn classify(server: &Server, text: &str) -> Value {
+fn classify(server: &Served, text: &str) -> Value {
     let (status, body) = http(
         server,
         "POST",

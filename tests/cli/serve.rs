@@ -1,7 +1,7 @@
 //! `serve` end to end, as a process: it listens, turns ready, answers, and stops cleanly
 //! on SIGTERM; `--decision-log` writes to a file or to standard output.
 
-use crate::{common, semroute};
+use crate::{Served, common, semroute, serve};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -9,32 +9,11 @@ use std::time::{Duration, Instant};
 
 /// `semroute serve --config routes.yaml` on a free port with `extra` arguments: the child
 /// and the address it logged.
-fn start(extra: &[&str], stdout: Stdio) -> (KillOnDrop, String) {
-    let child = semroute()
-        .args(["serve", "--config", "routes.yaml", "--addr", "127.0.0.1:0"])
-        .args(extra)
-        .env("RUST_LOG", "semroute=info")
-        .stderr(Stdio::piped())
-        .stdout(stdout)
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    let stderr = child.0.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("serve logs its address");
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    (child, addr)
+fn start(extra: &[&str], stdout: Stdio) -> (Served, String) {
+    let args = [&["--config", "routes.yaml"][..], extra].concat();
+    let served = serve(&args, stdout);
+    let addr = served.addr.clone();
+    (served, addr)
 }
 
 async fn wait_ready(client: &reqwest::Client, addr: &str) {
@@ -45,10 +24,11 @@ async fn wait_ready(client: &reqwest::Client, addr: &str) {
             .send()
             .await
             .unwrap();
-        if ready.status() == 200 {
+        let (status, _, _) = common::openapi::read("GET", ready).await;
+        if status == 200 {
             return;
         }
-        assert_eq!(ready.status(), 503);
+        assert_eq!(status, 503);
         assert!(Instant::now() < deadline, "not ready in time");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -68,12 +48,12 @@ fn classify_on(addr: &str, text: &str, id: &str) -> Value {
             .await
             .unwrap();
         assert_eq!(response.headers()["x-request-id"], id);
-        response.json::<Value>().await.unwrap()["route"].clone()
+        common::openapi::read_json("POST", response).await["route"].clone()
     })
 }
 
-fn terminate(child: &mut KillOnDrop) {
-    let pid = child.0.id().to_string();
+fn terminate(child: &mut Served) {
+    let pid = child.child.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -81,7 +61,7 @@ fn terminate(child: &mut KillOnDrop) {
             .unwrap()
             .success()
     );
-    let status = child.0.wait().unwrap();
+    let status = child.child.wait().unwrap();
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
 }
 
@@ -93,15 +73,13 @@ fn serve_answers_over_http_and_shuts_down_on_sigterm() {
     runtime.block_on(async {
         let client = common::http_client();
         wait_ready(&client, &addr).await;
-        let body: Value = client
+        let answer = client
             .post(format!("http://{addr}/classify"))
             .json(&serde_json::json!({"text": "Write a Python function to parse JSON"}))
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
             .unwrap();
+        let body = common::openapi::read_json("POST", answer).await;
         assert_eq!(body["route"], "code");
     });
     terminate(&mut child);
@@ -136,7 +114,7 @@ fn serve_appends_one_decision_line_per_classification_to_the_log_file() {
 #[test]
 fn serve_writes_the_decision_log_to_standard_output_with_a_dash() {
     let (mut child, addr) = start(&["--decision-log", "-"], Stdio::piped());
-    let stdout = child.0.stdout.take().unwrap();
+    let stdout = child.child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -170,14 +148,4 @@ fn serve_refuses_to_start_with_a_decision_log_it_cannot_open() {
         err.contains("cannot open the decision log /nonexistent-semroute-dir/decisions.jsonl"),
         "{err}"
     );
-}
-
-/// A server child that is killed if the test fails before stopping it.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -2,6 +2,9 @@
 //! use), the shipped routes, and the shared data sets.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod openapi;
+pub mod serving;
+
 use semroute::Router;
 use semroute::config::Config;
 use semroute::embed::{Encoder, files};
@@ -119,4 +122,27 @@ pub fn report(
 pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
+}
+
+/// A ready in-process state serving `yaml` from `dir/routes.yaml`, reloadable from that file
+/// (as `serve --config dir/routes.yaml` is).
+pub fn reloadable(dir: &Path, yaml: &str) -> semroute::http::AppState {
+    use semroute::http::{AppState, DEFAULT_BODY_LIMIT, Engine, Source};
+    let path = dir.join("routes.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let config = Config::load(&path).unwrap();
+    let worker = worker();
+    let router = Router::build(config.clone(), worker.encoder()).unwrap();
+    let source = Source {
+        path,
+        model_roots: vec![repo().to_path_buf()],
+        queue: 64,
+    };
+    let state = AppState::new(std::sync::Arc::new(config), DEFAULT_BODY_LIMIT)
+        .with_source(source, yaml.as_bytes());
+    state.set_ready(Engine {
+        router: std::sync::Arc::new(router),
+        worker,
+    });
+    state
 }

@@ -120,6 +120,7 @@ async fn a_stream_holds_its_backends_in_flight_count_until_it_ends() {
         .body(Body::from(stream_request("chat").to_string()))
         .unwrap();
     let response = app(s.clone()).oneshot(streaming).await.unwrap();
+    crate::common::openapi::check_head("POST", "/v1/chat/completions", &response);
     assert_eq!(response.headers()["x-semroute-backend"], "a");
     let mut stream = response.into_body();
     let first = stream.frame().await.unwrap().unwrap();

@@ -6,32 +6,9 @@ use crate::common;
 use crate::proxy::*;
 use crate::upstream::{Behaviour, Upstream};
 use axum::http::StatusCode;
-use semroute::Router;
-use semroute::config::Config;
-use semroute::http::{AppState, DEFAULT_BODY_LIMIT, Engine, Source};
+use semroute::http::AppState;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
-
-/// A ready state serving `yaml` from `dir/routes.yaml`, reloadable from it.
-fn reloadable(dir: &Path, yaml: &str) -> AppState {
-    let path = dir.join("routes.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let config = Config::load(&path).unwrap();
-    let router = Router::build(config.clone(), common::encoder()).unwrap();
-    let source = Source {
-        path,
-        model_roots: vec![common::repo().to_path_buf()],
-        queue: 64,
-    };
-    let state =
-        AppState::new(Arc::new(config), DEFAULT_BODY_LIMIT).with_source(source, yaml.as_bytes());
-    state.set_ready(Engine {
-        router: Arc::new(router),
-        worker: worker(),
-    });
-    state
-}
 
 fn routes(targets: &str) -> String {
     format!(
@@ -61,7 +38,7 @@ async fn a_stream_in_flight_finishes_on_its_config_when_a_reload_removes_its_bac
     let dir = tempfile::tempdir().unwrap();
     let both =
         backend("a", &a.url, "    stream_idle_timeout_ms: 2000\n") + &backend("b", &b.url, "");
-    let s = reloadable(dir.path(), &format!("backends:\n{both}{}", routes("a")));
+    let s = common::reloadable(dir.path(), &format!("backends:\n{both}{}", routes("a")));
     let streaming = {
         let s = s.clone();
         tokio::spawn(async move { chat(&s, stream_request("chat")).await })
@@ -98,7 +75,7 @@ async fn a_backend_cooling_down_is_still_cooling_after_a_reload() {
     let b = Upstream::start("b", Behaviour::Answer).await;
     let dir = tempfile::tempdir().unwrap();
     let both = backend("a", &a.url, "") + &backend("b", &b.url, "");
-    let s = reloadable(dir.path(), &format!("backends:\n{both}{}", routes("a, b")));
+    let s = common::reloadable(dir.path(), &format!("backends:\n{both}{}", routes("a, b")));
     for _ in 0..3 {
         assert_eq!(
             chat(&s, request("chat")).await.header("x-semroute-backend"),
@@ -125,7 +102,7 @@ async fn a_backends_quota_is_not_reset_by_a_reload() {
     let dir = tempfile::tempdir().unwrap();
     let both = backend("a", &a.url, "    limits: {rpm: 2}\n") + &backend("b", &b.url, "");
     let yaml = format!("backends:\n{both}{}", routes("a, b"));
-    let s = reloadable(dir.path(), &yaml);
+    let s = common::reloadable(dir.path(), &yaml);
     for _ in 0..2 {
         assert_eq!(
             chat(&s, request("chat")).await.header("x-semroute-backend"),

@@ -6,12 +6,8 @@
 
 use crate::proxy::*;
 use crate::upstream::{Behaviour, Upstream};
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use semroute::http::app;
-use serde_json::{Value, json};
-use tower::ServiceExt;
+use axum::http::StatusCode;
+use serde_json::json;
 
 #[tokio::test]
 async fn the_first_target_answers_with_the_body_passed_through_and_the_headers_set() {
@@ -69,12 +65,7 @@ async fn a_backend_named_as_model_is_used_directly_and_unknown_models_are_refuse
 async fn models_lists_auto_routes_and_backends() {
     let a = Upstream::start("a", Behaviour::Answer).await;
     let s = state(&backend("a", &a.url, ""), "a", "");
-    let response = app(s)
-        .oneshot(Request::get("/v1/models").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    let body = get(&s, "/v1/models").await.json();
     let ids: Vec<&str> = body["data"]
         .as_array()
         .unwrap()

@@ -68,6 +68,7 @@ async fn a_client_that_goes_away_cancels_the_upstream_stream() {
         .body(Body::from(stream_request("chat").to_string()))
         .unwrap();
     let response = app(s.clone()).oneshot(streaming).await.unwrap();
+    crate::common::openapi::check_head("POST", "/v1/chat/completions", &response);
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(first.data_ref().unwrap()).contains("Hello"));

@@ -174,6 +174,7 @@ async fn a_client_that_stops_reading_is_let_go_and_its_reservation_settled() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    crate::common::openapi::check_head("POST", "/v1/chat/completions", &response);
     let usage = || async {
         let request = Request::get("/v1/usage")
             .header(header::AUTHORIZATION, format!("Bearer {OPS_KEY}"))

@@ -7,25 +7,15 @@ use super::common;
 use super::upstream::{Behaviour, StreamEnd, Upstream};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
 use semroute::Router;
-use semroute::embed::{EmbedWorker, Encoder, files};
+use semroute::embed::EmbedWorker;
 use semroute::http::{AppState, DEFAULT_BODY_LIMIT, app};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
-use tower::ServiceExt;
+use std::sync::Arc;
 
 pub fn worker() -> EmbedWorker {
-    static WORKER: OnceLock<EmbedWorker> = OnceLock::new();
-    WORKER
-        .get_or_init(|| {
-            common::model_dir();
-            let config = semroute::config::EncoderConfig::default();
-            let found = files::resolve(&config, &[common::repo().to_path_buf()]).unwrap();
-            EmbedWorker::spawn(Encoder::load_files(found, &config).unwrap(), 64).unwrap()
-        })
-        .clone()
+    common::worker()
 }
 
 /// Backend `name` at `url`, with short timeouts so failures show quickly.
@@ -148,12 +138,10 @@ pub async fn get_local(state: &AppState, path: &str) -> Reply {
     send(state, request).await
 }
 
-/// Sends `request` through the app and reads the whole reply.
+/// Sends `request` through the app and reads the whole reply, checked against the OpenAPI
+/// description.
 pub async fn send(state: &AppState, request: Request<Body>) -> Reply {
-    let response = app(state.clone()).oneshot(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let (status, headers, bytes) = common::openapi::oneshot(app(state.clone()), request).await;
     Reply {
         status,
         headers,
@@ -163,13 +151,9 @@ pub async fn send(state: &AppState, request: Request<Body>) -> Reply {
 
 /// The `GET /metrics` page, which must answer 200.
 pub async fn metrics_text(s: &AppState) -> String {
-    let response = app(s.clone())
-        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8_lossy(&bytes).into_owned()
+    let reply = get(s, "/metrics").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    reply.body
 }
 
 pub fn request(model: &str) -> Value {

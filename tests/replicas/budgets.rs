@@ -65,6 +65,7 @@ async fn concurrent_clients_on_two_replicas_overspend_by_at_most_one_reservation
                     .send()
                     .await
                     .unwrap();
+                let reply = common::openapi::checked("POST", reply).await;
                 match reply.status().as_u16() {
                     200 => answered += 1,
                     429 => return answered,
@@ -142,7 +143,7 @@ async fn cancelled_and_failed_requests_leave_no_reservation_and_no_phantom_spend
                 let url = &urls[(worker + i) % 2];
                 if i % 2 == 0 {
                     // Streamed, and abandoned after the first bytes.
-                    let mut reply = client
+                    let reply = client
                         .post(format!("{url}/v1/chat/completions"))
                         .bearer_auth(KEY)
                         .json(&json!({"model": "story", "stream": true, "max_tokens": 50,
@@ -150,6 +151,7 @@ async fn cancelled_and_failed_requests_leave_no_reservation_and_no_phantom_spend
                         .send()
                         .await
                         .unwrap();
+                    let mut reply = common::openapi::checked("POST", reply).await;
                     assert_eq!(reply.status(), 200);
                     let _ = reply.chunk().await;
                     drop(reply);
@@ -167,6 +169,7 @@ async fn cancelled_and_failed_requests_leave_no_reservation_and_no_phantom_spend
                         .send()
                         .await
                         .unwrap();
+                    let reply = common::openapi::checked("POST", reply).await;
                     match reply.status().as_u16() {
                         200 => outcomes.0 += 1,
                         // Failed, or refused while the failing backend cools down.

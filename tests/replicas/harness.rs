@@ -160,8 +160,9 @@ impl Replica {
         let client = common::http_client();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let ready = client.get(self.url("/readyz")).send().await;
-            if ready.is_ok_and(|r| r.status() == 200) {
+            if let Ok(ready) = client.get(self.url("/readyz")).send().await
+                && common::openapi::read("GET", ready).await.0 == 200
+            {
                 return;
             }
             assert!(
@@ -179,14 +180,13 @@ impl Replica {
 
     /// Its `GET /metrics` page.
     pub async fn metrics(&self) -> String {
-        common::http_client()
+        let answer = common::http_client()
             .get(self.url("/metrics"))
             .send()
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+            .unwrap();
+        let (_, _, body) = common::openapi::read("GET", answer).await;
+        String::from_utf8(body).unwrap()
     }
 
     pub fn log(&self) -> Vec<String> {

@@ -36,14 +36,17 @@ pub async fn two_replicas(config: &std::path::Path) -> (Replica, Replica) {
     (a, b)
 }
 
+/// `POST /v1/chat/completions` to a replica; the answer is checked against the OpenAPI
+/// description.
 pub async fn chat(replica: &Replica, body: &Value) -> reqwest::Response {
-    common::http_client()
+    let answer = common::http_client()
         .post(replica.url("/v1/chat/completions"))
         .bearer_auth(KEY)
         .json(body)
         .send()
         .await
-        .unwrap()
+        .unwrap();
+    common::openapi::checked("POST", answer).await
 }
 
 pub fn request() -> Value {

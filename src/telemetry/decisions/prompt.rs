@@ -11,7 +11,7 @@ pub const MAX_PROMPT_BYTES: usize = 16 * 1024;
 /// too).
 pub const MAX_PROMPT_MESSAGES: usize = 64;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Prompt {
     /// `/classify`'s `text`.
@@ -20,7 +20,7 @@ pub enum Prompt {
     Messages(Vec<PromptMessage>),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PromptMessage {
     pub role: String,
     pub content: String,
