@@ -77,17 +77,21 @@ fn benches(c: &mut Criterion) {
         .collect();
     let router = Router::from_embeddings(config.clone(), vectors.clone()).unwrap();
     let query = encoder.embed_one(prompt).unwrap();
-    c.bench_function("search_1500_utterances_top20", |b| {
-        b.iter(|| router.index().search(black_box(&query.vector), 20))
+    let graph = UtteranceIndex::build_graph(&vectors, &owners).expect("index");
+    c.bench_function("search_graph_1500_utterances_top20", |b| {
+        b.iter(|| graph.search(black_box(&query.vector), 20))
     });
-    c.bench_function("search_exhaustive_1500_utterances_top20", |b| {
+    c.bench_function("search_scan_1500_utterances_top20", |b| {
         b.iter(|| {
             router
                 .index()
                 .search_exhaustive(black_box(&query.vector), 20)
         })
     });
-    c.bench_function("build_index_1500_utterances", |b| {
+    c.bench_function("build_graph_1500_utterances", |b| {
+        b.iter(|| UtteranceIndex::build_graph(black_box(&vectors), &owners))
+    });
+    c.bench_function("build_scan_index_1500_utterances", |b| {
         b.iter(|| UtteranceIndex::build(black_box(&vectors), &owners))
     });
     let prototypes = Prototypes::new(&vectors, &owners);

@@ -220,7 +220,7 @@ fn hnsw_finds_the_same_top_10_as_exhaustive_search() {
     // Ids come only from a config: one route owns every vector.
     let one = config_from("routes:\n  - name: all\n    utterances: [anything]\n");
     let routes = vec![one.route_id("all").unwrap(); vectors.len()];
-    let index = UtteranceIndex::build(&vectors, &routes).unwrap();
+    let index = UtteranceIndex::build_graph(&vectors, &routes).unwrap();
     let queries: Vec<&str> = common::labelled("datasets/clinc150/val.jsonl")
         .iter()
         .step_by(15)

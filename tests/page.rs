@@ -14,6 +14,7 @@ use semroute::Router;
 use semroute::http::server::Limits;
 use semroute::http::{AppState, DEFAULT_BODY_LIMIT};
 use serde_json::{Value, json};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,7 +68,11 @@ struct Driver {
 }
 
 impl Drop for Driver {
+    /// Kills chromedriver's whole process group: the Chromium it started too, which a
+    /// failed test would otherwise leave running.
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -81,6 +86,7 @@ fn chromedriver() -> Driver {
         .port();
     let child = Command::new("chromedriver")
         .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -216,6 +222,19 @@ async fn the_page_shows_a_decision_the_routes_the_recent_prompts_the_backends_an
     })
     .await;
 
+    // A prompt is shown as the text it is, never run as markup.
+    let markup = "<img src=x onerror=\"document.title='pwned'\"> hello there";
+    type_into(&page, "prompt", markup).await;
+    click(&page, "classify").await;
+    text_until(&page, "#recent tbody", |t| t.contains(markup)).await;
+    assert!(
+        page.find_all(Locator::Css("main img"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(page.title().await.unwrap(), "semroute");
+
     // The recent decisions, newest first, filtered by route and by how they matched.
     text_until(&page, "#recent tbody", |t| {
         t.contains(PROMPT) && t.contains("stack trace")
@@ -310,7 +329,7 @@ async fn the_page_shows_a_decision_the_routes_the_recent_prompts_the_backends_an
         .select_by_value("")
         .await
         .unwrap();
-    text_until(&page, "#recent-note", |t| t.starts_with("7 shown")).await;
+    text_until(&page, "#recent-note", |t| t.starts_with("8 shown")).await;
     let shot = page.screenshot().await.unwrap();
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("page.png");
     std::fs::write(&path, &shot).unwrap();
