@@ -106,16 +106,8 @@ pub async fn routes(State(state): State<AppState>) -> Json<RoutesAnswer> {
             name: route.name.to_string(),
             utterances: route.utterances.len(),
             threshold: route.threshold.unwrap_or(config.threshold).get(),
-            keywords: route
-                .keywords
-                .iter()
-                .map(|k| k.as_str().to_string())
-                .collect(),
-            patterns: route
-                .patterns
-                .iter()
-                .map(|p| p.as_str().to_string())
-                .collect(),
+            keywords: keywords(route),
+            patterns: patterns(route),
             description: route.description.clone(),
             is_default: config.default_route.is_some_and(|d| d.index() == i),
         })
@@ -143,4 +135,22 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
+}
+
+/// A route's keywords as written in the file.
+pub(super) fn keywords(route: &crate::config::Route) -> Vec<String> {
+    route
+        .keywords
+        .iter()
+        .map(|k| k.as_str().to_string())
+        .collect()
+}
+
+/// A route's patterns as written in the file.
+pub(super) fn patterns(route: &crate::config::Route) -> Vec<String> {
+    route
+        .patterns
+        .iter()
+        .map(|p| p.as_str().to_string())
+        .collect()
 }

@@ -3,6 +3,7 @@
 //! every backend's health as the dispatcher sees it (`GET /admin/backends`).
 
 use super::AppState;
+use super::health::{keywords, patterns};
 use crate::config::Strategy;
 use crate::dispatch::health::BreakerState;
 use crate::error::ErrorBody;
@@ -84,16 +85,8 @@ pub async fn routes(State(state): State<AppState>) -> Json<RouteDetails> {
             name: route.name.to_string(),
             description: route.description.clone(),
             utterances: route.utterances.clone(),
-            keywords: route
-                .keywords
-                .iter()
-                .map(|k| k.as_str().to_string())
-                .collect(),
-            patterns: route
-                .patterns
-                .iter()
-                .map(|p| p.as_str().to_string())
-                .collect(),
+            keywords: keywords(route),
+            patterns: patterns(route),
             threshold: route.threshold.unwrap_or(config.threshold).get(),
             targets: route
                 .dispatch
