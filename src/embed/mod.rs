@@ -54,6 +54,24 @@ pub enum EmbedError {
     Inference(String),
 }
 
+/// What builds a router's embeddings: the encoder called on the caller's thread, or the
+/// inference worker's queue (see `EmbedWorker::embed_waiting`).
+pub trait Embedder {
+    /// The model the embeddings come from (its dimension and cache key).
+    fn model(&self) -> &Encoder;
+    fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Embedding>, EmbedError>;
+}
+
+impl Embedder for Encoder {
+    fn model(&self) -> &Encoder {
+        self
+    }
+
+    fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Embedding>, EmbedError> {
+        self.embed(texts)
+    }
+}
+
 impl From<candle_core::Error> for EmbedError {
     fn from(err: candle_core::Error) -> Self {
         EmbedError::Inference(err.to_string())

@@ -12,6 +12,10 @@ use tokio::sync::{mpsc, oneshot};
 /// Most prompts taken into one batch.
 const MAX_BATCH: usize = 64;
 
+/// Most texts of work that is not a prompt's (a reload's) waiting in the queue at once, so
+/// prompts always find room.
+const SIDE_WORK_IN_QUEUE: usize = 8;
+
 struct Job {
     text: String,
     reply: oneshot::Sender<Result<Embedding, EmbedError>>,
@@ -90,6 +94,46 @@ impl EmbedWorker {
             .await
             .map_err(|_| WorkerError::Stopped)?
             .map_err(WorkerError::from)
+    }
+}
+
+impl super::Embedder for EmbedWorker {
+    fn model(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Embedding>, EmbedError> {
+        self.embed_waiting(texts).map_err(|err| match err {
+            WorkerError::Embed(err) => err,
+            other => EmbedError::Inference(other.to_string()),
+        })
+    }
+}
+
+impl EmbedWorker {
+    /// Embeds `texts` through the queue from a thread outside the async runtime (it blocks),
+    /// a few at a time: they share the worker's batches with prompts and run at its
+    /// priority, instead of competing with it for the cores from another thread.
+    pub fn embed_waiting(&self, texts: &[&str]) -> Result<Vec<Embedding>, WorkerError> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(SIDE_WORK_IN_QUEUE) {
+            let mut answers = Vec::with_capacity(chunk.len());
+            for text in chunk {
+                let (reply, answer) = oneshot::channel();
+                let job = Job {
+                    text: self.prefix(text).to_owned(),
+                    reply,
+                };
+                self.jobs
+                    .blocking_send(job)
+                    .map_err(|_| WorkerError::Stopped)?;
+                answers.push(answer);
+            }
+            for answer in answers {
+                out.push(answer.blocking_recv().map_err(|_| WorkerError::Stopped)??);
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -153,9 +153,13 @@ impl Shadow {
                 file.display()
             ));
         }
-        let (router, _) =
-            RouteIndex::rebuild(config, live.worker.encoder(), Some(&live.router), None)
-                .map_err(|e| format!("the shadow routes cannot be built: {e}"))?;
+        let (router, _) = RouteIndex::rebuild(
+            config,
+            live.worker.encoder().as_ref(),
+            Some(&live.router),
+            None,
+        )
+        .map_err(|e| format!("the shadow routes cannot be built: {e}"))?;
         let router = Arc::new(router);
         let (queue, mut observed) = tokio::sync::mpsc::channel::<Observed>(QUEUE);
         let tally = Arc::new(Mutex::new(Tally {

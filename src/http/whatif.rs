@@ -110,7 +110,7 @@ pub async fn whatif(
     let (moved, embedded) = tokio::task::spawn_blocking(move || {
         let encoder = engine.worker.encoder();
         let (candidate, provenance) =
-            RouteIndex::rebuild(edited, encoder, Some(&engine.router), None)
+            RouteIndex::rebuild(edited, encoder.as_ref(), Some(&engine.router), None)
                 .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
         let moved = compare(&engine.router, &candidate, &prompts, |batch| {
             let refs: Vec<&str> = batch.iter().map(|t| engine.worker.prefix(t)).collect();

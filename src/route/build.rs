@@ -4,8 +4,8 @@
 use super::head::{Head, INVERSE_REGULARIZATION};
 use super::router::{BuildError, Router};
 use crate::config::{Config, RouteId};
-use crate::embed::Encoder;
 use crate::embed::cache::{EmbeddingCache, HeadCache, TextKey, text_key};
+use crate::embed::{Embedder, Encoder};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
@@ -44,10 +44,11 @@ impl Router {
     /// comes from its cache when the utterances are the same.
     pub fn rebuild(
         config: Config,
-        encoder: &Encoder,
+        embedder: &dyn Embedder,
         previous: Option<&Router>,
         cache_dir: Option<&Path>,
     ) -> Result<(Router, Provenance), BuildError> {
+        let encoder = embedder.model();
         let key = match (cache_dir, encoder.cache_key()) {
             (Some(_), Ok(key)) => Some(key),
             (Some(_), Err(err)) => {
@@ -73,7 +74,7 @@ impl Router {
         let fresh = if missing_texts.is_empty() {
             Vec::new()
         } else {
-            encoder.embed(&missing_texts)?
+            embedder.embed_texts(&missing_texts)?
         };
         for (&i, embedding) in missing.iter().zip(fresh) {
             known.insert(keys[i], embedding.vector);
