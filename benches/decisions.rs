@@ -136,7 +136,7 @@ fn benches(c: &mut Criterion) {
     let (log, written) = log_to_file(&dir, false, &metrics);
     let proxied = || {
         let d = Decision::new(SystemTime::now(), id.clone(), "/v1/chat/completions");
-        let pending = log.pending(d, Instant::now()).unwrap();
+        let pending = log.pending(d, Instant::now(), false).unwrap();
         pending.routed(Routing {
             route: Some("billing".to_string()),
             matched_by: Some("semantic"),

@@ -50,6 +50,8 @@ pub enum ErrorKind {
     InvalidConfig,
     /// A reload failed for another reason (the old config keeps serving).
     ReloadFailed,
+    /// Feedback for a request that already has it.
+    FeedbackRepeated,
     Internal,
 }
 
@@ -78,6 +80,7 @@ impl ErrorKind {
             ErrorKind::StateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::InvalidConfig => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::ReloadFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::FeedbackRepeated => StatusCode::CONFLICT,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

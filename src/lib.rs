@@ -16,6 +16,7 @@ pub mod config;
 pub mod dispatch;
 pub mod embed;
 pub mod error;
+pub mod experiment;
 pub mod http;
 pub mod kernels;
 pub mod offline;

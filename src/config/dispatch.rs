@@ -25,6 +25,9 @@ pub enum Strategy {
     /// The cheapest healthy target whose context window holds the request, then the rest by
     /// cost.
     Cheapest,
+    /// Rendezvous (highest random weight) hashing of the user, or the client's address,
+    /// over the healthy targets: a target going down moves only its own clients.
+    Sticky,
 }
 
 /// A route's dispatch settings, resolved against the backends.
@@ -33,6 +36,8 @@ pub struct Dispatch {
     pub targets: Vec<BackendId>,
     pub strategy: Strategy,
     pub data_class: Option<String>,
+    /// Replaces the strategy's first pick with the client's variant.
+    pub experiment: Option<super::Experiment>,
 }
 
 impl Checker<'_> {
@@ -53,11 +58,13 @@ impl Checker<'_> {
                 .map(Some),
             None => Some(None),
         };
-        let dispatch = Dispatch {
+        let mut dispatch = Dispatch {
             targets: targets?,
             strategy: strategy?,
             data_class: data_class?,
+            experiment: None,
         };
+        dispatch.experiment = self.experiment(at, raw.experiment.as_ref(), &dispatch, backends)?;
         let backends = backends.unwrap_or(&[]);
         self.class_is_accepted(at, raw, &dispatch, backends)
             .then_some(dispatch)
@@ -126,12 +133,13 @@ impl Checker<'_> {
             "least_busy" => Some(Strategy::LeastBusy),
             "latency" => Some(Strategy::Latency),
             "cheapest" => Some(Strategy::Cheapest),
+            "sticky" => Some(Strategy::Sticky),
             other => {
                 self.issue(
                     format!("{at}.strategy"),
                     s.referenced,
                     format!("unknown strategy `{other}`"),
-                    "use fallback, round_robin, least_busy, latency or cheapest",
+                    "use fallback, round_robin, least_busy, latency, cheapest or sticky",
                 );
                 None
             }

@@ -9,6 +9,7 @@ mod conversation;
 mod dispatch;
 mod edits;
 mod error;
+mod experiment;
 mod keys;
 mod parse;
 mod raw;
@@ -26,6 +27,7 @@ pub use conversation::{ConversationConfig, ConversationMode};
 pub use dispatch::{Dispatch, Strategy};
 pub use edits::{EditError, MAX_EDITED_UTTERANCES, RouteEdit};
 pub use error::{ConfigError, ConfigIssue};
+pub use experiment::{Experiment, StickyBy, Variant};
 pub use keys::{
     AdminKey, Auth, ClientKey, KeySource, MIN_KEY_LEN, NO_KEY, RouteAccess, key_digest,
 };

@@ -184,6 +184,8 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub data_class: Option<Spanned<String>>,
     #[serde(default)]
+    pub experiment: Option<super::experiment::RawExperiment>,
+    #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, serde_json::Value>,

@@ -51,7 +51,32 @@ impl Checker<'_> {
                 None => all_valid = false,
             }
         }
+        all_valid &= self.experiments_unique(&routes);
         all_valid.then_some(routes)
+    }
+
+    /// Each experiment name used by one route (its counters are kept by name).
+    fn experiments_unique(&mut self, routes: &[Route]) -> bool {
+        let mut seen: HashMap<&str, &str> = HashMap::new();
+        let mut valid = true;
+        for (i, route) in routes.iter().enumerate() {
+            let Some(experiment) = &route.dispatch.experiment else {
+                continue;
+            };
+            if let Some(first) = seen.insert(&experiment.name, route.name.as_str()) {
+                self.issue(
+                    format!("routes[{i}].experiment.name"),
+                    serde_saphyr::Location::UNKNOWN,
+                    format!(
+                        "experiment `{}` is already run by route `{first}`",
+                        experiment.name
+                    ),
+                    "give each route's experiment its own name",
+                );
+                valid = false;
+            }
+        }
+        valid
     }
 
     /// One route, with every problem in it reported (`None` if there is any).

@@ -290,8 +290,17 @@ struct OutRoute<'a> {
     strategy: Strategy,
     #[serde(skip_serializing_if = "Option::is_none")]
     data_class: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    experiment: Option<OutExperiment<'a>>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     metadata: &'a BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct OutExperiment<'a> {
+    name: &'a str,
+    variants: BTreeMap<&'a str, f64>,
+    sticky: super::StickyBy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -356,6 +365,15 @@ impl Config {
                         .collect(),
                     strategy: route.dispatch.strategy,
                     data_class: route.dispatch.data_class.as_deref(),
+                    experiment: route.dispatch.experiment.as_ref().map(|e| OutExperiment {
+                        name: &e.name,
+                        variants: e
+                            .variants
+                            .iter()
+                            .map(|v| (self.backend(v.backend).name.as_str(), v.share))
+                            .collect(),
+                        sticky: e.sticky,
+                    }),
                     metadata: &route.metadata,
                 })
                 .collect(),

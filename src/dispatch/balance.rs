@@ -1,11 +1,13 @@
 //! The order a route's targets are tried in, by its strategy: written order (fallback),
-//! weighted round robin, fewest in flight, or peak-EWMA latency with two random choices.
+//! weighted round robin, fewest in flight, peak-EWMA latency with two random choices, or
+//! rendezvous hashing of the client (sticky).
 //! Every strategy returns all the targets: the first is preferred, the rest are fallbacks.
 //! The `Balancer` owns what they remember between requests, and the random numbers they
 //! (and the jitter of retries and cooldowns) draw.
 
 use super::health::Health;
 use crate::config::{Backend, BackendId, RouteId, Strategy};
+use crate::experiment::hash::rendezvous_score;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -24,7 +26,8 @@ impl Balancer {
         }
     }
 
-    /// `targets` of `route` (`None`: a backend named directly) reordered for one request.
+    /// `targets` of `route` (`None`: a backend named directly) reordered for one request
+    /// from `client` (what keeps it on one target under `sticky`; `None`: nothing does).
     pub fn order(
         &self,
         strategy: Strategy,
@@ -32,12 +35,18 @@ impl Balancer {
         targets: &[BackendId],
         backends: &[Backend],
         health: &[Arc<Health>],
+        client: Option<&str>,
     ) -> Vec<BackendId> {
         let unrouted = AtomicUsize::new(0);
-        let position = route
+        let counter = route
             .and_then(|r| self.positions.get(r.index()))
             .unwrap_or(&unrouted);
-        order(strategy, targets, backends, health, position, self.random())
+        let picks = Picks {
+            counter,
+            random: self.random(),
+            client,
+        };
+        order(strategy, targets, backends, health, &picks)
     }
 
     pub fn random(&self) -> u64 {
@@ -57,20 +66,40 @@ impl Balancer {
     }
 }
 
-/// `targets` reordered for one request. `counter` is the route's round-robin position;
-/// `random` is a fresh random number.
+/// What one request's order draws on besides the targets.
+pub struct Picks<'a> {
+    /// The route's round-robin position.
+    pub counter: &'a AtomicUsize,
+    /// A fresh random number.
+    pub random: u64,
+    /// The client's sticky key (`None`: nothing identifies it).
+    pub client: Option<&'a str>,
+}
+
+/// `targets` reordered for one request.
 pub fn order(
     strategy: Strategy,
     targets: &[BackendId],
     backends: &[Backend],
     health: &[Arc<Health>],
-    counter: &AtomicUsize,
-    random: u64,
+    picks: &Picks<'_>,
 ) -> Vec<BackendId> {
+    let (counter, random) = (picks.counter, picks.random);
     let mut out = targets.to_vec();
     match strategy {
         // The cheapest order depends on the request: `plan.rs` sorts by it.
         Strategy::Fallback | Strategy::Cheapest => {}
+        Strategy::Sticky => {
+            // Highest score first: the client's own target, then where it would go if
+            // that one were down, and so on. Without a client, the written order.
+            if let Some(client) = picks.client {
+                let score = |t: &BackendId| {
+                    let backend = &backends[t.index()];
+                    rendezvous_score(client, &backend.name, f64::from(backend.weight))
+                };
+                out.sort_by(|a, b| score(b).total_cmp(&score(a)));
+            }
+        }
         Strategy::RoundRobin => {
             let total: usize = targets
                 .iter()
@@ -139,6 +168,14 @@ mod tests {
             .backends
     }
 
+    fn picks(counter: &AtomicUsize, random: u64) -> Picks<'_> {
+        Picks {
+            counter,
+            random,
+            client: None,
+        }
+    }
+
     fn ids(n: usize) -> Vec<BackendId> {
         (0..n).map(BackendId::at).collect()
     }
@@ -149,12 +186,28 @@ mod tests {
         let health: Vec<Arc<Health>> = (0..2).map(|_| Arc::default()).collect();
         let counter = AtomicUsize::new(0);
         let firsts: Vec<usize> = (0..8)
-            .map(|_| order(Strategy::RoundRobin, &ids(2), &b, &health, &counter, 0)[0].index())
+            .map(|_| {
+                order(
+                    Strategy::RoundRobin,
+                    &ids(2),
+                    &b,
+                    &health,
+                    &picks(&counter, 0),
+                )[0]
+                .index()
+            })
             .collect();
         assert_eq!(firsts, [0, 0, 0, 1, 0, 0, 0, 1]);
         // The other target is always there as the fallback.
         assert_eq!(
-            order(Strategy::RoundRobin, &ids(2), &b, &health, &counter, 0).len(),
+            order(
+                Strategy::RoundRobin,
+                &ids(2),
+                &b,
+                &health,
+                &picks(&counter, 0)
+            )
+            .len(),
             2
         );
     }
@@ -171,8 +224,7 @@ mod tests {
             &ids(3),
             &b,
             &health,
-            &AtomicUsize::new(0),
-            0,
+            &picks(&AtomicUsize::new(0), 0),
         );
         assert_eq!(got, [BackendId::at(2), BackendId::at(1), BackendId::at(0)]);
     }
@@ -190,8 +242,7 @@ mod tests {
                 &ids(2),
                 &b,
                 &health,
-                &AtomicUsize::new(0),
-                random,
+                &picks(&AtomicUsize::new(0), random),
             );
             assert_eq!(got, [BackendId::at(1), BackendId::at(0)], "random {random}");
         }
@@ -206,9 +257,46 @@ mod tests {
             &ids(3),
             &b,
             &health,
-            &AtomicUsize::new(5),
-            9,
+            &picks(&AtomicUsize::new(5), 9),
         );
         assert_eq!(got, ids(3));
+    }
+
+    #[test]
+    fn sticky_moves_only_the_clients_of_a_target_that_goes_down() {
+        let b = backends(&[1, 1, 2]);
+        let health: Vec<Arc<Health>> = (0..3).map(|_| Arc::default()).collect();
+        let first = |targets: &[BackendId], client: &str| {
+            let picks = Picks {
+                counter: &AtomicUsize::new(0),
+                random: 0,
+                client: Some(client),
+            };
+            order(Strategy::Sticky, targets, &b, &health, &picks)[0]
+        };
+        let clients: Vec<String> = (0..3_000).map(|i| format!("user:{i}")).collect();
+        let all = ids(3);
+        let before: Vec<BackendId> = clients.iter().map(|c| first(&all, c)).collect();
+        // The weights hold: 1:1:2.
+        let on_last = before.iter().filter(|t| t.index() == 2).count() as f64 / 3_000.0;
+        assert!((on_last - 0.5).abs() < 0.03, "{on_last}");
+        // Target 1 down (left out of the usable ones, as the plan does).
+        let without = [BackendId::at(0), BackendId::at(2)];
+        for (client, was) in clients.iter().zip(&before) {
+            let now = first(&without, client);
+            if was.index() != 1 {
+                assert_eq!(now, *was, "{client} moved though its target is up");
+            }
+        }
+        // And back when it recovers; the same client always gets the same order.
+        for (client, was) in clients.iter().zip(&before) {
+            assert_eq!(first(&all, client), *was);
+        }
+        let picks = Picks {
+            counter: &AtomicUsize::new(0),
+            random: 0,
+            client: None,
+        };
+        assert_eq!(order(Strategy::Sticky, &all, &b, &health, &picks), all);
     }
 }

@@ -73,6 +73,10 @@ pub struct ChatRequest {
     /// Its decision log line, told the attempts, the backend that answered and the usage;
     /// written when the last holder (a stream's relay) lets go.
     pub decision: Option<Arc<PendingDecision>>,
+    /// Who sent it (for `strategy: sticky`).
+    pub client: crate::experiment::Client,
+    /// The experiment variant it was assigned: tried first, the rest of the targets after.
+    pub variant: Option<BackendId>,
 }
 
 impl ChatRequest {

@@ -7,7 +7,7 @@ use super::balance::Balancer;
 use super::classes::Classed;
 use super::health::{Availability, Board};
 use super::{ChatRequest, Destination, DispatchError, MAX_RECOVERY_WAIT};
-use crate::config::{BackendId, Config, Strategy};
+use crate::config::{BackendId, Config, StickyBy, Strategy};
 use crate::quota::demand::Demand;
 use std::time::Instant;
 
@@ -27,13 +27,30 @@ pub async fn targets(
     };
     let eligible = eligible(&targets, config, request.data_class.as_ref())?;
     let eligible = fitting(&eligible, config, &request.demand)?;
-    let mut ranked = balancer.order(strategy, route, &eligible, &config.backends, health.all());
+    let client = request.client.sticky_key(StickyBy::User);
+    let mut ranked = balancer.order(
+        strategy,
+        route,
+        &eligible,
+        &config.backends,
+        health.all(),
+        client.as_deref(),
+    );
     if strategy == Strategy::Cheapest {
         // Stable: targets of one price keep the order written.
         ranked.sort_by(|&a, &b| {
             let price = |t| request.demand.max_usd_on(config.backend(t));
             price(a).total_cmp(&price(b))
         });
+    }
+    // An experiment's variant replaces the strategy's first pick; if it cannot be used
+    // (its data class, a cooldown), the request falls back like from any target.
+    if let Some(at) = request
+        .variant
+        .and_then(|v| ranked.iter().position(|&t| t == v))
+    {
+        let variant = ranked.remove(at);
+        ranked.insert(0, variant);
     }
     usable_now(&ranked, config, health, Instant::now()).await
 }
@@ -161,6 +178,8 @@ mod tests {
             demand: Demand::default(),
             ticket: None,
             decision: None,
+            client: Default::default(),
+            variant: None,
         }
     }
 

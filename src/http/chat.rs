@@ -7,6 +7,7 @@
 
 use super::conversation::ChatPrompt;
 use super::decisions;
+use super::experiments;
 use super::json::read_json_body;
 use super::openapi::{ChatCompletion, ChatCompletionRequest, RelayedError};
 use super::tenant;
@@ -17,6 +18,7 @@ use crate::dispatch::relay::{Piece, frame};
 use crate::dispatch::{Answer, AnswerBody, ChatRequest, Destination, DispatchError};
 use crate::embed::has_visible_text;
 use crate::error::{ApiError, ErrorBody, ErrorKind};
+use crate::experiment::Client;
 use crate::quota::demand::Demand;
 use crate::quota::{Admitted, Caller};
 use crate::route::decide::OverrideKind;
@@ -134,6 +136,7 @@ async fn proxy(
         .get(tenant::USER_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_string());
+    let peer = experiments::client_of(None, &request);
     let limit = state.body_limit.max(super::CHAT_BODY_LIMIT);
     let bytes = read_json_body(request, limit, state.body_timeout).await?;
     let size = bytes.len();
@@ -171,7 +174,15 @@ async fn proxy(
         data_class.as_ref().map(|c| c.class.as_str()),
     )?;
     let user = tenant::user_of(&prepared.body, header_user.as_deref());
+    let client = Client {
+        user: Some(user.clone()).filter(|u| !u.is_empty()),
+        ..peer
+    };
     let admitted = admit(&live, &config, key, user, &prepared.demand, destination).await?;
+    let key_name = key
+        .and_then(|k| config.auth.keys.get(k))
+        .map(|k| k.name.as_str());
+    let variant = experiments::assign(&state, &config, route, &client, key_name, decision);
     let request = ChatRequest {
         body: prepared.body,
         destination,
@@ -180,11 +191,19 @@ async fn proxy(
         demand: prepared.demand,
         ticket: admitted.as_ref().map(|a| a.ticket.clone()),
         decision: decision.cloned(),
+        client,
+        variant,
     };
     let result = dispatcher.dispatch(&request).await;
     count_answer(&state, &config, route, &result);
-    let limits = admitted.as_ref().map(tenant::admitted_headers);
+    let mut limits = admitted.as_ref().map(tenant::admitted_headers);
     let answer = result.map_err(|e| api_error(e, limits.clone()))?;
+    if let Some(v) = variant {
+        let name = config.backend(v).name.clone();
+        limits
+            .get_or_insert_default()
+            .push((experiments::VARIANT_HEADER, name));
+    }
     respond(answer, &config, route, score, limits.unwrap_or_default())
 }
 

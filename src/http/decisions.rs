@@ -84,7 +84,8 @@ pub fn classified(
 pub fn pending(state: &AppState, meta: Option<&RequestMeta>) -> Option<Arc<PendingDecision>> {
     let meta = meta?;
     let decision = Decision::new(meta.at, meta.id.clone(), CHAT);
-    state.decisions.pending(decision, meta.arrived)
+    let needed = super::experiments::any(&state.live().config);
+    state.decisions.pending(decision, meta.arrived, needed)
 }
 
 /// The client key's name, when the request carried a known key.
@@ -170,6 +171,11 @@ struct DecisionLine {
     /// The client key's name, when the request carried a known one.
     #[schema(required = false)]
     key: String,
+    /// Proxied requests in an experiment: its name and the variant (backend) assigned.
+    #[schema(required = false)]
+    experiment: String,
+    #[schema(required = false)]
+    variant: String,
     /// The prompt (only with `log_prompts: true`).
     #[schema(required = false)]
     prompt: Prompt,

@@ -6,6 +6,7 @@ mod chat;
 pub mod classify;
 mod conversation;
 pub mod decisions;
+mod experiments;
 mod health;
 mod inspect;
 mod json;
@@ -63,6 +64,8 @@ pub struct AppState {
     shadow: Arc<OnceLock<shadow::Shadow>>,
     /// One what-if at a time.
     whatif: Arc<whatif::Turn>,
+    /// The experiments' counters (kept across reloads; an experiment is known by name).
+    experiments: Arc<crate::experiment::store::MemoryStore>,
     body_limit: usize,
     body_timeout: Duration,
 }
@@ -95,6 +98,7 @@ impl AppState {
             decisions: Arc::new(decisions),
             shadow: Arc::default(),
             whatif: Arc::default(),
+            experiments: Arc::default(),
             body_limit,
             body_timeout: DEFAULT_BODY_TIMEOUT,
         }
@@ -217,6 +221,7 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/shadow", get(admin::shadow))
         .route("/admin/routes", get(inspect::routes))
         .route("/admin/backends", get(inspect::backends))
+        .route("/admin/experiments", get(experiments::report))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_admin,
@@ -226,6 +231,7 @@ pub fn app(state: AppState) -> Router {
         .merge(admin)
         .route("/classify", post(classify::classify))
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/feedback", post(experiments::feedback))
         .route("/v1/usage", get(usage::usage))
         .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))
@@ -245,7 +251,7 @@ pub fn app(state: AppState) -> Router {
 async fn not_found() -> ApiError {
     ApiError::new(
         ErrorKind::NotFound,
-        "no such endpoint; see POST /classify, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /v1/usage, /metrics, /routes, /healthz, /readyz, GET /admin/config, POST /admin/reload, GET /admin/decisions, POST /admin/whatif, GET /admin/shadow, GET /admin/routes, GET /admin/backends, GET /openapi.json, the page at GET /",
+        "no such endpoint; see POST /classify, POST /v1/chat/completions, POST /v1/feedback, GET /v1/models, GET /v1/models/{id}, GET /v1/usage, /metrics, /routes, /healthz, /readyz, GET /admin/config, POST /admin/reload, GET /admin/decisions, POST /admin/whatif, GET /admin/shadow, GET /admin/routes, GET /admin/backends, GET /admin/experiments, GET /openapi.json, the page at GET /",
     )
 }
 

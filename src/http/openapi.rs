@@ -37,6 +37,8 @@ with another method 405 `method_not_allowed`."
         super::whatif::whatif,
         super::inspect::routes,
         super::inspect::backends,
+        super::experiments::report,
+        super::experiments::feedback,
         openapi,
         super::ui::page,
         super::ui::page_at_ui,

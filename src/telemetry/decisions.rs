@@ -48,6 +48,11 @@ pub struct Decision {
     /// The client key's name, when the request carried a known one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The experiment the request was in, and the variant (backend) it was assigned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
     /// The prompt, only with `log_prompts` on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<Prompt>,
@@ -100,6 +105,8 @@ impl Decision {
             routing: Routing::default(),
             proxied: None,
             key: None,
+            experiment: None,
+            variant: None,
             prompt: None,
         }
     }
@@ -213,12 +220,15 @@ impl DecisionLog {
 
     /// A proxied request's decision, to be filled in as it goes and recorded when its last
     /// holder lets go (`None`: the log is off).
+    /// `needed`: something else reads the finished decision (an experiment's counters), so
+    /// it is made even with the log off.
     pub fn pending(
         self: &Arc<Self>,
         decision: Decision,
         arrived: Instant,
+        needed: bool,
     ) -> Option<Arc<PendingDecision>> {
-        self.is_on()
+        (needed || self.is_on())
             .then(|| Arc::new(PendingDecision::new(self.clone(), decision, arrived)))
     }
 

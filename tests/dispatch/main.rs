@@ -16,6 +16,7 @@ mod continuation;
 mod conversations;
 mod cooldowns;
 mod decisions;
+mod experiments;
 mod keys;
 mod long_answers;
 mod metrics;

@@ -3,6 +3,7 @@
 
 mod backends;
 mod classes;
+mod experiments;
 mod files;
 mod routes;
 mod settings;

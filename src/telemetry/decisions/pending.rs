@@ -12,10 +12,14 @@ use std::time::{Instant, SystemTime};
 /// "client closed request"): the handler never got to set another.
 pub const CLIENT_LEFT: u16 = 499;
 
+/// What reads a finished decision besides the log.
+type Done = Box<dyn FnOnce(&Decision) + Send>;
+
 pub struct PendingDecision {
     log: Arc<DecisionLog>,
     arrived: Instant,
     decision: Mutex<Decision>,
+    done: Mutex<Option<Done>>,
 }
 
 impl std::fmt::Debug for PendingDecision {
@@ -40,7 +44,24 @@ impl PendingDecision {
             log,
             arrived,
             decision: Mutex::new(decision),
+            done: Mutex::new(None),
         }
+    }
+
+    pub fn request_id(&self) -> Option<String> {
+        Some(self.lock().request_id.clone()).filter(|id| !id.is_empty())
+    }
+
+    /// The experiment the request is in and its variant.
+    pub fn assigned(&self, experiment: &str, variant: &str) {
+        let mut decision = self.lock();
+        decision.experiment = Some(experiment.to_string());
+        decision.variant = Some(variant.to_string());
+    }
+
+    /// Calls `done` with the finished decision (before the log gets it), once.
+    pub fn on_done(&self, done: impl FnOnce(&Decision) + Send + 'static) {
+        *self.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(Box::new(done));
     }
 
     /// The route and how it was chosen.
@@ -126,6 +147,10 @@ impl Drop for PendingDecision {
         );
         if let Some(p) = &mut decision.proxied {
             p.latency_ms = latency;
+        }
+        let done = self.done.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(done) = done.take() {
+            done(&decision);
         }
         self.log.record(decision);
     }

@@ -113,6 +113,7 @@ async fn a_proxied_request_is_one_line_when_its_last_holder_lets_go() {
         .pending(
             Decision::new(UNIX_EPOCH, "p1".into(), "/v1/chat/completions"),
             Instant::now(),
+            false,
         )
         .unwrap();
     let relay = pending.clone();
@@ -185,7 +186,11 @@ async fn without_log_prompts_no_prompt_is_written_or_kept() {
     assert!(out.lines()[0].get("prompt").is_none());
     assert!(log.recent(&everything()).is_empty());
     let pending = log
-        .pending(Decision::new(UNIX_EPOCH, "p".into(), "/x"), Instant::now())
+        .pending(
+            Decision::new(UNIX_EPOCH, "p".into(), "/x"),
+            Instant::now(),
+            false,
+        )
         .unwrap();
     assert!(!pending.wants_prompt());
     pending.prompt(Prompt::text("secret"));
@@ -229,7 +234,11 @@ fn without_a_file_or_log_prompts_nothing_is_recorded() {
     assert!(!log.is_on());
     log.record(classified("r", None, "none"));
     assert!(log.recent(&everything()).is_empty());
-    let pending = log.pending(Decision::new(UNIX_EPOCH, "p".into(), "/x"), Instant::now());
+    let pending = log.pending(
+        Decision::new(UNIX_EPOCH, "p".into(), "/x"),
+        Instant::now(),
+        false,
+    );
     assert!(pending.is_none());
 }
 

@@ -1,0 +1,225 @@
+//! Each variant's counters: requests, errors, and the sums of latency, time to first byte,
+//! tokens, cost and feedback that the report's means and tests are computed from; and which
+//! request went to which variant, for feedback that comes later. Kept in this process; the
+//! sums only ever add, so replicas' counters merge by adding.
+
+use super::stats::Sums;
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+/// How long a request's assignment is remembered for its feedback.
+pub const FEEDBACK_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Most assignments remembered for feedback (the oldest go first).
+const MAX_REMEMBERED: u64 = 1_000_000;
+
+/// What one request of a variant came to, when it is over.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Observation {
+    /// Not answered with a 2xx.
+    pub failed: bool,
+    /// For answered requests only: the client waited that long.
+    pub latency_ms: Option<f64>,
+    pub ttfb_ms: Option<f64>,
+    /// Prompt and completion, as the upstream reported them.
+    pub tokens: Option<f64>,
+    pub cost_usd: Option<f64>,
+}
+
+/// One variant's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counters {
+    pub requests: u64,
+    pub errors: u64,
+    pub latency_ms: Sums,
+    pub ttfb_ms: Sums,
+    pub tokens: Sums,
+    pub cost_usd: Sums,
+    pub feedback: Sums,
+}
+
+impl Counters {
+    fn observe(&mut self, o: &Observation) {
+        self.requests += 1;
+        self.errors += u64::from(o.failed);
+        add(&mut self.latency_ms, o.latency_ms);
+        add(&mut self.ttfb_ms, o.ttfb_ms);
+        add(&mut self.tokens, o.tokens);
+        add(&mut self.cost_usd, o.cost_usd);
+    }
+}
+
+fn add(sums: &mut Sums, value: Option<f64>) {
+    if let Some(v) = value.filter(|v| v.is_finite()) {
+        sums.n += 1.0;
+        sums.sum += v;
+        sums.sum_sq += v * v;
+    }
+}
+
+/// A request in an experiment, remembered for its feedback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assigned {
+    pub experiment: String,
+    pub variant: String,
+    /// The client key that sent it (feedback from another key is refused).
+    pub key: Option<String>,
+}
+
+/// Why feedback was not counted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FeedbackError {
+    #[error(
+        "no request with this id was in an experiment in the last 24 hours (or it was another client key's)"
+    )]
+    Unknown,
+    #[error("this request already has feedback")]
+    Repeated,
+}
+
+/// The counters of every experiment's variants, in this process.
+pub struct MemoryStore {
+    counters: Mutex<HashMap<(String, String), Counters>>,
+    /// request id -> its assignment; `None` once its feedback is in.
+    assigned: moka::sync::Cache<String, Option<std::sync::Arc<Assigned>>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> MemoryStore {
+        MemoryStore {
+            counters: Mutex::default(),
+            assigned: moka::sync::Cache::builder()
+                .max_capacity(MAX_REMEMBERED)
+                .time_to_live(FEEDBACK_WINDOW)
+                .build(),
+        }
+    }
+}
+
+impl MemoryStore {
+    /// Remembers that request `id` went to a variant, for its feedback.
+    pub fn assigned(&self, id: &str, assigned: Assigned) {
+        self.assigned
+            .insert(id.to_string(), Some(std::sync::Arc::new(assigned)));
+    }
+
+    /// Counts a request of `variant` of `experiment` that is over.
+    pub fn observe(&self, experiment: &str, variant: &str, o: &Observation) {
+        self.with(experiment, variant, |c| c.observe(o));
+    }
+
+    /// Counts `score` as request `id`'s feedback, from the client `key`: the assignment it
+    /// was counted to.
+    pub fn feedback(
+        &self,
+        id: &str,
+        key: Option<&str>,
+        score: f64,
+    ) -> Result<std::sync::Arc<Assigned>, FeedbackError> {
+        let entry = self.assigned.entry(id.to_string());
+        let mut found = None;
+        let mut repeated = false;
+        entry.and_compute_with(|current| {
+            use moka::ops::compute::Op;
+            match current.map(moka::Entry::into_value) {
+                Some(Some(a)) if a.key.as_deref() == key => {
+                    found = Some(a);
+                    Op::Put(None)
+                }
+                Some(None) => {
+                    repeated = true;
+                    Op::Nop
+                }
+                _ => Op::Nop,
+            }
+        });
+        let assigned = match (found, repeated) {
+            (Some(a), _) => a,
+            (None, true) => return Err(FeedbackError::Repeated),
+            (None, false) => return Err(FeedbackError::Unknown),
+        };
+        self.with(&assigned.experiment, &assigned.variant, |c| {
+            add(&mut c.feedback, Some(score));
+        });
+        Ok(assigned)
+    }
+
+    /// The counters of `experiment`'s `variant` (zero when it has seen nothing).
+    pub fn counters(&self, experiment: &str, variant: &str) -> Counters {
+        let all = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        all.get(&(experiment.to_string(), variant.to_string()))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn with(&self, experiment: &str, variant: &str, change: impl FnOnce(&mut Counters)) {
+        let mut all = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        change(
+            all.entry((experiment.to_string(), variant.to_string()))
+                .or_default(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assigned(key: Option<&str>) -> Assigned {
+        Assigned {
+            experiment: "e".into(),
+            variant: "small".into(),
+            key: key.map(String::from),
+        }
+    }
+
+    #[test]
+    fn requests_add_up_per_variant() {
+        let store = MemoryStore::default();
+        let ok = Observation {
+            latency_ms: Some(10.0),
+            tokens: Some(30.0),
+            ..Observation::default()
+        };
+        let failed = Observation {
+            failed: true,
+            ..Observation::default()
+        };
+        store.observe("e", "small", &ok);
+        store.observe("e", "small", &ok);
+        store.observe("e", "small", &failed);
+        store.observe("e", "big", &ok);
+        let small = store.counters("e", "small");
+        assert_eq!((small.requests, small.errors), (3, 1));
+        assert_eq!(small.latency_ms.n, 2.0);
+        assert_eq!(small.tokens.sum, 60.0);
+        assert_eq!(store.counters("e", "big").requests, 1);
+        assert_eq!(store.counters("other", "big").requests, 0);
+    }
+
+    #[test]
+    fn feedback_counts_once_and_only_from_the_same_key() {
+        let store = MemoryStore::default();
+        store.assigned("r1", assigned(Some("team-a")));
+        assert_eq!(
+            store.feedback("r1", Some("team-b"), 1.0),
+            Err(FeedbackError::Unknown)
+        );
+        assert_eq!(store.feedback("r1", None, 1.0), Err(FeedbackError::Unknown));
+        let counted = store.feedback("r1", Some("team-a"), 1.0);
+        assert_eq!(
+            counted.map(|a| a.variant.clone()).ok(),
+            Some("small".into())
+        );
+        assert_eq!(
+            store.feedback("r1", Some("team-a"), 0.0),
+            Err(FeedbackError::Repeated)
+        );
+        assert_eq!(
+            store.feedback("nope", None, 1.0),
+            Err(FeedbackError::Unknown)
+        );
+        let feedback = store.counters("e", "small").feedback;
+        assert_eq!((feedback.n, feedback.sum), (1.0, 1.0));
+    }
+}
