@@ -4,6 +4,7 @@
 
 pub mod hash;
 pub mod report;
+pub mod shared;
 pub mod stats;
 pub mod store;
 

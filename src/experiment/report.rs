@@ -3,8 +3,9 @@
 //! test, whether the difference is significant, and how many more requests would tell.
 
 use super::stats::{self, Sums, Test};
-use super::store::{Counters, MemoryStore};
+use super::store::{Counters, Store};
 use crate::config::{Config, StickyBy};
+use crate::quota::shared::StoreError;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -75,31 +76,27 @@ pub struct Comparison {
 }
 
 /// The report of every experiment in `config`, from `store`'s counters.
-pub fn report(config: &Config, store: &MemoryStore) -> ExperimentsReport {
-    let experiments = config
-        .routes
-        .iter()
-        .filter_map(|route| {
-            let experiment = route.dispatch.experiment.as_ref()?;
-            let counted: Vec<(String, f64, Counters)> = experiment
-                .variants
-                .iter()
-                .map(|v| {
-                    let name = config.backend(v.backend).name.clone();
-                    let counters = store.counters(&experiment.name, &name);
-                    (name, v.share, counters)
-                })
-                .collect();
-            Some(ExperimentReport {
-                name: experiment.name.clone(),
-                route: route.name.to_string(),
-                sticky: experiment.sticky,
-                variants: counted.iter().map(variant_report).collect(),
-                comparisons: comparisons(&counted),
-            })
-        })
-        .collect();
-    ExperimentsReport { experiments }
+pub async fn report(config: &Config, store: &Store) -> Result<ExperimentsReport, StoreError> {
+    let mut experiments = Vec::new();
+    for route in &config.routes {
+        let Some(experiment) = route.dispatch.experiment.as_ref() else {
+            continue;
+        };
+        let mut counted: Vec<(String, f64, Counters)> = Vec::new();
+        for v in &experiment.variants {
+            let name = config.backend(v.backend).name.clone();
+            let counters = store.counters(&experiment.name, &name).await?;
+            counted.push((name, v.share, counters));
+        }
+        experiments.push(ExperimentReport {
+            name: experiment.name.clone(),
+            route: route.name.to_string(),
+            sticky: experiment.sticky,
+            variants: counted.iter().map(variant_report).collect(),
+            comparisons: comparisons(&counted),
+        });
+    }
+    Ok(ExperimentsReport { experiments })
 }
 
 fn variant_report((backend, share, c): &(String, f64, Counters)) -> VariantReport {
@@ -162,7 +159,7 @@ fn comparisons(counted: &[(String, f64, Counters)]) -> Vec<Comparison> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::experiment::store::Observation;
+    use crate::experiment::store::{MemoryStore, Observation};
 
     /// Deterministic normal draws (Box-Muller over a 64-bit LCG).
     struct Draws(u64);
@@ -190,7 +187,7 @@ mod tests {
     /// 400 requests per variant: latency N(100, 20) on small and N(100 + shift, 20) on big,
     /// one in ten of small's failing and `big_errors` in ten of big's.
     fn observed(shift: f64, big_errors: u64) -> ExperimentsReport {
-        let store = MemoryStore::default();
+        let memory = MemoryStore::default();
         let mut draws = Draws(42);
         for i in 0..400u64 {
             for (variant, mean, errors) in [("small", 100.0, 1), ("big", 100.0 + shift, big_errors)]
@@ -201,10 +198,14 @@ mod tests {
                     latency_ms: (!failed).then(|| draws.normal(mean, 20.0)),
                     ..Observation::default()
                 };
-                store.observe("e", variant, &o);
+                memory.observe("e", variant, &o);
             }
         }
-        report(&config(), &store)
+        let store = Store::Memory(memory);
+        let reported = futures_util::FutureExt::now_or_never(report(&config(), &store));
+        reported
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("a memory report is ready at once"))
     }
 
     fn comparison<'a>(report: &'a ExperimentsReport, metric: &str) -> &'a Comparison {

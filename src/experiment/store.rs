@@ -1,11 +1,12 @@
 //! Each variant's counters: requests, errors, and the sums of latency, time to first byte,
 //! tokens, cost and feedback that the report's means and tests are computed from; and which
-//! request went to which variant, for feedback that comes later. Kept in this process; the
-//! sums only ever add, so replicas' counters merge by adding.
+//! request went to which variant, for feedback that comes later. Kept in this process, or
+//! in the shared Redis (`shared.rs`): the sums only ever add, so replicas' counters merge.
 
 use super::stats::Sums;
+use crate::quota::shared::StoreError;
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// How long a request's assignment is remembered for its feedback.
@@ -62,8 +63,88 @@ fn add(sums: &mut Sums, value: Option<f64>) {
 pub struct Assigned {
     pub experiment: String,
     pub variant: String,
-    /// The client key that sent it (feedback from another key is refused).
-    pub key: Option<String>,
+}
+
+/// Where a request's assignment is kept: its id under the client key that sent it, so
+/// feedback from another key (or ids two clients both chose) never meet.
+pub fn slot(key: Option<&str>, request_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in [key.unwrap_or(""), request_id] {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// The counters, in this process or in the shared Redis.
+pub enum Store {
+    Memory(MemoryStore),
+    Redis(super::shared::RedisCounters),
+}
+
+impl Store {
+    /// The store `state` names: its Redis, or this process.
+    pub fn for_state(state: &crate::config::StateConfig) -> Result<Store, StoreError> {
+        Ok(match &state.redis {
+            Some(url) => Store::Redis(super::shared::RedisCounters::new(
+                url,
+                &state.prefix,
+                state.timeout,
+            )?),
+            None => Store::Memory(MemoryStore::default()),
+        })
+    }
+
+    pub async fn assigned(&self, slot: &str, assigned: Assigned) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.assigned(slot, assigned);
+                Ok(())
+            }
+            Store::Redis(r) => r.assigned(slot, &assigned).await,
+        }
+    }
+
+    /// Counts a request that is over (from any thread: to Redis on a task of the runtime,
+    /// a failure logged).
+    pub fn observe(self: &Arc<Self>, experiment: String, variant: String, o: Observation) {
+        match &**self {
+            Store::Memory(m) => m.observe(&experiment, &variant, &o),
+            Store::Redis(_) => {
+                let store = self.clone();
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    tracing::warn!(%experiment, "no async runtime: a request was not counted");
+                    return;
+                };
+                runtime.spawn(async move {
+                    if let Store::Redis(r) = &*store
+                        && let Err(err) = r.observe(&experiment, &variant, &o).await
+                    {
+                        tracing::warn!(%experiment, %variant, error = %err, "a request of an experiment was not counted");
+                    }
+                });
+            }
+        }
+    }
+
+    pub async fn feedback(
+        &self,
+        slot: &str,
+        score: f64,
+    ) -> Result<Result<Arc<Assigned>, FeedbackError>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.feedback(slot, score)),
+            Store::Redis(r) => Ok(r.feedback(slot, score).await?.map(Arc::new)),
+        }
+    }
+
+    pub async fn counters(&self, experiment: &str, variant: &str) -> Result<Counters, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.counters(experiment, variant)),
+            Store::Redis(r) => r.counters(experiment, variant).await,
+        }
+    }
 }
 
 /// Why feedback was not counted.
@@ -80,8 +161,8 @@ pub enum FeedbackError {
 /// The counters of every experiment's variants, in this process.
 pub struct MemoryStore {
     counters: Mutex<HashMap<(String, String), Counters>>,
-    /// request id -> its assignment; `None` once its feedback is in.
-    assigned: moka::sync::Cache<String, Option<std::sync::Arc<Assigned>>>,
+    /// slot (key and request id) -> its assignment; `None` once its feedback is in.
+    assigned: moka::sync::Cache<String, Option<Arc<Assigned>>>,
 }
 
 impl Default for MemoryStore {
@@ -97,10 +178,10 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// Remembers that request `id` went to a variant, for its feedback.
-    pub fn assigned(&self, id: &str, assigned: Assigned) {
+    /// Remembers that the request in `slot` went to a variant, for its feedback.
+    pub fn assigned(&self, slot: &str, assigned: Assigned) {
         self.assigned
-            .insert(id.to_string(), Some(std::sync::Arc::new(assigned)));
+            .insert(slot.to_string(), Some(Arc::new(assigned)));
     }
 
     /// Counts a request of `variant` of `experiment` that is over.
@@ -108,21 +189,16 @@ impl MemoryStore {
         self.with(experiment, variant, |c| c.observe(o));
     }
 
-    /// Counts `score` as request `id`'s feedback, from the client `key`: the assignment it
-    /// was counted to.
-    pub fn feedback(
-        &self,
-        id: &str,
-        key: Option<&str>,
-        score: f64,
-    ) -> Result<std::sync::Arc<Assigned>, FeedbackError> {
-        let entry = self.assigned.entry(id.to_string());
+    /// Counts `score` as the feedback of the request in `slot`: the assignment it was
+    /// counted to.
+    pub fn feedback(&self, slot: &str, score: f64) -> Result<Arc<Assigned>, FeedbackError> {
+        let entry = self.assigned.entry(slot.to_string());
         let mut found = None;
         let mut repeated = false;
         entry.and_compute_with(|current| {
             use moka::ops::compute::Op;
             match current.map(moka::Entry::into_value) {
-                Some(Some(a)) if a.key.as_deref() == key => {
+                Some(Some(a)) => {
                     found = Some(a);
                     Op::Put(None)
                 }
@@ -165,11 +241,10 @@ impl MemoryStore {
 mod tests {
     use super::*;
 
-    fn assigned(key: Option<&str>) -> Assigned {
+    fn assigned() -> Assigned {
         Assigned {
             experiment: "e".into(),
             variant: "small".into(),
-            key: key.map(String::from),
         }
     }
 
@@ -198,28 +273,26 @@ mod tests {
     }
 
     #[test]
-    fn feedback_counts_once_and_only_from_the_same_key() {
+    fn feedback_counts_once_and_only_in_the_senders_slot() {
         let store = MemoryStore::default();
-        store.assigned("r1", assigned(Some("team-a")));
-        assert_eq!(
-            store.feedback("r1", Some("team-b"), 1.0),
-            Err(FeedbackError::Unknown)
-        );
-        assert_eq!(store.feedback("r1", None, 1.0), Err(FeedbackError::Unknown));
-        let counted = store.feedback("r1", Some("team-a"), 1.0);
+        store.assigned(&slot(Some("team-a"), "r1"), assigned());
+        for other in [
+            slot(Some("team-b"), "r1"),
+            slot(None, "r1"),
+            slot(None, "nope"),
+        ] {
+            assert_eq!(store.feedback(&other, 1.0), Err(FeedbackError::Unknown));
+        }
+        let mine = slot(Some("team-a"), "r1");
+        let counted = store.feedback(&mine, 1.0);
         assert_eq!(
             counted.map(|a| a.variant.clone()).ok(),
             Some("small".into())
         );
-        assert_eq!(
-            store.feedback("r1", Some("team-a"), 0.0),
-            Err(FeedbackError::Repeated)
-        );
-        assert_eq!(
-            store.feedback("nope", None, 1.0),
-            Err(FeedbackError::Unknown)
-        );
+        assert_eq!(store.feedback(&mine, 0.0), Err(FeedbackError::Repeated));
         let feedback = store.counters("e", "small").feedback;
         assert_eq!((feedback.n, feedback.sum), (1.0, 1.0));
+        // The parts are length-prefixed: a key and an id cannot be shifted into each other.
+        assert_ne!(slot(Some("ab"), "c"), slot(Some("a"), "bc"));
     }
 }

@@ -182,7 +182,7 @@ async fn proxy(
     let key_name = key
         .and_then(|k| config.auth.keys.get(k))
         .map(|k| k.name.as_str());
-    let variant = experiments::assign(&state, &config, route, &client, key_name, decision);
+    let variant = experiments::assign(&live, route, &client, key_name, decision).await;
     let request = ChatRequest {
         body: prepared.body,
         destination,

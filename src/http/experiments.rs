@@ -3,13 +3,13 @@
 //! over, whichever target answered; `POST /v1/feedback` scores a request afterwards, and
 //! `GET /admin/experiments` reports per variant and whether the variants differ.
 
-use super::AppState;
 use super::json::read_json_body;
 use super::tenant;
+use super::{AppState, Live};
 use crate::config::{BackendId, Config, RouteId};
 use crate::error::{ApiError, ErrorBody, ErrorKind};
 use crate::experiment::report::{self, ExperimentsReport};
-use crate::experiment::store::{Assigned, FeedbackError, Observation};
+use crate::experiment::store::{Assigned, FeedbackError, Observation, slot};
 use crate::experiment::{self, Client};
 use crate::telemetry::decisions::{Decision, PendingDecision};
 use axum::Json;
@@ -36,36 +36,35 @@ pub fn client_of(user: Option<String>, request: &Request) -> Client {
     }
 }
 
-/// The request's variant when `route` runs an experiment: remembered for its feedback and
-/// counted to it when the request is over (through `decision`, which the state makes for
-/// every request while a config has experiments).
-pub fn assign(
-    state: &AppState,
-    config: &Config,
+/// The request's variant when `route` runs an experiment: remembered for its feedback
+/// (under the client `key` that sent it) and counted to it when the request is over
+/// (through `decision`, which the state makes for every request while a config has
+/// experiments). The store not answering loses the feedback, never the request.
+pub async fn assign(
+    live: &Live,
     route: Option<RouteId>,
     client: &Client,
     key: Option<&str>,
     decision: Option<&Arc<PendingDecision>>,
 ) -> Option<BackendId> {
+    let config = &live.config;
     let experiment = config.route(route?).dispatch.experiment.as_ref()?;
     let variant = experiment::assign(experiment, client, random)?;
     let variant_name = config.backend(variant).name.clone();
-    if let Some(decision) = decision {
-        decision.assigned(&experiment.name, &variant_name);
-        if let Some(id) = decision.request_id() {
-            state.experiments.assigned(
-                &id,
-                Assigned {
-                    experiment: experiment.name.clone(),
-                    variant: variant_name.clone(),
-                    key: key.map(String::from),
-                },
-            );
+    let decision = decision?;
+    decision.assigned(&experiment.name, &variant_name);
+    if let Some(id) = decision.request_id() {
+        let assigned = Assigned {
+            experiment: experiment.name.clone(),
+            variant: variant_name.clone(),
+        };
+        if let Err(err) = live.experiments.assigned(&slot(key, &id), assigned).await {
+            tracing::warn!(experiment = %experiment.name, error = %err, "cannot remember a request for its feedback");
         }
-        let store = state.experiments.clone();
-        let name = experiment.name.clone();
-        decision.on_done(move |d| store.observe(&name, &variant_name, &observation(d)));
     }
+    let store = live.experiments.clone();
+    let name = experiment.name.clone();
+    decision.on_done(move |d| store.observe(name, variant_name, observation(d)));
     Some(variant)
 }
 
@@ -132,14 +131,17 @@ pub struct FeedbackCounted {
         (status = 404, description = "`not_found`: no request with this id was in an experiment in the last 24 hours, or another key sent it", body = ErrorBody),
         (status = 409, description = "`feedback_repeated`: the request already has feedback", body = ErrorBody),
         (status = 422, description = "`invalid_request`: no `request_id`, or `score` not a number", body = ErrorBody),
+        (status = 503, description = "`state_unavailable`: the counters are in Redis and it does not answer", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]
 pub async fn feedback(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Json<FeedbackCounted>, ApiError> {
-    let config = state.live().config.clone();
-    let key = tenant::identify(&config, request.headers())?;
+    let live = state.live();
+    let config = &live.config;
+    let key = tenant::identify(config, request.headers())?;
     let key_name = key
         .and_then(|k| config.auth.keys.get(k))
         .map(|k| k.name.clone());
@@ -160,9 +162,11 @@ pub async fn feedback(
             "`request_id` must be the answer's x-request-id",
         ));
     }
-    let assigned = state
+    let assigned = live
         .experiments
-        .feedback(&body.request_id, key_name.as_deref(), score)
+        .feedback(&slot(key_name.as_deref(), &body.request_id), score)
+        .await
+        .map_err(unavailable)?
         .map_err(|err| match err {
             FeedbackError::Unknown => ApiError::new(ErrorKind::NotFound, err.to_string()),
             FeedbackError::Repeated => ApiError::new(ErrorKind::FeedbackRepeated, err.to_string()),
@@ -184,14 +188,27 @@ pub async fn feedback(
     security((), ("admin_key" = [])),
     responses(
         (status = 200, description = "Every experiment of the config in service", body = ExperimentsReport),
+        (status = 503, description = "`state_unavailable`: the counters are in Redis and it does not answer", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 401, description = "`unauthorized`: not on loopback (or forwarded) and no admin key", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "`forbidden`: a client key, or a browser page of another origin", body = ErrorBody),
     )
 )]
-pub async fn report(State(state): State<AppState>) -> Json<ExperimentsReport> {
+pub async fn report(State(state): State<AppState>) -> Result<Json<ExperimentsReport>, ApiError> {
     let live = state.live();
-    Json(report::report(&live.config, &state.experiments))
+    let report = report::report(&live.config, &live.experiments)
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(report))
+}
+
+fn unavailable(err: crate::quota::shared::StoreError) -> ApiError {
+    ApiError::new(
+        ErrorKind::StateUnavailable,
+        format!("the experiments' counters cannot be reached: {err}"),
+    )
+    .with_retry_after(1)
 }
 
 /// A random number for `sticky: none` (std's per-thread random keys over a counter).

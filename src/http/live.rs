@@ -56,6 +56,9 @@ pub struct Live {
     pub dispatcher: Option<Arc<Dispatcher>>,
     /// Present when the config sets limits, backend quotas or a shared state.
     pub quota: Option<Arc<Quota>>,
+    /// The experiments' counters: in `state.redis`, or this process's (carried over a
+    /// reload that keeps the same state).
+    pub experiments: Arc<crate::experiment::store::Store>,
     pub origin: Origin,
 }
 
@@ -95,11 +98,24 @@ impl Live {
             }
             Some(dispatcher)
         };
+        let experiments = match previous {
+            Some(p)
+                if p.config.state.redis == config.state.redis
+                    && p.config.state.prefix == config.state.prefix =>
+            {
+                p.experiments.clone()
+            }
+            _ => Arc::new(
+                crate::experiment::store::Store::for_state(&config.state)
+                    .map_err(|err| format!("cannot set up the experiments' counters: {err}"))?,
+            ),
+        };
         Ok(Live {
             config,
             engine: previous.and_then(|p| p.engine.clone()),
             dispatcher,
             quota,
+            experiments,
             origin,
         })
     }

@@ -64,8 +64,6 @@ pub struct AppState {
     shadow: Arc<OnceLock<shadow::Shadow>>,
     /// One what-if at a time.
     whatif: Arc<whatif::Turn>,
-    /// The experiments' counters (kept across reloads; an experiment is known by name).
-    experiments: Arc<crate::experiment::store::MemoryStore>,
     body_limit: usize,
     body_timeout: Duration,
 }
@@ -86,6 +84,9 @@ impl AppState {
                     engine: None,
                     dispatcher: None,
                     quota: None,
+                    experiments: Arc::new(crate::experiment::store::Store::Memory(
+                        Default::default(),
+                    )),
                     origin,
                 }
             }
@@ -98,7 +99,6 @@ impl AppState {
             decisions: Arc::new(decisions),
             shadow: Arc::default(),
             whatif: Arc::default(),
-            experiments: Arc::default(),
             body_limit,
             body_timeout: DEFAULT_BODY_TIMEOUT,
         }

@@ -11,6 +11,7 @@ mod harness;
 mod upstream;
 
 mod budgets;
+mod experiments;
 mod failures;
 mod health;
 mod limits;
