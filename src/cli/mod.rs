@@ -2,6 +2,7 @@
 //! live in `quality.rs`). Doc comments here are the `--help` text.
 
 mod chat;
+mod experiments;
 mod fit_report;
 mod quality;
 mod serve_args;
@@ -92,6 +93,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a running service's experiments: per variant its requests, errors, latency,
+    /// time to first byte and feedback with 95% intervals, and whether the variants differ
+    /// (GET /admin/experiments).
+    Experiments {
+        /// The service's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The environment variable holding the admin key (needed off loopback).
+        #[arg(long, value_name = "VAR")]
+        admin_key_env: Option<String>,
+        /// Print the report's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a routes file and report every problem, without loading the model.
     Validate {
         /// The routes file.
@@ -131,6 +146,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => classify(&config, json, top_k, messages, texts),
         Command::Embed { config, texts } => embed(config.as_deref(), texts),
         Command::Validate { config } => validate(&config),
+        Command::Experiments {
+            url,
+            admin_key_env,
+            json,
+        } => experiments::run(&url, admin_key_env.as_deref(), json),
         Command::Bench { config, data, json } => bench(&config, &data, json),
         Command::Eval { args } => {
             quality::eval(&args.config, &args.data, args.json, args.oos_share)

@@ -8,6 +8,7 @@ mod common;
 
 mod classify;
 mod conversations;
+mod experiments;
 mod offline;
 mod reload;
 mod serve;
