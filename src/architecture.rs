@@ -13,6 +13,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("route", &["config", "embed", "kernels"]),
     ("quota", &["config", "telemetry"]),
     ("experiment", &["config", "quota", "telemetry"]),
+    ("cache", &["config", "quota"]),
     (
         "dispatch",
         &[
@@ -34,6 +35,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "route",
             "quota",
             "experiment",
+            "cache",
             "dispatch",
             "telemetry",
             "error",
@@ -47,6 +49,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "route",
             "quota",
             "experiment",
+            "cache",
             "dispatch",
             "telemetry",
             "error",

@@ -12,6 +12,7 @@
 
 #[cfg(test)]
 mod architecture;
+pub mod cache;
 pub mod config;
 pub mod dispatch;
 pub mod embed;

@@ -85,6 +85,19 @@ struct Reloaded {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CacheLookup {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Escalated {
+    route: String,
+    from: String,
+    to: String,
+    reason: &'static str,
+}
+
 /// The label set of a metric without labels (a family of at most one series, so that the
 /// series appears only once something was counted).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -134,6 +147,9 @@ pub struct Metrics {
     classification: Histograms<Unlabelled>,
     reloads: Family<Reloaded, Counter>,
     decisions_dropped: Counter,
+    cache_lookups: Family<CacheLookup, Counter>,
+    cache_saved_usd: Family<Unlabelled, Counter<f64, AtomicU64>>,
+    escalations: Family<Escalated, Counter>,
     /// Refusals, spend and budgets, and the shared state.
     pub tenants: Tenants,
 }
@@ -153,6 +169,9 @@ impl Default for Metrics {
             classification: histograms(),
             reloads: Family::default(),
             decisions_dropped: Counter::default(),
+            cache_lookups: Family::default(),
+            cache_saved_usd: Family::default(),
+            escalations: Family::default(),
             tenants: Tenants::default(),
         }
         .registered()
@@ -218,6 +237,21 @@ impl Metrics {
             "semroute_decision_log_dropped",
             "Decision log lines not written: the log's queue was full or the write failed",
             self.decisions_dropped.clone(),
+        );
+        r.register(
+            "semroute_cache_lookups",
+            "Answer cache lookups, by result: hit, semantic_hit, miss",
+            Listed(self.cache_lookups.clone()),
+        );
+        r.register(
+            "semroute_cache_saved_usd",
+            "What the answers served from the cache cost when they were first made",
+            Listed(self.cache_saved_usd.clone()),
+        );
+        r.register(
+            "semroute_escalations",
+            "Requests moved to the next target because the answer broke its contract, by route, from, to and reason",
+            Listed(self.escalations.clone()),
         );
         self.tenants.register(r);
         r.register_collector(Box::new(process::Process));
@@ -301,6 +335,31 @@ impl Metrics {
     /// Decision log lines were dropped (their queue was full, or writing them failed).
     pub fn decisions_dropped(&self, lines: u64) {
         self.decisions_dropped.inc_by(lines);
+    }
+
+    /// An answer cache lookup: `hit`, `semantic_hit` or `miss`; a hit saved `saved_usd`.
+    pub fn cache_lookup(&self, result: &'static str, saved_usd: f64) {
+        self.cache_lookups
+            .get_or_create(&CacheLookup { result })
+            .inc();
+        if saved_usd > 0.0 && saved_usd.is_finite() {
+            self.cache_saved_usd
+                .get_or_create(&Unlabelled {})
+                .inc_by(saved_usd);
+        }
+    }
+
+    /// A request moved from backend `from` to `to` on `route` because its answer broke its
+    /// contract (`reason`: `invalid_json_schema`).
+    pub fn escalated(&self, route: &str, from: &str, to: &str, reason: &'static str) {
+        self.escalations
+            .get_or_create(&Escalated {
+                route: route.to_string(),
+                from: from.to_string(),
+                to: to.to_string(),
+                reason,
+            })
+            .inc();
     }
 
     /// Everything, in Prometheus' text exposition format (version 0.0.4).

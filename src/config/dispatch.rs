@@ -38,7 +38,32 @@ pub struct Dispatch {
     pub data_class: Option<String>,
     /// Replaces the strategy's first pick with the client's variant.
     pub experiment: Option<super::Experiment>,
+    /// Answers that move the request on to the next target.
+    pub escalate_on: Vec<Escalation>,
+    /// The most times one request moves on for a broken contract.
+    pub max_escalations: usize,
 }
+
+/// An answer that breaks its request's contract, and so moves it to the next target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Escalation {
+    /// With `response_format: {type: json_schema}`: content that is not JSON or breaks the
+    /// schema.
+    InvalidJsonSchema,
+}
+
+impl Escalation {
+    pub fn label(self) -> &'static str {
+        match self {
+            Escalation::InvalidJsonSchema => "invalid_json_schema",
+        }
+    }
+}
+
+/// Escalations per request unless `max_escalations` says otherwise, and the most it may.
+const DEFAULT_MAX_ESCALATIONS: usize = 1;
+const MAX_ESCALATIONS: i64 = 10;
 
 impl Checker<'_> {
     /// A route's targets, strategy and data class, resolved against `backends` (`None`
@@ -63,6 +88,11 @@ impl Checker<'_> {
             strategy: strategy?,
             data_class: data_class?,
             experiment: None,
+            escalate_on: self.escalate_on(at, &raw.escalate_on)?,
+            max_escalations: match &raw.max_escalations {
+                Some(m) => self.bounded(&format!("{at}.max_escalations"), m, 1, MAX_ESCALATIONS)?,
+                None => DEFAULT_MAX_ESCALATIONS,
+            },
         };
         dispatch.experiment = self.experiment(at, raw.experiment.as_ref(), &dispatch, backends)?;
         let backends = backends.unwrap_or(&[]);
@@ -121,6 +151,26 @@ impl Checker<'_> {
             valid = false;
         }
         valid.then_some(targets)
+    }
+
+    fn escalate_on(&mut self, at: &str, raw: &[Spanned<String>]) -> Option<Vec<Escalation>> {
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, reason) in raw.iter().enumerate() {
+            match reason.value.trim() {
+                "invalid_json_schema" => out.push(Escalation::InvalidJsonSchema),
+                other => {
+                    self.issue(
+                        format!("{at}.escalate_on[{i}]"),
+                        reason.referenced,
+                        format!("unknown escalation `{other}`"),
+                        "use invalid_json_schema",
+                    );
+                    return None;
+                }
+            }
+        }
+        out.dedup();
+        Some(out)
     }
 
     fn strategy(&mut self, at: &str, raw: Option<&Spanned<String>>) -> Option<Strategy> {

@@ -4,6 +4,7 @@
 //! the one pass (`Checker`) that builds it.
 
 mod backends;
+mod cache;
 mod classes;
 mod conversation;
 mod dispatch;
@@ -22,9 +23,10 @@ mod types;
 mod write;
 
 pub use backends::{Backend, BackendId, Cost};
+pub use cache::{CacheConfig, CacheStore, ExactCache, SemanticCache};
 pub use classes::{Accepted, DataClasses};
 pub use conversation::{ConversationConfig, ConversationMode};
-pub use dispatch::{Dispatch, Strategy};
+pub use dispatch::{Dispatch, Escalation, Strategy};
 pub use edits::{EditError, MAX_EDITED_UTTERANCES, RouteEdit};
 pub use error::{ConfigError, ConfigIssue};
 pub use experiment::{Experiment, StickyBy, Variant};
@@ -93,6 +95,8 @@ pub struct Config {
     /// Whether the decision log carries prompts and the last decisions are kept in memory
     /// with theirs (off: no prompt text is logged or kept).
     pub log_prompts: bool,
+    /// The answer cache (`None`: answers are not cached).
+    pub cache: Option<CacheConfig>,
     /// Every route's keywords and patterns, compiled once (file order: per route, its
     /// keywords then its patterns).
     pub overrides: Rules,
@@ -244,6 +248,7 @@ impl Checker<'_> {
         let routes = self.routes(raw.routes, backends.as_deref(), &data_classes);
         let conversation = self.conversation(raw.conversation);
         let state = self.state(raw.state);
+        let cache = self.cache(raw.cache, state.as_ref());
         let per_user = self.per_user(raw.limits.as_ref());
         let auth = match (&routes, &backends) {
             (Some(routes), Some(backends)) => self.auth(raw.auth, routes, backends, &data_classes),
@@ -277,6 +282,7 @@ impl Checker<'_> {
             auth: auth?,
             per_user: per_user?,
             log_prompts: raw.log_prompts.unwrap_or(false),
+            cache: cache?,
             overrides,
             class_patterns,
             notes: Vec::new(),

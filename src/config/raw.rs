@@ -35,6 +35,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub log_prompts: Option<bool>,
     #[serde(default)]
+    pub cache: Option<super::cache::RawCache>,
+    #[serde(default)]
     pub backends: Vec<RawBackend>,
     pub routes: Spanned<Vec<RawRoute>>,
 }
@@ -185,6 +187,10 @@ pub(crate) struct RawRoute {
     pub data_class: Option<Spanned<String>>,
     #[serde(default)]
     pub experiment: Option<super::experiment::RawExperiment>,
+    #[serde(default)]
+    pub escalate_on: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub max_escalations: Option<Spanned<i64>>,
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]

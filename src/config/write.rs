@@ -32,9 +32,50 @@ struct OutConfig<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     limits: Option<OutGlobalLimits>,
     log_prompts: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache: Option<OutCache>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     backends: Vec<OutBackend<'a>>,
     routes: Vec<OutRoute<'a>>,
+}
+
+#[derive(Serialize)]
+struct OutCache {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exact: Option<OutExact>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    semantic: Option<OutSemantic>,
+    store: super::CacheStore,
+    any_temperature: bool,
+}
+
+#[derive(Serialize)]
+struct OutExact {
+    ttl_s: u64,
+    max_entries: u64,
+}
+
+#[derive(Serialize)]
+struct OutSemantic {
+    threshold: f32,
+    ttl_s: u64,
+}
+
+impl OutCache {
+    fn new(cache: &super::CacheConfig) -> OutCache {
+        OutCache {
+            exact: cache.exact.map(|e| OutExact {
+                ttl_s: e.ttl.as_secs(),
+                max_entries: e.max_entries,
+            }),
+            semantic: cache.semantic.map(|s| OutSemantic {
+                threshold: s.threshold,
+                ttl_s: s.ttl.as_secs(),
+            }),
+            store: cache.store,
+            any_temperature: cache.any_temperature,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -292,6 +333,10 @@ struct OutRoute<'a> {
     data_class: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     experiment: Option<OutExperiment<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    escalate_on: Vec<super::Escalation>,
+    #[serde(skip_serializing_if = "is_one")]
+    max_escalations: usize,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     metadata: &'a BTreeMap<String, serde_json::Value>,
 }
@@ -346,6 +391,7 @@ impl Config {
             auth: OutAuth::new(&self.auth, self),
             limits: OutLimits::new(&self.per_user).map(|per_user| OutGlobalLimits { per_user }),
             log_prompts: self.log_prompts,
+            cache: self.cache.as_ref().map(OutCache::new),
             backends: self.backends.iter().map(OutBackend::new).collect(),
             routes: self
                 .routes
@@ -374,6 +420,8 @@ impl Config {
                             .collect(),
                         sticky: e.sticky,
                     }),
+                    escalate_on: route.dispatch.escalate_on.clone(),
+                    max_escalations: route.dispatch.max_escalations,
                     metadata: &route.metadata,
                 })
                 .collect(),
@@ -383,6 +431,10 @@ impl Config {
         text.push_str(&body);
         Ok(text)
     }
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 fn is_fallback(strategy: &Strategy) -> bool {

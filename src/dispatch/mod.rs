@@ -10,11 +10,12 @@
 //! and what came of it, and the backends' clients and keys, are `attempt.rs`; each
 //! backend's breaker, cooldowns and active checks are `health.rs`.
 
-mod assemble;
+pub mod assemble;
 mod attempt;
 mod balance;
 mod body;
 pub mod classes;
+mod escalate;
 pub mod health;
 mod plan;
 pub mod relay;
@@ -329,12 +330,65 @@ impl Dispatcher {
     ) -> Result<Answer, DispatchError> {
         let order = plan::targets(request, &self.config, &self.health, &self.balancer).await?;
         let answer = self.try_in_order(request, &order).await?;
+        let answer = match escalate::Contract::of(request, &self.config) {
+            Some(contract) => self.escalate(request, &order, answer, &contract).await,
+            None => answer,
+        };
         match answer.body {
             AnswerBody::Stream(pieces) if !request.is_stream() => {
                 assemble::reassembled(pieces, answer.attempts).await
             }
             _ => Ok(answer),
         }
+    }
+
+    /// Checks `answer` against `contract`; while it breaks it, moves the request on to the
+    /// targets after the one that answered (at most `max_escalations` times). The last
+    /// answer is relayed whatever it holds: a broken answer is better than none.
+    async fn escalate(
+        self: &Arc<Self>,
+        request: &ChatRequest,
+        order: &[BackendId],
+        answer: Answer,
+        contract: &escalate::Contract,
+    ) -> Answer {
+        let mut attempts = answer.attempts;
+        let mut held = escalate::Held::hold(answer).await;
+        for _ in 0..contract.max_escalations {
+            if held.status() != 200 {
+                break;
+            }
+            let Some(reason) = held.completion.as_ref().and_then(|c| contract.broken(c)) else {
+                break;
+            };
+            let from = held.backend();
+            let rest = order
+                .iter()
+                .position(|&b| b == from)
+                .map_or(&order[order.len().min(1)..], |i| &order[i + 1..]);
+            let Some(&to) = rest.first() else {
+                break;
+            };
+            let route = self.route_label(request);
+            let (from_name, to_name) = (
+                &self.config.backend(from).name,
+                &self.config.backend(to).name,
+            );
+            tracing::warn!(%route, from = %from_name, to = %to_name, %reason, "answer broke its contract; escalating");
+            self.metrics
+                .escalated(&route, from_name, to_name, "invalid_json_schema");
+            match self.try_in_order(request, rest).await {
+                Ok(next) => {
+                    attempts += next.attempts;
+                    held = escalate::Held::hold(next).await;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "no target after the escalation answered; relaying the broken answer");
+                    break;
+                }
+            }
+        }
+        held.release(attempts)
     }
 
     /// Tries `order`'s targets one after the other until one answers.

@@ -5,6 +5,11 @@
 //! class-bearing pattern that matches it. A large body is parsed, scanned and prepared on a
 //! blocking thread, never on the async runtime.
 
+mod answer;
+
+use answer::{api_error, count_answer, respond};
+
+use super::cached;
 use super::conversation::ChatPrompt;
 use super::decisions;
 use super::experiments;
@@ -12,10 +17,10 @@ use super::json::read_json_body;
 use super::openapi::{ChatCompletion, ChatCompletionRequest, RelayedError};
 use super::tenant;
 use super::{AppState, Live};
+use crate::cache::key::Scope;
 use crate::config::{Config, RouteId};
 use crate::dispatch::classes::{self, Classed};
-use crate::dispatch::relay::{Piece, frame};
-use crate::dispatch::{Answer, AnswerBody, ChatRequest, Destination, DispatchError};
+use crate::dispatch::{ChatRequest, Destination, DispatchError};
 use crate::embed::has_visible_text;
 use crate::error::{ApiError, ErrorBody, ErrorKind};
 use crate::experiment::Client;
@@ -24,9 +29,9 @@ use crate::quota::{Admitted, Caller};
 use crate::route::decide::OverrideKind;
 use crate::route::split_chat;
 use crate::telemetry::decisions::PendingDecision;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -58,6 +63,7 @@ struct Prepared {
     params(
         ("x-semroute-data-class" = Option<String>, Header, description = "Raises the request's data class (the strictest of all values applies)"),
         ("x-semroute-user" = Option<String>, Header, description = "The end user, when the body has no `user`"),
+        ("cache-control" = Option<String>, Header, description = "`no-cache`: do not answer from the cache (the answer is still kept); `no-store`: neither read nor keep"),
     ),
     security((), ("client_key" = [])),
     responses(
@@ -67,7 +73,9 @@ struct Prepared {
                 ("x-semroute-route" = String, description = "The route by name (`-`: a backend was named)"),
                 ("x-semroute-backend" = String, description = "The backend that answered"),
                 ("x-semroute-score" = String, description = "The route's score (`-`: not classified)"),
-                ("x-semroute-attempts" = u32, description = "Upstream calls made"),
+                ("x-semroute-attempts" = u32, description = "Upstream calls made (0: answered from the cache)"),
+                ("x-semroute-variant" = String, description = "The experiment variant (backend) the request was assigned, when its route runs an experiment"),
+                ("x-semroute-cache" = String, description = "`hit`, `semantic-hit` or `miss`, when the request used the answer cache"),
                 ("x-ratelimit-limit-requests" = u64, description = "With a requests-per-minute limit (and `-tokens` with a tokens one)"),
                 ("x-ratelimit-remaining-requests" = u64, description = "What the limit leaves"),
                 ("x-ratelimit-reset-requests" = String, description = "When it is whole again (`20ms`, `1.5s`, `6m0s`)"),
@@ -137,6 +145,7 @@ async fn proxy(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_string());
     let peer = experiments::client_of(None, &request);
+    let directive = cached::Directive::of(request.headers());
     let limit = state.body_limit.max(super::CHAT_BODY_LIMIT);
     let bytes = read_json_body(request, limit, state.body_timeout).await?;
     let size = bytes.len();
@@ -145,10 +154,10 @@ async fn proxy(
     if prepared.destination.is_none() {
         tenant::may_classify(&config, key)?;
     }
-    let (destination, score) = match (prepared.destination, prepared.prompt) {
+    let (destination, score, embedding) = match (prepared.destination, prepared.prompt) {
         (Some(destination), _) => {
             decisions::named(decision, &config, destination);
-            (destination, None)
+            (destination, None, None)
         }
         (None, Some(prompt)) => classify(&state, &live, prompt, decision).await?,
         (None, None) => return Err(ApiError::new(ErrorKind::Internal, "nothing to route by")),
@@ -183,6 +192,22 @@ async fn proxy(
         .and_then(|k| config.auth.keys.get(k))
         .map(|k| k.name.as_str());
     let variant = experiments::assign(&live, route, &client, key_name, decision).await;
+    let scope = Scope {
+        key: key_name,
+        data_class: data_class.as_ref().map(|c| c.class.as_str()),
+        destination: match destination {
+            Destination::Route(r) => config.route(r).name.as_str(),
+            Destination::Backend(b) => config.backend(b).name.as_str(),
+        },
+        variant: variant.map(|v| config.backend(v).name.as_str()),
+    };
+    let lookup = cached::Lookup::new(
+        live.cache.as_ref(),
+        &prepared.body,
+        &scope,
+        embedding,
+        directive,
+    );
     let request = ChatRequest {
         body: prepared.body,
         destination,
@@ -194,17 +219,19 @@ async fn proxy(
         client,
         variant,
     };
-    let result = dispatcher.dispatch(&request).await;
+    let (result, cache) = answer::fetch(&state, &dispatcher, &request, lookup).await;
     count_answer(&state, &config, route, &result);
-    let mut limits = admitted.as_ref().map(tenant::admitted_headers);
-    let answer = result.map_err(|e| api_error(e, limits.clone()))?;
+    let mut headers = admitted.as_ref().map(tenant::admitted_headers);
+    let answer = result.map_err(|e| api_error(e, headers.clone()))?;
+    let headers = headers.get_or_insert_default();
     if let Some(v) = variant {
         let name = config.backend(v).name.clone();
-        limits
-            .get_or_insert_default()
-            .push((experiments::VARIANT_HEADER, name));
+        headers.push((experiments::VARIANT_HEADER, name));
     }
-    respond(answer, &config, route, score, limits.unwrap_or_default())
+    if let Some(label) = cache {
+        headers.push((cached::CACHE_HEADER, label.to_string()));
+    }
+    respond(answer, &config, route, score, std::mem::take(headers))
 }
 
 /// Charges the caller's limits and budgets (`None`: none are configured).
@@ -277,100 +304,6 @@ async fn prepare_off_runtime(
     } else {
         work()
     }
-}
-
-/// `semroute_requests_total` for this answer (or refusal).
-fn count_answer(
-    state: &AppState,
-    config: &Config,
-    route: Option<RouteId>,
-    result: &Result<Answer, DispatchError>,
-) {
-    let route_label = route.map_or("-", |r| config.route(r).name.as_str());
-    let (status_label, backend_label) = match result {
-        Ok(a) => (
-            a.status.to_string(),
-            config.backend(a.backend).name.as_str(),
-        ),
-        Err(DispatchError::NotEligible { .. }) => ("403".into(), "-"),
-        Err(DispatchError::TooLong { .. }) => ("400".into(), "-"),
-        Err(DispatchError::AllCooling { .. }) => ("503".into(), "-"),
-        Err(DispatchError::Exhausted { .. }) => ("502".into(), "-"),
-    };
-    state
-        .metrics
-        .answered(route_label, backend_label, &status_label);
-}
-
-fn api_error(err: DispatchError, limits: Option<Vec<(&'static str, String)>>) -> ApiError {
-    let error = match err {
-        DispatchError::NotEligible { .. } => {
-            ApiError::new(ErrorKind::DataClassRefused, err.to_string())
-        }
-        DispatchError::AllCooling { retry_after } => {
-            ApiError::new(ErrorKind::UpstreamUnavailable, err.to_string())
-                .with_retry_after(retry_after.as_secs_f64().ceil().max(1.0) as u64)
-        }
-        DispatchError::Exhausted { .. } => {
-            ApiError::new(ErrorKind::UpstreamFailed, err.to_string())
-        }
-        DispatchError::TooLong { .. } => {
-            ApiError::new(ErrorKind::ContextLengthExceeded, err.to_string())
-        }
-    };
-    error.with_headers(limits.unwrap_or_default())
-}
-
-/// The upstream's answer with semroute's headers: the route and backend by name, the
-/// route's score, the attempts made.
-fn respond(
-    answer: Answer,
-    config: &Config,
-    route: Option<RouteId>,
-    score: Option<f32>,
-    limits: Vec<(&'static str, String)>,
-) -> Result<Response, ApiError> {
-    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let body = match answer.body {
-        AnswerBody::Full(bytes) => Body::from(bytes),
-        AnswerBody::Stream(pieces) => Body::from_stream(framed(pieces)),
-    };
-    let mut response = Response::builder()
-        .status(status)
-        .body(body)
-        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
-    let h = response.headers_mut();
-    if let Some(ct) = answer
-        .content_type
-        .and_then(|c| HeaderValue::from_str(&c).ok())
-    {
-        h.insert(header::CONTENT_TYPE, ct);
-    }
-    let text = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("-"));
-    let route = route.map_or("-", |r| config.route(r).name.as_str());
-    h.insert("x-semroute-route", text(route));
-    h.insert(
-        "x-semroute-backend",
-        text(&config.backend(answer.backend).name),
-    );
-    h.insert(
-        "x-semroute-score",
-        text(&score.map_or("-".to_string(), |s: f32| format!("{s:.4}"))),
-    );
-    h.insert("x-semroute-attempts", HeaderValue::from(answer.attempts));
-    for (name, value) in limits {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            h.insert(name, value);
-        }
-    }
-    Ok(response)
-}
-
-/// The relay's pieces as SSE frames.
-fn framed(
-    mut pieces: tokio::sync::mpsc::Receiver<Piece>,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> {
-    futures_util::stream::poll_fn(move |cx| pieces.poll_recv(cx).map(|p| p.map(|p| Ok(frame(&p)))))
 }
 
 /// Parses the body and does everything that reads all of it: the data-class scan, and with
@@ -486,22 +419,25 @@ fn named(config: &Config, model: &str) -> Result<Option<Destination>, ApiError> 
     ))
 }
 
-/// Embeds the prompt and decides the route: the destination and the route's score.
+/// Embeds the prompt and decides the route: the destination, the route's score and, for
+/// the semantic cache, the prompt's embedding.
 async fn classify(
     state: &AppState,
     live: &Live,
     mut prompt: ChatPrompt,
     decision: Option<&Arc<PendingDecision>>,
-) -> Result<(Destination, Option<f32>), ApiError> {
+) -> Result<(Destination, Option<f32>, Option<Arc<Vec<f32>>>), ApiError> {
     let engine = live.engine()?;
     let started = std::time::Instant::now();
     let text = std::mem::take(&mut prompt.text);
     let (c, last) = prompt.classify(engine, None).await?;
     state.metrics.classified(started.elapsed());
     decisions::routed(decision, engine.router.config(), &c);
+    let semantic = live.cache.as_ref().is_some_and(|c| c.semantic());
+    let embedding = semantic.then(|| Arc::new(last.vector.clone()));
     state.shadow_observe(&text, Arc::new(last), &c, engine.router.config());
     match c.route {
-        Some(r) => Ok((Destination::Route(r), c.score)),
+        Some(r) => Ok((Destination::Route(r), c.score, embedding)),
         None => Err(ApiError::invalid(
             "no route matched this prompt and the config has no `default_route` to send it to",
         )),

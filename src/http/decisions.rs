@@ -176,6 +176,9 @@ struct DecisionLine {
     experiment: String,
     #[schema(required = false)]
     variant: String,
+    /// Proxied requests that used the answer cache: `hit`, `semantic-hit` or `miss`.
+    #[schema(required = false)]
+    cache: String,
     /// The prompt (only with `log_prompts: true`).
     #[schema(required = false)]
     prompt: Prompt,

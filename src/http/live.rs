@@ -59,6 +59,8 @@ pub struct Live {
     /// The experiments' counters: in `state.redis`, or this process's (carried over a
     /// reload that keeps the same state).
     pub experiments: Arc<crate::experiment::store::Store>,
+    /// The answer cache, when `cache:` is set (carried over a reload that keeps it).
+    pub cache: Option<Arc<crate::cache::AnswerCache>>,
     pub origin: Origin,
 }
 
@@ -110,12 +112,14 @@ impl Live {
                     .map_err(|err| format!("cannot set up the experiments' counters: {err}"))?,
             ),
         };
+        let cache = answer_cache(&config, previous)?;
         Ok(Live {
             config,
             engine: previous.and_then(|p| p.engine.clone()),
             dispatcher,
             quota,
             experiments,
+            cache,
             origin,
         })
     }
@@ -123,6 +127,28 @@ impl Live {
     pub fn engine(&self) -> Result<&Engine, ApiError> {
         self.engine.as_ref().ok_or_else(not_ready)
     }
+}
+
+/// The answer cache `config` asks for: `previous`'s when its cache and state are the same
+/// (its entries stay), a new one otherwise.
+fn answer_cache(
+    config: &Config,
+    previous: Option<&Live>,
+) -> Result<Option<Arc<crate::cache::AnswerCache>>, String> {
+    let Some(wanted) = &config.cache else {
+        return Ok(None);
+    };
+    if let Some(p) = previous
+        && p.config.cache.as_ref() == Some(wanted)
+        && p.config.state.redis == config.state.redis
+        && p.config.state.prefix == config.state.prefix
+        && let Some(cache) = &p.cache
+    {
+        return Ok(Some(cache.clone()));
+    }
+    crate::cache::AnswerCache::new(wanted, &config.state)
+        .map(|c| Some(Arc::new(c)))
+        .map_err(|err| format!("cannot set up the answer cache: {err}"))
 }
 
 /// The limits `config` needs, if any. With a previous quota its counters carry on; a

@@ -2,6 +2,7 @@
 //! and no socket. The state becomes ready once the model and the index are loaded.
 
 mod admin;
+mod cached;
 mod chat;
 pub mod classify;
 mod conversation;
@@ -87,6 +88,7 @@ impl AppState {
                     experiments: Arc::new(crate::experiment::store::Store::Memory(
                         Default::default(),
                     )),
+                    cache: None,
                     origin,
                 }
             }

@@ -53,6 +53,9 @@ pub struct Decision {
     pub experiment: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
+    /// What the answer cache did: `hit`, `semantic-hit` or `miss` (absent: not used).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'static str>,
     /// The prompt, only with `log_prompts` on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<Prompt>,
@@ -107,6 +110,7 @@ impl Decision {
             key: None,
             experiment: None,
             variant: None,
+            cache: None,
             prompt: None,
         }
     }

@@ -11,11 +11,13 @@ mod proxy;
 mod upstream;
 
 mod balancing;
+mod cache;
 mod classes;
 mod continuation;
 mod conversations;
 mod cooldowns;
 mod decisions;
+mod escalation;
 mod experiments;
 mod keys;
 mod long_answers;

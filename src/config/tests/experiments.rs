@@ -1,5 +1,5 @@
-//! Experiments and the sticky strategy: variants resolved in target order, every mistake
-//! reported with its path, and the experiment written back as it was read.
+//! Experiments, the sticky strategy and the cache: variants resolved in target order, every
+//! mistake reported with its path, and each written back as it was read.
 
 use super::*;
 
@@ -85,4 +85,39 @@ fn names_sticky_and_duplicates_are_checked() {
         "{BACKENDS}routes:\n  - name: a\n    utterances: [x]\n    targets: [fast]\n    strategy: random\n"
     ));
     assert!(problem.hint.unwrap().contains("sticky"));
+}
+
+#[test]
+fn a_cache_is_resolved_with_its_defaults_and_survives_being_written() {
+    let config = valid(&format!(
+        "cache:\n  exact: {{ttl_s: 600}}\n  semantic: {{threshold: 0.97}}\n{BACKENDS}routes:\n  - name: a\n    utterances: [x]\n    targets: [fast]\n"
+    ));
+    let cache = config.cache.clone().unwrap();
+    let exact = cache.exact.unwrap();
+    assert_eq!(exact.ttl, std::time::Duration::from_secs(600));
+    assert_eq!(exact.max_entries, 100_000);
+    assert_eq!(cache.semantic.unwrap().threshold, 0.97);
+    assert_eq!(cache.store, CacheStore::Memory);
+    assert!(!cache.any_temperature);
+    let again = valid(&config.to_yaml("").unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(again.cache, config.cache);
+}
+
+#[test]
+fn cache_mistakes_are_reported() {
+    let routes =
+        format!("{BACKENDS}routes:\n  - name: a\n    utterances: [x]\n    targets: [fast]\n");
+    let problem = issue(&format!("cache:\n  exact: {{}}\n  store: redis\n{routes}"));
+    assert_eq!(problem.path, "cache.store");
+    assert!(problem.message.contains("state.redis"), "{problem:?}");
+    let problem = issue(&format!("cache:\n  semantic: {{threshold: 1.5}}\n{routes}"));
+    assert_eq!(problem.path, "cache.semantic.threshold");
+    let problem = issue(&format!("cache:\n  exact: {{ttl_s: 0}}\n{routes}"));
+    assert_eq!(problem.path, "cache.exact.ttl_s");
+    let problem = issue(&format!("cache:\n  store: memory\n{routes}"));
+    assert!(
+        problem.message.contains("nothing would be cached"),
+        "{problem:?}"
+    );
+    assert!(valid(&format!("state: {{redis: 'redis://127.0.0.1:6379'}}\ncache:\n  exact: {{}}\n  store: redis\n{routes}")).cache.is_some());
 }

@@ -52,6 +52,11 @@ impl PendingDecision {
         Some(self.lock().request_id.clone()).filter(|id| !id.is_empty())
     }
 
+    /// What the answer cache did: `hit`, `semantic-hit` or `miss`.
+    pub fn cached(&self, label: &'static str) {
+        self.lock().cache = Some(label);
+    }
+
     /// The experiment the request is in and its variant.
     pub fn assigned(&self, experiment: &str, variant: &str) {
         let mut decision = self.lock();
