@@ -14,6 +14,11 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
+/// Answers larger than this are not kept (a completion is usually a few KiB).
+pub const MAX_ENTRY_BYTES: usize = 1 << 20;
+/// The semantic index's memory when there is no exact cache to take `max_mb` from.
+const DEFAULT_MAX_BYTES: u64 = 256 << 20;
+
 /// A cached answer.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
@@ -78,20 +83,29 @@ impl AnswerCache {
             (Some(e), CacheStore::Redis, Some(url)) => Some(Exact::Redis(
                 shared::RedisEntries::new(url, &state.prefix, state.timeout, e.ttl)?,
             )),
-            (Some(e), ..) => Some(Exact::Memory(
-                moka::sync::Cache::builder()
-                    .max_capacity(e.max_entries)
-                    .time_to_live(e.ttl)
-                    .build(),
-            )),
+            (Some(e), ..) => {
+                // Each entry weighs its bytes, and at least an equal share of the memory:
+                // so both `max_mb` and `max_entries` hold.
+                let floor = (e.max_bytes / e.max_entries.max(1)).max(1);
+                Some(Exact::Memory(
+                    moka::sync::Cache::builder()
+                        .max_capacity(e.max_bytes)
+                        .weigher(move |_, entry: &Arc<Entry>| {
+                            let bytes = entry.body.len() as u64 + entry.backend.len() as u64;
+                            u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
+                        })
+                        .time_to_live(e.ttl)
+                        .build(),
+                ))
+            }
         };
-        let max_buckets = config.exact.map_or(100_000, |e| e.max_entries);
+        let max_bytes = config.exact.map_or(DEFAULT_MAX_BYTES, |e| e.max_bytes);
         Ok(AnswerCache {
             config: config.clone(),
             exact,
             semantic: config
                 .semantic
-                .map(|s| semantic::Index::new(s.threshold, s.ttl, max_buckets)),
+                .map(|s| semantic::Index::new(s.threshold, s.ttl, max_bytes)),
         })
     }
 
@@ -136,6 +150,9 @@ impl AnswerCache {
     /// Keeps `entry` under `keys`: in this process at once (the next request finds it),
     /// in Redis on a task of the runtime.
     pub fn put(self: &Arc<Self>, keys: &Keys, entry: Entry) {
+        if entry.body.len() > MAX_ENTRY_BYTES {
+            return;
+        }
         let entry = Arc::new(entry);
         if let (Some(index), Some((bucket, vector))) = (&self.semantic, &keys.semantic) {
             index.put(*bucket, vector.clone(), entry.clone());
@@ -171,5 +188,73 @@ mod body_text {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
         String::deserialize(d).map(Bytes::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ExactCache;
+    use std::time::Duration;
+
+    fn cache(max_entries: u64, max_bytes: u64) -> Arc<AnswerCache> {
+        let config = CacheConfig {
+            exact: Some(ExactCache {
+                ttl: Duration::from_secs(60),
+                max_entries,
+                max_bytes,
+            }),
+            semantic: None,
+            store: CacheStore::Memory,
+            any_temperature: false,
+        };
+        Arc::new(AnswerCache::new(&config, &StateConfig::default()).unwrap())
+    }
+
+    fn keys(i: u8) -> Keys {
+        Keys {
+            exact: [i; 32],
+            semantic: None,
+        }
+    }
+
+    fn entry(bytes: usize) -> Entry {
+        Entry {
+            body: Bytes::from(vec![b' '; bytes]),
+            backend: "a".into(),
+            cost_usd: 0.0,
+        }
+    }
+
+    fn kept(cache: &AnswerCache, n: u8) -> usize {
+        if let Some(Exact::Memory(m)) = &cache.exact {
+            m.run_pending_tasks();
+        }
+        (0..n)
+            .filter(|&i| {
+                futures_util::FutureExt::now_or_never(cache.get(&keys(i)))
+                    .flatten()
+                    .is_some()
+            })
+            .count()
+    }
+
+    #[test]
+    fn the_memory_cache_holds_to_its_entries_and_its_bytes() {
+        let by_count = cache(4, 1 << 30);
+        for i in 0..20 {
+            by_count.put(&keys(i), entry(100));
+        }
+        assert!(kept(&by_count, 20) <= 4, "{}", kept(&by_count, 20));
+        let by_bytes = cache(1_000, 10_000);
+        for i in 0..20 {
+            by_bytes.put(&keys(i), entry(2_000));
+        }
+        assert!(kept(&by_bytes, 20) <= 5, "{}", kept(&by_bytes, 20));
+        let huge = cache(10, 1 << 30);
+        huge.put(&keys(0), entry(MAX_ENTRY_BYTES + 1));
+        assert_eq!(kept(&huge, 1), 0);
+        huge.put(&keys(1), entry(10));
+        assert_eq!(kept(&huge, 2), 1);
     }
 }

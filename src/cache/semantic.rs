@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Most prompts kept per bucket (the oldest go first).
-const PER_BUCKET: usize = 256;
+pub const PER_BUCKET: usize = 64;
 
 struct Near {
     vector: Arc<Vec<f32>>,
@@ -23,12 +23,22 @@ pub struct Index {
 }
 
 impl Index {
-    pub fn new(threshold: f32, ttl: Duration, max_buckets: u64) -> Index {
+    /// An index taking at most about `max_bytes` (each bucket weighs its answers and
+    /// embeddings, weighed again at each change).
+    pub fn new(threshold: f32, ttl: Duration, max_bytes: u64) -> Index {
         Index {
             threshold,
             ttl,
             buckets: moka::sync::Cache::builder()
-                .max_capacity(max_buckets)
+                .max_capacity(max_bytes)
+                .weigher(|_, nears: &Arc<Mutex<Vec<Near>>>| {
+                    let nears = nears.lock().unwrap_or_else(PoisonError::into_inner);
+                    let bytes: usize = nears
+                        .iter()
+                        .map(|n| n.entry.body.len() + 4 * n.vector.len() + 64)
+                        .sum();
+                    u32::try_from(bytes.max(1)).unwrap_or(u32::MAX)
+                })
                 .time_to_idle(ttl)
                 .build(),
         }
@@ -49,18 +59,22 @@ impl Index {
     }
 
     pub fn put(&self, bucket: [u8; 32], vector: Arc<Vec<f32>>, entry: Arc<Entry>) {
-        let nears = self.buckets.get_with(bucket, Arc::default);
-        let mut nears = nears.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        nears.retain(|n| now.duration_since(n.at) < self.ttl);
-        if nears.len() >= PER_BUCKET {
-            nears.remove(0);
+        let shared = self.buckets.get_with(bucket, Arc::default);
+        {
+            let mut nears = shared.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            nears.retain(|n| now.duration_since(n.at) < self.ttl);
+            if nears.len() >= PER_BUCKET {
+                nears.remove(0);
+            }
+            nears.push(Near {
+                vector,
+                entry,
+                at: now,
+            });
         }
-        nears.push(Near {
-            vector,
-            entry,
-            at: now,
-        });
+        // Inserted again so that its weight counts what it holds now.
+        self.buckets.insert(bucket, shared);
     }
 }
 
@@ -87,7 +101,7 @@ mod tests {
 
     #[test]
     fn the_most_similar_prompt_above_the_threshold_answers() {
-        let index = Index::new(0.95, Duration::from_secs(60), 10);
+        let index = Index::new(0.95, Duration::from_secs(60), 1 << 20);
         index.put([1; 32], unit(&[1.0, 0.0, 0.0]), entry("a"));
         index.put([1; 32], unit(&[0.9, 0.1, 0.0]), entry("b"));
         let (hit, similarity) = index.get(&[1; 32], &unit(&[0.92, 0.08, 0.0])).unwrap();
@@ -100,7 +114,7 @@ mod tests {
 
     #[test]
     fn entries_expire() {
-        let index = Index::new(0.9, Duration::from_millis(1), 10);
+        let index = Index::new(0.9, Duration::from_millis(1), 1 << 20);
         index.put([1; 32], unit(&[1.0, 0.0]), entry("a"));
         std::thread::sleep(Duration::from_millis(5));
         assert!(index.get(&[1; 32], &unit(&[1.0, 0.0])).is_none());

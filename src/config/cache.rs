@@ -12,6 +12,8 @@ const DEFAULT_TTL_S: i64 = 3600;
 const MAX_TTL_S: i64 = 30 * 24 * 3600;
 const DEFAULT_MAX_ENTRIES: i64 = 100_000;
 const MAX_ENTRIES: i64 = 100_000_000;
+const DEFAULT_MAX_MB: i64 = 256;
+const MAX_MB: i64 = 1 << 20;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +35,8 @@ pub(crate) struct RawExact {
     pub ttl_s: Option<Spanned<i64>>,
     #[serde(default)]
     pub max_entries: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub max_mb: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +71,8 @@ pub struct CacheConfig {
 pub struct ExactCache {
     pub ttl: Duration,
     pub max_entries: u64,
+    /// The most memory the answers kept in this process take (and the semantic index's).
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -126,9 +132,14 @@ impl Checker<'_> {
             Some(m) => self.bounded("cache.exact.max_entries", m, 1, MAX_ENTRIES),
             None => Some(DEFAULT_MAX_ENTRIES as usize),
         };
+        let max_mb = match &raw.max_mb {
+            Some(m) => self.bounded("cache.exact.max_mb", m, 1, MAX_MB),
+            None => Some(DEFAULT_MAX_MB as usize),
+        };
         Some(ExactCache {
             ttl: ttl?,
             max_entries: max_entries? as u64,
+            max_bytes: max_mb? as u64 * (1 << 20),
         })
     }
 

@@ -53,6 +53,7 @@ struct OutCache {
 struct OutExact {
     ttl_s: u64,
     max_entries: u64,
+    max_mb: u64,
 }
 
 #[derive(Serialize)]
@@ -67,6 +68,7 @@ impl OutCache {
             exact: cache.exact.map(|e| OutExact {
                 ttl_s: e.ttl.as_secs(),
                 max_entries: e.max_entries,
+                max_mb: e.max_bytes >> 20,
             }),
             semantic: cache.semantic.map(|s| OutSemantic {
                 threshold: s.threshold,
