@@ -12,8 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 /// Most prompts taken into one batch.
 const MAX_BATCH: usize = 64;
 
-/// Most texts of work that is not a prompt's (a reload's) waiting in the queue at once, so
-/// prompts always find room.
+/// Most texts of work that is not a prompt's (a reload's) waiting in the queue at once: the
+/// queue holds this many places more than `queue_capacity`, kept for it, so a reload never
+/// takes a prompt's place.
 const SIDE_WORK_IN_QUEUE: usize = 8;
 
 struct Job {
@@ -49,7 +50,7 @@ impl EmbedWorker {
     /// Starts the thread. `queue_capacity` prompts may wait; more are refused.
     pub fn spawn(encoder: Encoder, queue_capacity: usize) -> std::io::Result<EmbedWorker> {
         let capacity = queue_capacity.max(1);
-        let (jobs, receiver) = mpsc::channel(capacity);
+        let (jobs, receiver) = mpsc::channel(capacity + SIDE_WORK_IN_QUEUE);
         let truncator = encoder.truncator();
         let counter = encoder.token_counter();
         let encoder = Arc::new(encoder);
@@ -83,6 +84,10 @@ impl EmbedWorker {
     }
 
     pub async fn embed(&self, text: String) -> Result<Embedding, WorkerError> {
+        // The last places are side work's (see `SIDE_WORK_IN_QUEUE`).
+        if self.jobs.capacity() <= SIDE_WORK_IN_QUEUE && !self.jobs.is_closed() {
+            return Err(WorkerError::Overloaded(self.capacity));
+        }
         let (reply, answer) = oneshot::channel();
         self.jobs
             .try_send(Job { text, reply })
