@@ -2,8 +2,8 @@
 //! TTL (`SET ... EX`), so every replica answers from what any of them cached.
 
 use super::Entry;
-use crate::quota::shared::StoreError;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use crate::quota::shared::{StoreError, connection, timed};
+use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,14 +21,8 @@ impl RedisEntries {
         timeout: Duration,
         ttl: Duration,
     ) -> Result<RedisEntries, StoreError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
         Ok(RedisEntries {
-            connection: ConnectionManager::new_lazy_with_config(client, config)?,
+            connection: connection(url, timeout)?,
             prefix: prefix.to_string(),
             timeout,
             ttl,
@@ -43,10 +37,7 @@ impl RedisEntries {
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
-        }
+        timed(self.timeout, call).await
     }
 
     pub async fn get(&self, key: &[u8; 32]) -> Result<Option<Arc<Entry>>, StoreError> {

@@ -269,6 +269,7 @@ pub async fn reassembled(
         body: AnswerBody::Full(Bytes::from(bytes)),
         backend,
         attempts,
+        broken: false,
     })
 }
 

@@ -156,6 +156,7 @@ impl Dispatcher {
             body,
             backend: b,
             attempts: 0,
+            broken: false,
         })
     }
 

@@ -102,6 +102,8 @@ pub struct Answer {
     pub backend: BackendId,
     /// Attempts made, on every backend.
     pub attempts: u32,
+    /// It breaks its request's contract (escalation ran out): relayed, never cached.
+    pub broken: bool,
 }
 
 pub enum AnswerBody {
@@ -330,13 +332,15 @@ impl Dispatcher {
     ) -> Result<Answer, DispatchError> {
         let order = plan::targets(request, &self.config, &self.health, &self.balancer).await?;
         let answer = self.try_in_order(request, &order).await?;
-        let answer = match escalate::Contract::of(request, &self.config) {
+        let answer = match escalate::Contract::for_request(request, &self.config).await {
             Some(contract) => self.escalate(request, &order, answer, &contract).await,
             None => answer,
         };
         match answer.body {
             AnswerBody::Stream(pieces) if !request.is_stream() => {
-                assemble::reassembled(pieces, answer.attempts).await
+                let broken = answer.broken;
+                let whole = assemble::reassembled(pieces, answer.attempts).await?;
+                Ok(Answer { broken, ..whole })
             }
             _ => Ok(answer),
         }
@@ -354,20 +358,29 @@ impl Dispatcher {
     ) -> Answer {
         let mut attempts = answer.attempts;
         let mut held = escalate::Held::hold(answer).await;
-        for _ in 0..contract.max_escalations {
+        let mut escalations = 0;
+        let broken = loop {
             if held.status() != 200 {
-                break;
+                break false;
             }
-            let Some(reason) = held.completion.as_ref().and_then(|c| contract.broken(c)) else {
-                break;
+            let reason = match held.completion.clone() {
+                Some(completion) => contract.broken_off_runtime(completion).await,
+                None => None,
             };
+            let Some(reason) = reason else {
+                break false;
+            };
+            if escalations == contract.max_escalations {
+                break true;
+            }
+            escalations += 1;
             let from = held.backend();
             let rest = order
                 .iter()
                 .position(|&b| b == from)
                 .map_or(&order[order.len().min(1)..], |i| &order[i + 1..]);
             let Some(&to) = rest.first() else {
-                break;
+                break true;
             };
             let route = self.route_label(request);
             let (from_name, to_name) = (
@@ -384,11 +397,11 @@ impl Dispatcher {
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "no target after the escalation answered; relaying the broken answer");
-                    break;
+                    break true;
                 }
             }
-        }
-        held.release(attempts)
+        };
+        held.release(attempts, broken)
     }
 
     /// Tries `order`'s targets one after the other until one answers.
@@ -519,6 +532,7 @@ impl Dispatcher {
             body: AnswerBody::Full(self.upstreams.client_error_body(status, &body)),
             backend: b,
             attempts,
+            broken: false,
         })
     }
 

@@ -5,9 +5,9 @@
 
 use super::stats::Sums;
 use super::store::{Assigned, Counters, FEEDBACK_WINDOW, FeedbackError, Observation};
-use crate::quota::shared::StoreError;
+use crate::quota::shared::{StoreError, connection, timed};
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -33,14 +33,8 @@ impl RedisCounters {
     /// Counters on `url` under `prefix`; connects lazily (a Redis that is down is an error
     /// of each call, not of the start).
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisCounters, StoreError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
         Ok(RedisCounters {
-            connection: ConnectionManager::new_lazy_with_config(client, config)?,
+            connection: connection(url, timeout)?,
             prefix: prefix.to_string(),
             timeout,
             take: Script::new(TAKE),
@@ -51,10 +45,7 @@ impl RedisCounters {
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
-        }
+        timed(self.timeout, call).await
     }
 
     fn variant_key(&self, experiment: &str, variant: &str) -> String {
@@ -70,8 +61,10 @@ impl RedisCounters {
             .map_err(|e| StoreError::Redis(e.to_string()))?;
         let mut connection = self.connection.clone();
         let mut set = redis::cmd("SET");
+        // NX: a client sending the same request id again keeps the first assignment.
         set.arg(self.slot_key(slot))
             .arg(value)
+            .arg("NX")
             .arg("EX")
             .arg(FEEDBACK_WINDOW.as_secs());
         self.run(set.query_async::<()>(&mut connection)).await

@@ -178,10 +178,13 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// Remembers that the request in `slot` went to a variant, for its feedback.
+    /// Remembers that the request in `slot` went to a variant, for its feedback. A slot
+    /// already taken (a client that sends the same `x-request-id` again) keeps its first
+    /// assignment, and its feedback once given stays given.
     pub fn assigned(&self, slot: &str, assigned: Assigned) {
         self.assigned
-            .insert(slot.to_string(), Some(Arc::new(assigned)));
+            .entry(slot.to_string())
+            .or_insert_with(|| Some(Arc::new(assigned)));
     }
 
     /// Counts a request of `variant` of `experiment` that is over.
@@ -289,6 +292,9 @@ mod tests {
             counted.map(|a| a.variant.clone()).ok(),
             Some("small".into())
         );
+        assert_eq!(store.feedback(&mine, 0.0), Err(FeedbackError::Repeated));
+        // The same id sent again does not open the slot again.
+        store.assigned(&mine, assigned());
         assert_eq!(store.feedback(&mine, 0.0), Err(FeedbackError::Repeated));
         let feedback = store.counters("e", "small").feedback;
         assert_eq!((feedback.n, feedback.sum), (1.0, 1.0));

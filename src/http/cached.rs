@@ -27,20 +27,25 @@ pub struct Directive {
 }
 
 impl Directive {
+    /// From `Cache-Control` (every value, read as bytes: a directive next to a byte that
+    /// is not text still counts) and HTTP/1.0's `Pragma: no-cache`.
     pub fn of(headers: &HeaderMap) -> Directive {
         let mut directive = Directive {
             read: true,
             write: true,
         };
-        for value in headers.get_all(header::CACHE_CONTROL) {
-            for part in value.to_str().unwrap_or("").split(',') {
-                match part.trim().to_ascii_lowercase().as_str() {
-                    "no-cache" => directive.read = false,
-                    "no-store" => {
-                        directive.read = false;
-                        directive.write = false;
-                    }
-                    _ => {}
+        let values = headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .chain(headers.get_all(header::PRAGMA).iter());
+        for value in values {
+            for part in value.as_bytes().split(|&b| b == b',' || b == b';') {
+                let part = part.trim_ascii();
+                if part.eq_ignore_ascii_case(b"no-cache") {
+                    directive.read = false;
+                } else if part.eq_ignore_ascii_case(b"no-store") {
+                    directive.read = false;
+                    directive.write = false;
                 }
             }
         }
@@ -93,7 +98,7 @@ impl Lookup {
     /// `answer` as the client gets it, kept once whole if it is a 200 completion from
     /// `backend` (priced at `cost`, from the usage it reports).
     pub fn keep(self, answer: Answer, backend: String, cost: Option<Cost>) -> Answer {
-        if !self.directive.write || answer.status != 200 {
+        if !self.directive.write || answer.status != 200 || answer.broken {
             return answer;
         }
         match answer.body {
@@ -203,5 +208,51 @@ pub fn answer(hit: &Hit, stream: bool, backend: crate::config::BackendId) -> Ans
         body,
         backend,
         attempts: 0,
+        broken: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn directive(pairs: &[(header::HeaderName, &[u8])]) -> Directive {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(name, HeaderValue::from_bytes(value).unwrap());
+        }
+        Directive::of(&headers)
+    }
+
+    #[test]
+    fn cache_control_is_read_whatever_surrounds_the_directive() {
+        let none = Directive {
+            read: true,
+            write: true,
+        };
+        let fresh = Directive {
+            read: false,
+            write: true,
+        };
+        let neither = Directive {
+            read: false,
+            write: false,
+        };
+        assert_eq!(directive(&[]), none);
+        assert_eq!(
+            directive(&[(header::CACHE_CONTROL, b"max-age=0, No-Cache")]),
+            fresh
+        );
+        assert_eq!(
+            directive(&[(header::CACHE_CONTROL, b"no-store, \xff")]),
+            neither
+        );
+        assert_eq!(
+            directive(&[(header::CACHE_CONTROL, b"no-store ;x")]),
+            neither
+        );
+        assert_eq!(directive(&[(header::PRAGMA, b"no-cache")]), fresh);
+        assert_eq!(directive(&[(header::CACHE_CONTROL, b"no-cachex")]), none);
     }
 }

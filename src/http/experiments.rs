@@ -21,8 +21,9 @@ use std::sync::Arc;
 pub const VARIANT_HEADER: &str = "x-semroute-variant";
 /// The largest feedback body read.
 const FEEDBACK_BODY_LIMIT: usize = 16 * 1024;
-/// Feedback scores past this size are a client's mistake.
-const MAX_SCORE: f64 = 1e9;
+/// The largest score taken, either way: room for thumbs, stars and 0-100 ratings, while
+/// one score cannot swamp a variant's mean.
+const MAX_SCORE: f64 = 100.0;
 
 /// Who sent `request`: its `user` (body, else header) and the connection's peer.
 pub fn client_of(user: Option<String>, request: &Request) -> Client {
@@ -153,9 +154,9 @@ pub async fn feedback(
         _ => f64::NAN,
     };
     if !(score.is_finite() && score.abs() <= MAX_SCORE) {
-        return Err(ApiError::invalid(
-            "`score` must be a number (thumbs as 1 or 0)",
-        ));
+        return Err(ApiError::invalid(format!(
+            "`score` must be a number from -{MAX_SCORE} to {MAX_SCORE} (thumbs as 1 or 0)"
+        )));
     }
     if body.request_id.is_empty() || body.request_id.len() > 256 {
         return Err(ApiError::invalid(

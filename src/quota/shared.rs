@@ -37,17 +37,35 @@ pub struct RedisStore {
     settle: Script,
 }
 
+/// A connection to the Redis at `url` that connects lazily (a Redis that is down at start
+/// is no error) and reconnects by itself; each call's answer is awaited `timeout` at most.
+/// The limits, the experiments' counters and the answer cache each hold one.
+pub fn connection(url: &str, timeout: Duration) -> Result<ConnectionManager, StoreError> {
+    let client = redis::Client::open(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(timeout))
+        .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(1));
+    Ok(ConnectionManager::new_lazy_with_config(client, config)?)
+}
+
+/// `call`'s result, or a timeout error once `timeout` has passed.
+pub async fn timed<T>(
+    timeout: Duration,
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(StoreError::Timeout(timeout)),
+    }
+}
+
 impl RedisStore {
     /// A store on `url`; connects lazily, so a Redis that is down at start is no error.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
         Ok(RedisStore {
-            connection: ConnectionManager::new_lazy_with_config(client, config)?,
+            connection: connection(url, timeout)?,
             prefix: prefix.to_string(),
             timeout,
             admit: Script::new(ADMIT),
@@ -59,10 +77,7 @@ impl RedisStore {
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
-        }
+        timed(self.timeout, call).await
     }
 
     /// The same decision as `MemoryStore::admit`, made by Redis for every replica.

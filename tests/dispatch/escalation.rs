@@ -108,3 +108,32 @@ async fn escalations_stop_at_the_maximum_and_the_last_answer_is_relayed() {
     );
     assert_eq!(ups.iter().map(Upstream::count).sum::<usize>(), 3);
 }
+
+#[tokio::test]
+async fn an_answer_that_still_breaks_the_contract_is_never_cached() {
+    let mut backends = String::new();
+    let mut ups = Vec::new();
+    for (name, text) in [("a", BROKEN), ("b", BROKEN)] {
+        let up = Upstream::start(
+            name,
+            Behaviour::Text {
+                text,
+                prefill: false,
+            },
+        )
+        .await;
+        backends.push_str(&backend(name, &up.url, ""));
+        ups.push(up);
+    }
+    let s = state_from(&format!(
+        "cache:\n  exact: {{ttl_s: 60}}\nbackends:\n{backends}routes:\n  - name: chat\n    utterances: [hello]\n    targets: [a, b]\n    escalate_on: [invalid_json_schema]\n"
+    ));
+    let mut body = asking_for_a_city(false);
+    body["temperature"] = json!(0);
+    for _ in 0..2 {
+        let reply = chat(&s, body.clone()).await;
+        assert_eq!(reply.header("x-semroute-cache"), "miss");
+        assert_eq!(reply.content(), BROKEN);
+    }
+    assert_eq!(ups.iter().map(Upstream::count).sum::<usize>(), 4);
+}
