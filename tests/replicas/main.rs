@@ -11,6 +11,7 @@ mod harness;
 mod upstream;
 
 mod budgets;
+mod cache;
 mod experiments;
 mod failures;
 mod health;
