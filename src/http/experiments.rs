@@ -127,6 +127,10 @@ pub struct FeedbackCounted {
     security((), ("client_key" = [])),
     responses(
         (status = 200, description = "Counted to the request's variant", body = FeedbackCounted),
+        (status = 400, description = "`invalid_json`: the body is not JSON", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body did not arrive within `--body-timeout`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over 16 KiB", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `content-type: application/json`", body = ErrorBody),
         (status = 401, description = "`unauthorized`: `auth.required` and no known client key", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 404, description = "`not_found`: no request with this id was in an experiment in the last 24 hours, or another key sent it", body = ErrorBody),
