@@ -64,10 +64,42 @@ fn last_user_message(body: &Map<String, Value>) -> Option<usize> {
 /// The body's canonical text, without `NOT_IN_KEY` and with the content of message
 /// `blank` (if any) left out.
 fn write_body(body: &Map<String, Value>, blank: Option<usize>, out: &mut Vec<u8>) {
-    let mut keys: Vec<&String> = body
-        .keys()
-        .filter(|k| !NOT_IN_KEY.contains(&k.as_str()))
-        .collect();
+    let keep = |k: &str| !NOT_IN_KEY.contains(&k);
+    write_object(body, keep, out, |key, value, out| {
+        match (key, value, blank) {
+            ("messages", Value::Array(messages), Some(blank)) => {
+                write_array(messages, out, |j, message, out| match message {
+                    Value::Object(m) if j == blank => {
+                        write_object(m, |k| k != "content", out, |_, v, out| canonical(v, out));
+                    }
+                    other => canonical(other, out),
+                });
+            }
+            _ => canonical(value, out),
+        }
+    });
+}
+
+/// `value` as JSON with every object's keys sorted.
+pub fn canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(map) => write_object(map, |_| true, out, |_, v, out| canonical(v, out)),
+        Value::Array(items) => write_array(items, out, |_, item, out| canonical(item, out)),
+        scalar => {
+            // Numbers, strings, booleans and null have one serialization.
+            let _ = serde_json::to_writer(&mut *out, scalar);
+        }
+    }
+}
+
+/// The entries of `map` that `keep` keeps, keys sorted, each value written by `value`.
+fn write_object(
+    map: &Map<String, Value>,
+    keep: impl Fn(&str) -> bool,
+    out: &mut Vec<u8>,
+    mut value: impl FnMut(&str, &Value, &mut Vec<u8>),
+) {
+    let mut keys: Vec<&String> = map.keys().filter(|k| keep(k)).collect();
     keys.sort();
     out.push(b'{');
     for (i, key) in keys.into_iter().enumerate() {
@@ -76,62 +108,25 @@ fn write_body(body: &Map<String, Value>, blank: Option<usize>, out: &mut Vec<u8>
         }
         write_string(key, out);
         out.push(b':');
-        match (key.as_str(), &body[key], blank) {
-            ("messages", Value::Array(messages), Some(blank)) => {
-                out.push(b'[');
-                for (j, message) in messages.iter().enumerate() {
-                    if j > 0 {
-                        out.push(b',');
-                    }
-                    match message {
-                        Value::Object(m) if j == blank => {
-                            let mut without = m.clone();
-                            without.remove("content");
-                            canonical(&Value::Object(without), out);
-                        }
-                        other => canonical(other, out),
-                    }
-                }
-                out.push(b']');
-            }
-            (_, value, _) => canonical(value, out),
-        }
+        value(key, &map[key], out);
     }
     out.push(b'}');
 }
 
-/// `value` as JSON with every object's keys sorted.
-pub fn canonical(value: &Value, out: &mut Vec<u8>) {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push(b'{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(key, out);
-                out.push(b':');
-                canonical(&map[key], out);
-            }
-            out.push(b'}');
+/// `items`, each written by `item` (with its position).
+fn write_array(
+    items: &[Value],
+    out: &mut Vec<u8>,
+    mut item: impl FnMut(usize, &Value, &mut Vec<u8>),
+) {
+    out.push(b'[');
+    for (i, v) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                canonical(item, out);
-            }
-            out.push(b']');
-        }
-        scalar => {
-            // Numbers, strings, booleans and null have one serialization.
-            let _ = serde_json::to_writer(&mut *out, scalar);
-        }
+        item(i, v, out);
     }
+    out.push(b']');
 }
 
 fn write_string(s: &str, out: &mut Vec<u8>) {
