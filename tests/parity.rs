@@ -5,8 +5,9 @@
 mod common;
 
 use semroute::config::{EncoderConfig, Precision};
+use semroute::embed::native::{NativeBert, Options};
 use semroute::embed::{Backend, Encoder, files};
-use semroute::kernels::gemm::{Isa, bf16_supported};
+use semroute::kernels::gemm::{Int8Isa, Isa, bf16_supported};
 use semroute::route::index::dot;
 
 struct Reference {
@@ -138,6 +139,119 @@ fn bfloat16_stays_within_cosine_0999() {
     let worst = worst_cosine(&encoder);
     assert!(worst >= 0.999, "bf16: worst cosine {worst}");
     eprintln!("bf16 worst cosine to the references: {worst}");
+}
+
+#[test]
+fn int8_stays_within_cosine_099_of_sentence_transformers() {
+    if Int8Isa::detect().is_none() {
+        eprintln!("this CPU has no int8 kernel; the int8 path falls back to f32");
+        return;
+    }
+    let encoder = load(Backend::Native(Isa::detect(), Precision::Int8));
+    assert_eq!(
+        encoder.backend(),
+        Backend::Native(Isa::detect(), Precision::Int8)
+    );
+    let worst = worst_cosine(&encoder);
+    eprintln!("int8 worst cosine to the references: {worst}");
+    assert!(worst >= 0.99, "int8: worst cosine {worst}");
+}
+
+/// The fixture texts as token ids, and the model's config.
+fn fixture_tokens() -> (Vec<Vec<u32>>, candle_transformers::models::bert::Config) {
+    let dir = common::model_dir();
+    let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let mut ids: Vec<Vec<u32>> = references()
+        .iter()
+        .map(|r| {
+            let e = tokenizer.encode(r.text.as_str(), true).unwrap();
+            e.get_ids()[..e.get_ids().len().min(256)].to_vec()
+        })
+        .collect();
+    // Enough sequences that a batch splits among every thread count below.
+    ids.extend(ids.clone());
+    let config =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    (ids, config)
+}
+
+#[test]
+fn results_are_bit_identical_at_one_two_and_four_threads() {
+    let (ids, config) = fixture_tokens();
+    let weights = common::model_dir().join("model.safetensors");
+    let batch: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    for precision in [Precision::F32, Precision::Int8] {
+        let mut seen: Option<Vec<Vec<f32>>> = None;
+        // 4 threads is more than this machine's cores, on a 2-core machine.
+        for threads in [1, 2, 4] {
+            let options = Options {
+                isa: Isa::detect(),
+                precision,
+                threads,
+                quantized_cache: None,
+            };
+            let model = NativeBert::load_with(&weights, &config, &options).unwrap();
+            assert_eq!(model.threads(), threads);
+            let together = model.embed(&batch).unwrap();
+            let alone: Vec<Vec<f32>> = batch
+                .iter()
+                .map(|ids| model.embed(&[ids]).unwrap().remove(0))
+                .collect();
+            let bits = |v: &Vec<Vec<f32>>| -> Vec<Vec<u32>> {
+                v.iter()
+                    .map(|e| e.iter().map(|x| x.to_bits()).collect())
+                    .collect()
+            };
+            assert_eq!(
+                bits(&together),
+                bits(&alone),
+                "{precision:?}: batch vs alone"
+            );
+            match &seen {
+                None => seen = Some(together),
+                Some(first) => assert_eq!(
+                    bits(first),
+                    bits(&together),
+                    "{precision:?} at {threads} threads differs from 1 thread"
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn int8_weights_are_a_quarter_of_f32_and_cached_for_the_next_start() {
+    if Int8Isa::detect().is_none() {
+        return;
+    }
+    let (ids, config) = fixture_tokens();
+    let weights = common::model_dir().join("model.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let options = |precision| Options {
+        isa: Isa::detect(),
+        precision,
+        threads: 1,
+        quantized_cache: Some((dir.path().to_path_buf(), "f00d".into())),
+    };
+    let f32_model = NativeBert::load_with(&weights, &config, &options(Precision::F32)).unwrap();
+    let first = NativeBert::load_with(&weights, &config, &options(Precision::Int8)).unwrap();
+    let ratio = first.layer_weight_bytes() as f64 / f32_model.layer_weight_bytes() as f64;
+    assert!(ratio < 0.26, "int8 layers take {ratio} of the f32 ones");
+    let cached = dir.path().join("int8-f00d.bin");
+    let written = std::fs::metadata(&cached).unwrap().modified().unwrap();
+    // The second start reads the file (and does not write it again) and computes the same.
+    let second = NativeBert::load_with(&weights, &config, &options(Precision::Int8)).unwrap();
+    assert_eq!(
+        std::fs::metadata(&cached).unwrap().modified().unwrap(),
+        written
+    );
+    let batch: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    assert_eq!(first.embed(&batch).unwrap(), second.embed(&batch).unwrap());
+    // A damaged file is ignored and replaced.
+    std::fs::write(&cached, b"SRINT801 not really").unwrap();
+    let third = NativeBert::load_with(&weights, &config, &options(Precision::Int8)).unwrap();
+    assert_eq!(first.embed(&batch).unwrap(), third.embed(&batch).unwrap());
+    assert!(std::fs::metadata(&cached).unwrap().len() > 1_000_000);
 }
 
 #[test]

@@ -92,6 +92,13 @@ pub enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Run the encoder on this many threads (overrides `encoder.threads`).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Run the encoder in this precision: f32, bf16 or int8 (overrides
+        /// `encoder.precision`).
+        #[arg(long)]
+        precision: Option<String>,
     },
     /// Print a running service's experiments: per variant its requests, errors, latency,
     /// time to first byte and feedback with 95% intervals, and whether the variants differ
@@ -151,7 +158,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             admin_key_env,
             json,
         } => experiments::run(&url, admin_key_env.as_deref(), json),
-        Command::Bench { config, data, json } => bench(&config, &data, json),
+        Command::Bench {
+            config,
+            data,
+            json,
+            threads,
+            precision,
+        } => bench(&config, &data, json, threads, precision.as_deref()),
         Command::Eval { args } => {
             quality::eval(&args.config, &args.data, args.json, args.oos_share)
         }
@@ -429,28 +442,56 @@ pub fn read_jsonl_texts(path: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-fn bench(config_path: &Path, data: &Path, json: bool) -> Result<ExitCode> {
-    let config = Config::load(config_path)?;
+fn bench(
+    config_path: &Path,
+    data: &Path,
+    json: bool,
+    threads: Option<usize>,
+    precision: Option<&str>,
+) -> Result<ExitCode> {
+    let mut config = Config::load(config_path)?;
+    if let Some(threads) = threads {
+        anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+        config.encoder.threads = Some(threads);
+    }
+    if let Some(precision) = precision {
+        config.encoder.precision = match precision {
+            "f32" => semroute::config::Precision::F32,
+            "bf16" => semroute::config::Precision::Bf16,
+            "int8" => semroute::config::Precision::Int8,
+            other => anyhow::bail!("unknown --precision `{other}`: write f32, bf16 or int8"),
+        };
+    }
     let prompts = read_jsonl_texts(data)?;
     let encoder = load_encoder(&config.encoder, Some(config_path))?;
     let report = semroute::offline::bench::run(config, &encoder, &prompts)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("backend              {}", report.backend);
+        println!(
+            "backend              {} on {} thread(s), layer weights {:.1} MB",
+            report.backend, report.threads, report.layer_weights_mb
+        );
         println!(
             "prompts              {} (from {})",
             report.prompts,
             data.display()
         );
-        println!("embed single p50     {:.3} ms", report.embed_single_p50_ms);
-        println!("embed single p99     {:.3} ms", report.embed_single_p99_ms);
+        let on = format!("[{}, {} threads]", report.backend, report.threads);
         println!(
-            "embed batch          {:.0} prompts/s (batches of 64)",
+            "embed single p50     {:.3} ms {on}",
+            report.embed_single_p50_ms
+        );
+        println!(
+            "embed single p99     {:.3} ms {on}",
+            report.embed_single_p99_ms
+        );
+        println!(
+            "embed batch          {:.0} prompts/s (batches of 64) {on}",
             report.embed_batch_per_s
         );
         println!(
-            "classify p50         {:.3} ms (embed + search + decide)",
+            "classify p50         {:.3} ms (embed + search + decide) {on}",
             report.classify_p50_ms
         );
         println!(

@@ -155,6 +155,8 @@ pub(crate) struct RawEncoder {
     pub max_tokens: Option<Spanned<i64>>,
     #[serde(default)]
     pub precision: Option<Spanned<String>>,
+    #[serde(default)]
+    pub threads: Option<Spanned<i64>>,
 }
 
 /// `aggregation: max`, `aggregation: mean` or `aggregation: {top_mean: 3}`.

@@ -70,13 +70,17 @@ impl Checker<'_> {
             match precision.value.trim().to_ascii_lowercase().as_str() {
                 "f32" | "float32" => config.precision = Precision::F32,
                 "bf16" | "bfloat16" => config.precision = Precision::Bf16,
+                "int8" | "i8" => config.precision = Precision::Int8,
                 other => self.issue(
                     "encoder.precision".into(),
                     precision.referenced,
                     format!("unknown precision `{other}`"),
-                    "write f32 (the default) or bf16",
+                    "write f32 (the default), bf16 or int8",
                 ),
             }
+        }
+        if let Some(threads) = raw.threads {
+            config.threads = Some(self.bounded("encoder.threads", &threads, 1, 1024)?);
         }
         if let Some(max) = raw.max_tokens {
             config.max_tokens = self.bounded("encoder.max_tokens", &max, 2, 8192)?;

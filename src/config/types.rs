@@ -203,6 +203,9 @@ pub enum Precision {
     /// bfloat16 weights and activations with float32 accumulation (AVX512_BF16 CPUs):
     /// about twice as fast; embeddings within cosine 0.999 of float32.
     Bf16,
+    /// int8 weights (per output channel) and activations (per token) with i32
+    /// accumulation (AVX2, AVX-VNNI or AVX512-VNNI CPUs).
+    Int8,
 }
 
 /// The embedding model and where it runs.
@@ -217,6 +220,8 @@ pub struct EncoderConfig {
     /// Prompts are truncated to this many tokens, special tokens included.
     pub max_tokens: usize,
     pub precision: Precision,
+    /// Threads the CPU encoder runs on; `None`: the cores available to the process.
+    pub threads: Option<usize>,
 }
 
 impl Default for EncoderConfig {
@@ -228,6 +233,7 @@ impl Default for EncoderConfig {
             device: DeviceChoice::default(),
             max_tokens: super::DEFAULT_MAX_TOKENS,
             precision: Precision::default(),
+            threads: None,
         }
     }
 }

@@ -312,6 +312,8 @@ struct OutEncoder<'a> {
     device: String,
     max_tokens: usize,
     precision: Precision,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threads: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -377,6 +379,7 @@ impl Config {
                 },
                 max_tokens: encoder.max_tokens,
                 precision: encoder.precision,
+                threads: encoder.threads,
             },
             threshold: self.threshold.get(),
             top_k: self.top_k,

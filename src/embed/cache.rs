@@ -106,7 +106,7 @@ impl EmbeddingCache {
 
 /// Writes `bytes` to a temporary file beside `path` and renames it over `path`, so a crash
 /// never leaves a torn file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

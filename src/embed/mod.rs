@@ -17,7 +17,7 @@ use crate::config::EncoderConfig;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tokenizers::{Tokenizer, TruncationParams};
 
 /// Tokens in one forward pass: packed (native) or padded rows x longest (candle).
@@ -153,11 +153,22 @@ impl Encoder {
             }))
             .map_err(|e| load_err(&files.tokenizer)(e.to_string()))?;
         tokenizer.with_padding(None);
+        let mut weights_sha = None;
         let model = match backend {
-            Backend::Native(isa, precision) => Model::Native(Box::new(
-                native::NativeBert::load_with(&files.weights, &bert_config, isa, precision)
-                    .map_err(load_err(&files.weights))?,
-            )),
+            Backend::Native(isa, precision) => {
+                let quantized_cache = quantized_cache(precision, &files.weights);
+                weights_sha = quantized_cache.as_ref().map(|(_, sha)| sha.clone());
+                let options = native::Options {
+                    isa,
+                    precision,
+                    threads: threads_for(config.threads),
+                    quantized_cache,
+                };
+                Model::Native(Box::new(
+                    native::NativeBert::load_with(&files.weights, &bert_config, &options)
+                        .map_err(load_err(&files.weights))?,
+                ))
+            }
             Backend::Candle => {
                 // SAFETY: the weights file is memory-mapped read-only; it must not be modified
                 // while the process runs, which holds for a model directory (the fetch script
@@ -181,6 +192,9 @@ impl Encoder {
             dim: bert_config.hidden_size,
             files,
         };
+        if let Some(sha) = weights_sha {
+            let _ = encoder.cache_key.set(encoder.key_for(&sha));
+        }
         // One throwaway pass allocates the buffers and wakes the helper thread, so the
         // first real prompt does not pay for it (~10 ms).
         if let Err(err) = encoder.embed_one("warm up the encoder") {
@@ -214,14 +228,51 @@ impl Encoder {
             return Ok(key.clone());
         }
         let weights = cache::file_sha256(&self.files.weights)?;
-        let key = format!("{weights}/{:?}/{}", self.backend(), self.max_tokens);
-        Ok(self.cache_key.get_or_init(|| key).clone())
+        Ok(self
+            .cache_key
+            .get_or_init(|| self.key_for(&weights))
+            .clone())
+    }
+
+    fn key_for(&self, weights_sha: &str) -> String {
+        format!("{weights_sha}/{:?}/{}", self.backend(), self.max_tokens)
     }
 
     pub fn backend(&self) -> Backend {
         match &self.model {
             Model::Native(m) => Backend::Native(m.isa(), m.precision()),
             Model::Candle(_) => Backend::Candle,
+        }
+    }
+
+    /// Threads the forward pass runs on (1 for candle's backends, which manage their own).
+    pub fn threads(&self) -> usize {
+        match &self.model {
+            Model::Native(m) => m.threads(),
+            Model::Candle(_) => 1,
+        }
+    }
+
+    /// What runs the forward pass, for reports: `native/avx2/f32`, `native/avx2/int8(avx2)`,
+    /// `candle`.
+    pub fn describe(&self) -> String {
+        match &self.model {
+            Model::Native(m) => {
+                let precision = match (m.precision(), m.int8_isa()) {
+                    (crate::config::Precision::Int8, Some(isa)) => format!("int8({isa:?})"),
+                    (p, _) => format!("{p:?}"),
+                };
+                format!("native/{:?}/{precision}", m.isa()).to_lowercase()
+            }
+            Model::Candle(_) => "candle".into(),
+        }
+    }
+
+    /// Bytes the encoder layers' weights take in memory (0 for candle's backends).
+    pub fn layer_weight_bytes(&self) -> usize {
+        match &self.model {
+            Model::Native(m) => m.layer_weight_bytes(),
+            Model::Candle(_) => 0,
         }
     }
 
@@ -317,4 +368,47 @@ impl Encoder {
         let unit = mean.broadcast_div(&norms)?;
         Ok(unit.to_dtype(DType::F32)?.to_vec2::<f32>()?)
     }
+}
+
+/// The cores available to this process: `std::thread::available_parallelism` counts the CPUs
+/// it may run on and, on Linux, the cgroup's CPU quota (a container limited to 2 CPUs on a
+/// 64-core host gets 2).
+pub fn available_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The encoder's threads for `encoder.threads`: the cores available by default; more than
+/// that is capped, since a thread beyond the cores only spins against the working ones.
+pub fn threads_for(configured: Option<usize>) -> usize {
+    let available = available_threads();
+    match configured {
+        Some(n) if n > available => {
+            tracing::warn!(
+                configured = n,
+                available,
+                "encoder.threads is more than the cores available to the process; using {available}"
+            );
+            available
+        }
+        Some(n) => n.max(1),
+        None => available,
+    }
+}
+
+/// Where an int8 encoder keeps its quantized weights: the cache directory and the weights'
+/// SHA-256 (`None` for other precisions, with caching off, or if the file cannot be read).
+fn quantized_cache(
+    precision: crate::config::Precision,
+    weights: &Path,
+) -> Option<(PathBuf, String)> {
+    if precision != crate::config::Precision::Int8 {
+        return None;
+    }
+    let dir = cache::default_dir()?;
+    let sha = cache::file_sha256(weights)
+        .map_err(
+            |err| tracing::warn!(error = %err, "cannot hash the weights; int8 weights not cached"),
+        )
+        .ok()?;
+    Some((dir, sha))
 }

@@ -6,26 +6,31 @@
 //! against each other. The optional bfloat16 path is in `bf16`.
 
 mod bf16;
+mod int8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use super::isa::{Isa, IsaKind, bf16_supported};
+pub use super::isa::{Int8Isa, Int8Kind, Isa, IsaKind, bf16_supported};
 pub use bf16::to_bf16;
+pub use int8::PANEL_I8;
 
 use super::team::Team;
 use bf16::{bf16_pairs, tile_bf16};
+use int8::{Int8Weights, quantize_rows};
 
 /// Output columns per packed panel.
 pub const PANEL: usize = 48;
-/// Multiply-accumulates below which a layer is not worth splitting between two threads
-/// (a hand-over through `Team` costs a few µs).
-const PARALLEL_MIN_MACS: usize = 1 << 19;
+/// Multiply-accumulates a thread must have for a layer to be split further (a part handed
+/// to a helper through `Team` costs about a microsecond; a part this size takes ~15).
+const PART_MIN_MACS: usize = 1 << 18;
 
 enum Packed {
     /// `panels × k × PANEL` floats; columns past `n` are zero.
     F32(Vec<f32>),
     /// `panels × k/2 × PANEL × 2` bf16 values (k padded to even).
     Bf16(Vec<u16>),
+    /// Panels of `PANEL_I8` columns, see `int8`.
+    Int8(Int8Weights),
 }
 
 /// A dense layer with its weight packed for the kernels.
@@ -72,6 +77,31 @@ impl Linear {
         matches!(self.packed, Packed::Bf16(_))
     }
 
+    /// The int8 kernel, for int8 layers.
+    pub fn int8_isa(&self) -> Option<Int8Isa> {
+        match &self.packed {
+            Packed::Int8(w) => Some(w.isa()),
+            _ => None,
+        }
+    }
+
+    /// Bytes the packed weights take.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.packed {
+            Packed::F32(w) => 4 * w.len(),
+            Packed::Bf16(w) => 2 * w.len(),
+            Packed::Int8(w) => w.bytes(),
+        }
+    }
+
+    /// Output columns per panel of this layer's packing.
+    fn panel_width(&self) -> usize {
+        match self.packed {
+            Packed::Int8(_) => PANEL_I8,
+            _ => PANEL,
+        }
+    }
+
     pub fn in_features(&self) -> usize {
         self.k
     }
@@ -80,8 +110,10 @@ impl Linear {
         self.n
     }
 
-    /// `y[m][n] = x[m][k]·Wᵀ + b`. Panics never: mismatched lengths leave `y` untouched
-    /// and return false. With a `team`, a large enough layer is shared by its two threads.
+    /// `y[m][n] = epilogue(x[m][k]·Wᵀ + b)`. Panics never: mismatched lengths leave `y`
+    /// untouched and return false. With a `team`, a large enough layer is split by output
+    /// columns among as many of its threads as have enough work each; every output is
+    /// computed the same way whatever the split, so results do not depend on it.
     pub fn forward(
         &self,
         isa: Isa,
@@ -89,30 +121,35 @@ impl Linear {
         m: usize,
         y: &mut [f32],
         team: Option<&Team>,
+        epilogue: Option<fn(&mut [f32])>,
     ) -> bool {
         if x.len() != m * self.k || y.len() != m * self.n {
             return false;
         }
-        // The bf16 kernel takes the rows as bf16 pairs, converted once here.
-        let pairs = match self.packed {
-            Packed::Bf16(_) => bf16_pairs(x, m, self.k),
-            Packed::F32(_) => Vec::new(),
+        // The bf16 and int8 kernels take the rows converted, once, here.
+        let (pairs, quantized) = match self.packed {
+            Packed::Bf16(_) => (bf16_pairs(x, m, self.k), None),
+            Packed::Int8(_) => (Vec::new(), Some(quantize_rows(x, m, self.k))),
+            Packed::F32(_) => (Vec::new(), None),
         };
-        let input = match self.packed {
-            Packed::Bf16(_) => Input::Bf16(&pairs),
-            Packed::F32(_) => Input::F32(x),
+        let input = match (&self.packed, &quantized) {
+            (Packed::Bf16(_), _) => Input::Bf16(&pairs),
+            (Packed::Int8(_), Some(rows)) => Input::Int8(rows),
+            _ => Input::F32(x),
         };
-        let panels = self.n.div_ceil(PANEL);
-        let team = team.filter(|_| m * self.n * self.k >= PARALLEL_MIN_MACS && panels >= 2);
-        if let Some(team) = team {
-            let half = panels / 2;
-            let out = SharedOut(y.as_mut_ptr());
-            team.run(|| self.panels(isa, input, m, 0..half, &out), &|| {
-                self.panels(isa, input, m, half..panels, &out)
-            });
-        } else {
-            let out = SharedOut(y.as_mut_ptr());
-            self.panels(isa, input, m, 0..panels, &out);
+        let panels = self.n.div_ceil(self.panel_width());
+        let parts = team.map_or(1, |team| {
+            let by_work = (m * self.n * self.k / PART_MIN_MACS).max(1);
+            team.threads().min(panels).min(by_work)
+        });
+        let out = SharedOut(y.as_mut_ptr());
+        let part = |i: usize| {
+            let range = panels * i / parts..panels * (i + 1) / parts;
+            self.panels(isa, input, m, range, &out, epilogue);
+        };
+        match team {
+            Some(team) if parts > 1 => team.run(parts, &part),
+            _ => part(0),
         }
         true
     }
@@ -125,7 +162,12 @@ impl Linear {
         m: usize,
         panels: std::ops::Range<usize>,
         out: &SharedOut,
+        epilogue: Option<fn(&mut [f32])>,
     ) {
+        if let (Packed::Int8(w), Input::Int8(rows)) = (&self.packed, x) {
+            self.panels_int8(w, rows, panels, out, epilogue);
+            return;
+        }
         let rows_per_tile = match (isa.kind(), x) {
             (_, Input::Bf16(_)) | (IsaKind::Avx512 | IsaKind::Portable, _) => 8,
             (IsaKind::Avx2, _) => 4,
@@ -153,6 +195,11 @@ impl Linear {
                     // `forward` pairs the input with the packing; nothing else is reachable.
                     _ => return,
                 }
+                // One call for the whole tile, so the epilogue vectorises over it (columns
+                // past `n` hold zeros, which it maps to finite values that are never copied).
+                if let Some(f) = epilogue {
+                    f(&mut tile[..mr * PANEL]);
+                }
                 for r in 0..mr {
                     let src = &tile[r * PANEL..r * PANEL + width];
                     // SAFETY: each call owns a disjoint set of panels, hence of columns
@@ -174,6 +221,8 @@ enum Input<'a> {
     F32(&'a [f32]),
     /// Each row as k/2 bf16 pairs, the first element in the low half.
     Bf16(&'a [u32]),
+    /// Each row quantized to int8.
+    Int8(&'a int8::QuantizedRows),
 }
 
 /// The output buffer, shared by the two halves of a split layer (they write disjoint columns).
@@ -279,8 +328,8 @@ mod tests {
             let layer = Linear::new(&w, &b, n, k).unwrap();
             for isa in Isa::available() {
                 let mut y = vec![f32::NAN; m * n];
-                let team = (m % 2 == 0).then(Team::new).flatten();
-                assert!(layer.forward(isa, &x, m, &mut y, team.as_ref()));
+                let team = Team::new(m % 4);
+                assert!(layer.forward(isa, &x, m, &mut y, team.as_ref(), None));
                 for (i, (a, e)) in y.iter().zip(&expected).enumerate() {
                     assert!(
                         (a - e).abs() <= 1e-3 * (1.0 + e.abs()),
@@ -296,6 +345,6 @@ mod tests {
         assert!(Linear::new(&[1.0; 6], &[0.0; 2], 3, 2).is_none());
         let layer = Linear::new(&[1.0; 6], &[0.0; 3], 3, 2).unwrap();
         let mut y = vec![0.0; 3];
-        assert!(!layer.forward(Isa::portable(), &[1.0; 3], 1, &mut y, None));
+        assert!(!layer.forward(Isa::portable(), &[1.0; 3], 1, &mut y, None, None));
     }
 }

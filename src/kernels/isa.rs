@@ -1,5 +1,6 @@
 //! The instruction set a kernel may use, detected once from the CPU: the unforgeable [`Isa`]
-//! token that the f32 kernels are chosen by, and whether the bfloat16 kernel can run.
+//! token that the f32 kernels are chosen by, its int8 counterpart, and whether the bfloat16
+//! kernel can run.
 
 /// The kernel families.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +64,72 @@ impl Isa {
     }
 }
 
+/// The integer (int8) kernel families, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Int8Kind {
+    /// AVX512-VNNI: `vpdpwssd` on 512-bit registers, multiply and add in one instruction.
+    Avx512Vnni,
+    /// AVX-VNNI: `vpdpwssd` on 256-bit registers.
+    AvxVnni,
+    /// AVX2: `vpmaddwd`, then an add.
+    Avx2,
+    /// Plain Rust, any CPU (slow: for reference and tests).
+    Portable,
+}
+
+/// The int8 kernel a layer uses: like [`Isa`], only detection mints the SIMD kinds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Int8Isa(Int8Kind);
+
+impl std::fmt::Debug for Int8Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl Int8Isa {
+    /// The best int8 kernel this CPU runs, or `None` where only the portable one would
+    /// (then int8 is no faster than float32, and the encoder falls back to it).
+    pub fn detect() -> Option<Int8Isa> {
+        Int8Isa::available()
+            .into_iter()
+            .find(|isa| isa.0 != Int8Kind::Portable)
+    }
+
+    pub const fn portable() -> Int8Isa {
+        Int8Isa(Int8Kind::Portable)
+    }
+
+    pub fn kind(self) -> Int8Kind {
+        self.0
+    }
+
+    /// Every int8 kernel this CPU can run, best first (the portable one always). Each is
+    /// checked for every extension its `#[target_feature]` enables.
+    pub fn available() -> Vec<Int8Isa> {
+        let mut isas = Vec::with_capacity(4);
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2");
+            if avx2
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+            {
+                isas.push(Int8Isa(Int8Kind::Avx512Vnni));
+            }
+            if avx2 && is_x86_feature_detected!("avxvnni") {
+                isas.push(Int8Isa(Int8Kind::AvxVnni));
+            }
+            if avx2 {
+                isas.push(Int8Isa(Int8Kind::Avx2));
+            }
+        }
+        isas.push(Int8Isa::portable());
+        isas
+    }
+}
+
 /// Whether this CPU can run the bfloat16 kernel.
 pub fn bf16_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -82,5 +149,7 @@ mod tests {
     #[test]
     fn detection_always_offers_the_portable_kernel() {
         assert_eq!(Isa::available().last(), Some(&Isa::portable()));
+        assert_eq!(Int8Isa::available().last(), Some(&Int8Isa::portable()));
+        assert_ne!(Int8Isa::detect(), Some(Int8Isa::portable()));
     }
 }

@@ -1,129 +1,215 @@
-//! Two threads sharing one layer: the caller and a helper that spins briefly between jobs.
+//! A team of threads sharing one piece of work: the caller and `threads - 1` helpers that
+//! spin briefly between jobs. A job is `parts` calls of one closure; every thread, the
+//! caller included, claims the next unclaimed part until none are left, so a helper the OS
+//! has not scheduled simply takes no part (the others do its share).
 //!
-//! A single short prompt runs ~25 layers of ~50 µs each. Handing half of each to a thread
+//! A single short prompt runs ~25 layers of ~50 µs each. Handing parts of each to a thread
 //! pool costs tens of µs of wake-up per layer (measured with rayon: the split then gained
-//! nothing), so the helper here busy-waits for the next half for a little while (~a few
-//! hundred µs) before it parks, and a job is handed over through two atomics.
+//! nothing), so helpers busy-wait for the next job for a little while (a few hundred µs)
+//! before they park, and a part is claimed with one compare-and-swap.
 
-use std::cell::UnsafeCell;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::Duration;
 
-/// Spin iterations before the helper parks.
+/// Spin iterations before a helper parks.
 const SPINS_BEFORE_PARK: u32 = 20_000;
 
-type Job = *const (dyn Fn() + Sync + 'static);
+type Part = dyn Fn(usize) + Sync;
 
-struct Shared {
-    /// Bumped by the caller to post a job.
-    posted: AtomicU64,
-    /// Set by the helper to the number of the job it finished.
-    finished: AtomicU64,
-    job: UnsafeCell<Option<Job>>,
-    parked: AtomicBool,
-    stop: AtomicBool,
-    helper: OnceLock<Thread>,
+/// The job being shared: its number, the closure (lifetime erased) and how many parts.
+#[derive(Clone, Copy)]
+struct Posted {
+    number: u32,
+    job: *const Part,
+    parts: usize,
 }
 
-// SAFETY: `job` is written by the caller only while the helper is idle (before `posted` is
-// bumped) and read by the helper only between seeing `posted` and storing `finished`; the
-// atomics order these accesses.
-unsafe impl Sync for Shared {}
-unsafe impl Send for Shared {}
+// SAFETY: the pointer is only dereferenced by a thread that claimed one of the job's parts,
+// and `Team::run` does not return before every claimed part has finished.
+unsafe impl Send for Posted {}
+
+struct Shared {
+    /// The number of the last job posted (0: none yet).
+    posted: AtomicU64,
+    /// `job number << 32 | next unclaimed part`.
+    claim: AtomicU64,
+    /// Parts of the current job finished.
+    done: AtomicUsize,
+    /// Whether a part of the current job panicked.
+    failed: AtomicBool,
+    job: Mutex<Option<Posted>>,
+    parked: Vec<AtomicBool>,
+    stop: AtomicBool,
+    helpers: OnceLock<Vec<Thread>>,
+}
 
 pub struct Team {
     shared: Arc<Shared>,
-    /// One caller at a time; a concurrent caller runs both halves itself.
+    threads: usize,
+    /// One caller at a time; a concurrent caller runs every part itself.
     caller: Mutex<()>,
 }
 
 impl Team {
-    /// Starts the helper thread; `None` if the OS refuses a thread (then callers run alone).
-    pub fn new() -> Option<Team> {
+    /// A team of `threads` (the caller and `threads - 1` helpers); `None` for one thread or
+    /// if the OS refuses a thread (then callers run alone).
+    pub fn new(threads: usize) -> Option<Team> {
+        if threads < 2 {
+            return None;
+        }
         let shared = Arc::new(Shared {
             posted: AtomicU64::new(0),
-            finished: AtomicU64::new(0),
-            job: UnsafeCell::new(None),
-            parked: AtomicBool::new(false),
+            claim: AtomicU64::new(0),
+            done: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
+            job: Mutex::new(None),
+            parked: (1..threads).map(|_| AtomicBool::new(false)).collect(),
             stop: AtomicBool::new(false),
-            helper: OnceLock::new(),
+            helpers: OnceLock::new(),
         });
-        let for_helper = shared.clone();
-        let handle = thread::Builder::new()
-            .name("semroute-helper".into())
-            .spawn(move || helper_loop(&for_helper))
-            .ok()?;
-        let _ = shared.helper.set(handle.thread().clone());
+        let mut handles = Vec::with_capacity(threads - 1);
+        for index in 0..threads - 1 {
+            let for_helper = shared.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("semroute-helper-{index}"))
+                .spawn(move || helper_loop(&for_helper, index));
+            match spawned {
+                Ok(handle) => handles.push(handle.thread().clone()),
+                Err(_) => {
+                    shared.stop.store(true, Ordering::SeqCst);
+                    handles.iter().for_each(Thread::unpark);
+                    return None;
+                }
+            }
+        }
+        let _ = shared.helpers.set(handles);
         Some(Team {
             shared,
+            threads,
             caller: Mutex::new(()),
         })
     }
 
-    /// Runs `mine` on this thread and `theirs` on the helper, returning when both are done.
-    pub fn run(&self, mine: impl FnOnce(), theirs: &(dyn Fn() + Sync)) {
-        let Ok(_turn) = self.caller.try_lock() else {
-            mine();
-            theirs();
-            return;
-        };
-        let shared = &*self.shared;
-        // SAFETY: the lifetime is erased only for the hand-over: `WaitForHelper` below does
-        // not let this function return (or unwind) before the helper has finished the job.
-        let job: Job = unsafe { std::mem::transmute::<&(dyn Fn() + Sync), Job>(theirs) };
-        // SAFETY: the helper is idle (the last job finished), so nobody reads `job` now.
-        unsafe { *shared.job.get() = Some(job) };
-        let number = shared.posted.fetch_add(1, Ordering::SeqCst) + 1;
-        if shared.parked.load(Ordering::SeqCst)
-            && let Some(helper) = shared.helper.get()
-        {
-            helper.unpark();
-        }
-        let _wait = WaitForHelper { shared, number };
-        mine();
+    /// Threads in the team, the caller included.
+    pub fn threads(&self) -> usize {
+        self.threads
     }
-}
 
-/// Waits (also during unwinding) until the helper has finished job `number`.
-struct WaitForHelper<'a> {
-    shared: &'a Shared,
-    number: u64,
-}
-
-impl Drop for WaitForHelper<'_> {
-    fn drop(&mut self) {
+    /// Runs `job(i)` once for every `i` in `0..parts`, spread over the team; returns when
+    /// all have run. A panic in a part is raised again here, after the others finished.
+    pub fn run<'a>(&self, parts: usize, job: &'a (dyn Fn(usize) + Sync + 'a)) {
+        let turn = self.caller.try_lock();
+        if parts < 2 || turn.is_err() {
+            (0..parts).for_each(job);
+            return;
+        }
+        let shared = &*self.shared;
+        // SAFETY: the lifetime is erased only for the hand-over: this function does not
+        // return (its own parts run under catch_unwind) before every claimed part finished.
+        let erased: *const Part =
+            unsafe { std::mem::transmute::<&'a (dyn Fn(usize) + Sync + 'a), *const Part>(job) };
+        let number = (shared.posted.load(Ordering::SeqCst) as u32)
+            .wrapping_add(1)
+            .max(1);
+        {
+            let mut slot = shared.job.lock().unwrap_or_else(|e| e.into_inner());
+            *slot = Some(Posted {
+                number,
+                job: erased,
+                parts,
+            });
+            shared.done.store(0, Ordering::SeqCst);
+            shared.failed.store(false, Ordering::SeqCst);
+            shared.claim.store((number as u64) << 32, Ordering::SeqCst);
+            shared.posted.store(number as u64, Ordering::SeqCst);
+        }
+        if let Some(helpers) = shared.helpers.get() {
+            for (helper, parked) in helpers.iter().zip(&shared.parked) {
+                if parked.load(Ordering::SeqCst) {
+                    helper.unpark();
+                }
+            }
+        }
+        let panicked = catch_unwind(AssertUnwindSafe(|| {
+            work_on(
+                shared,
+                Posted {
+                    number,
+                    job: erased,
+                    parts,
+                },
+            )
+        }));
         let mut spins = 0u32;
-        while self.shared.finished.load(Ordering::Acquire) < self.number {
+        while shared.done.load(Ordering::Acquire) < parts {
             spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(1024) {
+            if spins.is_multiple_of(256) {
                 thread::yield_now();
             } else {
                 std::hint::spin_loop();
             }
         }
+        if let Err(panic) = panicked {
+            resume_unwind(panic);
+        }
+        if shared.failed.load(Ordering::SeqCst) {
+            resume_unwind(Box::new("a part run by a helper thread panicked"));
+        }
+    }
+}
+
+/// Claims and runs parts of `posted` until none are left (or a newer job replaced it).
+fn work_on(shared: &Shared, posted: Posted) {
+    let mut first_panic = None;
+    loop {
+        let claim = shared.claim.load(Ordering::SeqCst);
+        let (number, next) = ((claim >> 32) as u32, (claim & 0xffff_ffff) as usize);
+        if number != posted.number || next >= posted.parts {
+            break;
+        }
+        if shared
+            .claim
+            .compare_exchange(claim, claim + 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            continue;
+        }
+        // SAFETY: part `next` of this job is claimed, so the caller waits for it.
+        let result = catch_unwind(AssertUnwindSafe(|| unsafe { (*posted.job)(next) }));
+        if result.is_err() {
+            shared.failed.store(true, Ordering::SeqCst);
+        }
+        shared.done.fetch_add(1, Ordering::Release);
+        if let Err(panic) = result {
+            first_panic.get_or_insert(panic);
+        }
+    }
+    if let Some(panic) = first_panic {
+        resume_unwind(panic);
     }
 }
 
 impl Drop for Team {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(helper) = self.shared.helper.get() {
-            helper.unpark();
+        if let Some(helpers) = self.shared.helpers.get() {
+            helpers.iter().for_each(Thread::unpark);
         }
     }
 }
 
-fn helper_loop(shared: &Shared) {
+fn helper_loop(shared: &Shared, index: usize) {
     let mut seen = 0u64;
     loop {
         let mut spins = 0u32;
-        let number = loop {
+        loop {
             let posted = shared.posted.load(Ordering::SeqCst);
             if posted != seen {
-                break posted;
+                seen = posted;
+                break;
             }
             if shared.stop.load(Ordering::SeqCst) {
                 return;
@@ -132,24 +218,22 @@ fn helper_loop(shared: &Shared) {
             if spins < SPINS_BEFORE_PARK {
                 std::hint::spin_loop();
             } else {
-                shared.parked.store(true, Ordering::SeqCst);
+                shared.parked[index].store(true, Ordering::SeqCst);
                 if shared.posted.load(Ordering::SeqCst) == seen
                     && !shared.stop.load(Ordering::SeqCst)
                 {
                     thread::park_timeout(Duration::from_millis(50));
                 }
-                shared.parked.store(false, Ordering::SeqCst);
+                shared.parked[index].store(false, Ordering::SeqCst);
                 spins = 0;
             }
-        };
-        seen = number;
-        // SAFETY: the caller wrote `job` before bumping `posted` (SeqCst) and keeps the
-        // closure alive until `finished` reaches `number`.
-        if let Some(job) = unsafe { *shared.job.get() } {
-            // A panic in the job must not kill the helper (the caller would wait forever).
-            let _ = catch_unwind(AssertUnwindSafe(|| unsafe { (*job)() }));
         }
-        shared.finished.store(number, Ordering::Release);
+        let posted = *shared.job.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(posted) = posted {
+            // A panic in a part must not kill the helper: it is caught, counted as done,
+            // and raised in the caller.
+            let _ = catch_unwind(AssertUnwindSafe(|| work_on(shared, posted)));
+        }
     }
 }
 
@@ -159,40 +243,50 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     #[test]
-    fn both_halves_run_every_time() {
-        let team = Team::new().unwrap_or_else(|| panic!("no helper thread"));
-        let mine = AtomicUsize::new(0);
-        let theirs = AtomicUsize::new(0);
-        for i in 0..5000 {
-            if i % 1000 == 999 {
-                // Let the helper park, then wake it.
-                thread::sleep(Duration::from_millis(5));
+    fn every_part_runs_once_every_time() {
+        for threads in [2, 3, 5] {
+            let team = Team::new(threads).unwrap_or_else(|| panic!("no helper threads"));
+            assert_eq!(team.threads(), threads);
+            let counts: Vec<AtomicUsize> = (0..7).map(|_| AtomicUsize::new(0)).collect();
+            for round in 0..3000 {
+                if round % 1000 == 999 {
+                    // Let the helpers park, then wake them.
+                    thread::sleep(Duration::from_millis(5));
+                }
+                let parts = 1 + round % 7;
+                team.run(parts, &|i| {
+                    counts[i].fetch_add(1, Ordering::Relaxed);
+                });
             }
-            team.run(
-                || {
-                    mine.fetch_add(1, Ordering::Relaxed);
-                },
-                &|| {
-                    theirs.fetch_add(1, Ordering::Relaxed);
-                },
-            );
-            assert_eq!(
-                theirs.load(Ordering::Relaxed),
-                i + 1,
-                "the helper's half finished before run returned"
-            );
+            let total: usize = counts.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+            let expected: usize = (0..3000).map(|round| 1 + round % 7).sum();
+            assert_eq!(total, expected, "{threads} threads");
         }
-        assert_eq!(mine.load(Ordering::Relaxed), 5000);
     }
 
     #[test]
-    fn a_panicking_job_does_not_hang_the_caller() {
-        let team = Team::new().unwrap_or_else(|| panic!("no helper thread"));
-        team.run(|| {}, &|| panic!("job failed"));
+    fn a_panicking_part_is_raised_in_the_caller_and_the_team_goes_on() {
+        let team = Team::new(3).unwrap_or_else(|| panic!("no helper threads"));
         let ran = AtomicUsize::new(0);
-        team.run(|| {}, &|| {
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            team.run(6, &|i| {
+                if i == 4 {
+                    panic!("part failed");
+                }
+                ran.fetch_add(1, Ordering::Relaxed);
+            })
+        }));
+        assert!(result.is_err());
+        assert_eq!(ran.load(Ordering::Relaxed), 5);
+        team.run(4, &|_| {
             ran.fetch_add(1, Ordering::Relaxed);
         });
-        assert_eq!(ran.load(Ordering::Relaxed), 1);
+        assert_eq!(ran.load(Ordering::Relaxed), 9);
+    }
+
+    #[test]
+    fn one_thread_is_no_team() {
+        assert!(Team::new(1).is_none());
+        assert!(Team::new(0).is_none());
     }
 }

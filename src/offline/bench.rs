@@ -21,7 +21,12 @@ pub struct BenchReport {
     pub index_build_s: f64,
     pub prompts: usize,
     pub utterances: usize,
+    /// What ran the forward pass: `native/<f32 kernel>/<precision>` or `candle`.
     pub backend: String,
+    pub precision: String,
+    pub threads: usize,
+    /// Memory of the encoder layers' packed weights.
+    pub layer_weights_mb: f64,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -82,6 +87,12 @@ pub fn run(
         index_build_s,
         prompts: prompts.len(),
         utterances,
-        backend: format!("{:?}", encoder.backend()),
+        backend: encoder.describe(),
+        precision: match encoder.backend() {
+            crate::embed::Backend::Native(_, precision) => format!("{precision:?}").to_lowercase(),
+            crate::embed::Backend::Candle => "f32".into(),
+        },
+        threads: encoder.threads(),
+        layer_weights_mb: encoder.layer_weight_bytes() as f64 / 1e6,
     })
 }

@@ -249,7 +249,7 @@ impl Problem {
         let Some(out) = logits.as_slice_mut() else {
             return f64::NAN;
         };
-        self.rows.forward(self.isa, w, k, out, None);
+        self.rows.forward(self.isa, w, k, out, None, None);
         let b = ArrayView1::from(b);
         // Softmax down each sample's column (copied out with the biases added, as the
         // columns are strided); `logits` becomes (P − Y)/n in place.
@@ -275,7 +275,7 @@ impl Problem {
         let Some(delta) = logits.as_slice() else {
             return f64::NAN;
         };
-        self.columns.forward(self.isa, delta, k, gw, None);
+        self.columns.forward(self.isa, delta, k, gw, None, None);
         let (Ok(w), Ok(mut gw)) = (
             ArrayView2::from_shape((k, d), w),
             ArrayViewMut2::from_shape((k, d), gw),

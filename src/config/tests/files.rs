@@ -127,7 +127,8 @@ encoder:
   path: models/mini
   device: cuda:1
   max_tokens: 128
-  precision: bf16
+  precision: int8
+  threads: 3
 threshold: 0.42
 top_k: 7
 aggregation: {top_mean: 2}
@@ -162,7 +163,8 @@ routes:
     assert_eq!(again.ambiguity_margin, 0.05);
     assert_eq!(again.head_weight, 1.5);
     assert_eq!(again.encoder.device, DeviceChoice::Cuda(1));
-    assert_eq!(again.encoder.precision, Precision::Bf16);
+    assert_eq!(again.encoder.precision, Precision::Int8);
+    assert_eq!(again.encoder.threads, Some(3));
     assert_eq!(
         again.encoder.path,
         Some(PathBuf::from("/etc/semroute/models/mini"))

@@ -48,8 +48,30 @@ fn ambiguity_margin_defaults_and_is_checked() {
 fn precision_is_read_and_checked() {
     let config = valid("encoder: {precision: bf16}\nroutes:\n  - name: a\n    utterances: [x]\n");
     assert_eq!(config.encoder.precision, Precision::Bf16);
+    let config = valid("encoder: {precision: int8}\nroutes:\n  - name: a\n    utterances: [x]\n");
+    assert_eq!(config.encoder.precision, Precision::Int8);
     let i = issue("encoder:\n  precision: fp8\nroutes:\n  - name: a\n    utterances: [x]\n");
     assert_eq!((i.path.as_str(), i.line), ("encoder.precision", Some(2)));
+    assert!(
+        i.hint.as_deref().is_some_and(|h| h.contains("int8")),
+        "{i:?}"
+    );
+}
+
+#[test]
+fn threads_default_to_the_cores_and_are_checked() {
+    let routes = "routes:\n  - name: a\n    utterances: [x]\n";
+    assert_eq!(valid(routes).encoder.threads, None);
+    let config = valid(&format!("encoder: {{threads: 4}}\n{routes}"));
+    assert_eq!(config.encoder.threads, Some(4));
+    for bad in ["0", "-2", "100000"] {
+        let i = issue(&format!("encoder:\n  threads: {bad}\n{routes}"));
+        assert_eq!(
+            (i.path.as_str(), i.line),
+            ("encoder.threads", Some(2)),
+            "{bad}"
+        );
+    }
 }
 
 #[test]

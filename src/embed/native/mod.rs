@@ -1,57 +1,29 @@
 //! The native CPU BERT encoder: the forward pass for inference only, written for this job.
-//! candle loads the weights; from there, query/key/value are fused into one layer, weights
-//! are packed once for the few-row kernels in `gemm`, sequences of a batch are packed end to
-//! end (no padding, so no mask and no wasted rows), and mean pooling and normalisation
-//! happen in place.
+//! candle loads the weights (`weights`); from there, query/key/value are fused into one
+//! layer, weights are packed once for the few-row kernels in `gemm` (float32, bfloat16 or
+//! int8), sequences of a batch are packed end to end (no padding, so no mask and no wasted
+//! rows), GELU runs inside the up-projection, and mean pooling and normalisation happen in
+//! place. A batch is split by sequences among the encoder's threads; a single sequence
+//! shares each large layer among them by output columns. Neither split changes a result.
 
 pub mod ops;
+mod weights;
 
 use crate::config::Precision;
-use crate::kernels::gemm::Linear;
+use crate::kernels::gemm::{Int8Isa, Linear};
 use crate::kernels::isa::{Isa, bf16_supported};
 use crate::kernels::team::Team;
-use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device};
 use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use weights::{Layer, Norm, QuantizedCache, Weights};
 
-/// Batches with fewer tokens run as one pass: two passes would not pay for the split.
-const SPLIT_MIN_TOKENS: usize = 48;
+/// Tokens each part of a split batch should have at least: below that, a part's hand-over
+/// costs more than it saves.
+const PART_MIN_TOKENS: usize = 24;
 
-struct Norm {
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
-}
-
-struct Layer {
-    qkv: Linear,
-    attn_out: Linear,
-    attn_norm: Norm,
-    up: Linear,
-    down: Linear,
-    out_norm: Norm,
-}
-
-impl Layer {
-    /// Encoder layer `i`, with query, key and value fused into one layer.
-    fn load(w: &Weights, i: usize, hidden: usize, inter: usize) -> Result<Layer, String> {
-        let l = format!("encoder.layer.{i}");
-        let qkv_names = [
-            format!("{l}.attention.self.query"),
-            format!("{l}.attention.self.key"),
-            format!("{l}.attention.self.value"),
-        ];
-        let qkv_refs: Vec<&str> = qkv_names.iter().map(String::as_str).collect();
-        Ok(Layer {
-            qkv: w.linear(&qkv_refs, hidden, hidden)?,
-            attn_out: w.linear(&[&format!("{l}.attention.output.dense")], hidden, hidden)?,
-            attn_norm: w.norm(&format!("{l}.attention.output.LayerNorm"), hidden)?,
-            up: w.linear(&[&format!("{l}.intermediate.dense")], inter, hidden)?,
-            down: w.linear(&[&format!("{l}.output.dense")], hidden, inter)?,
-            out_norm: w.norm(&format!("{l}.output.LayerNorm"), hidden)?,
-        })
-    }
-}
+/// The embeddings of a part of a batch, or why it failed.
+type Embedded = Result<Vec<Vec<f32>>, String>;
 
 /// Buffers of one forward pass, kept between calls.
 #[derive(Default)]
@@ -80,6 +52,17 @@ impl Scratch {
     }
 }
 
+/// How to load the encoder: the kernels, the number format, the threads and where int8
+/// weights are cached.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub isa: Isa,
+    pub precision: Precision,
+    pub threads: usize,
+    /// The directory of the quantized-weights cache and the checkpoint's SHA-256.
+    pub quantized_cache: Option<(PathBuf, String)>,
+}
+
 pub struct NativeBert {
     word: Vec<f32>,
     position: Vec<f32>,
@@ -93,99 +76,52 @@ pub struct NativeBert {
     eps: f32,
     isa: Isa,
     precision: Precision,
-    /// One set of buffers per half of a split batch.
-    scratch: [std::sync::Mutex<Scratch>; 2],
-    /// Shares each layer of a single sequence between two threads.
+    /// One set of buffers per part of a split batch.
+    scratch: Vec<Mutex<Scratch>>,
+    /// The helper threads (none with one thread).
     team: Option<Team>,
 }
 
-struct Weights {
-    file: MmapedSafetensors,
-    prefix: &'static str,
-    precision: Precision,
-}
-
-impl Weights {
-    /// Maps the checkpoint; its tensors may or may not be under `bert.`.
-    fn open(path: &Path, precision: Precision) -> Result<Weights, String> {
-        // SAFETY: the file is memory-mapped read-only while loading; see `Encoder::load_files`.
-        let file = unsafe { MmapedSafetensors::new(path) }.map_err(|e| e.to_string())?;
-        let prefix = if file.get("bert.embeddings.word_embeddings.weight").is_ok() {
-            "bert."
-        } else {
-            ""
-        };
-        Ok(Weights {
-            file,
-            prefix,
-            precision,
-        })
-    }
-
-    fn get(&self, name: &str, len: usize) -> Result<Vec<f32>, String> {
-        let full = format!("{}{name}", self.prefix);
-        let tensor = self
-            .file
-            .load(&full, &Device::Cpu)
-            .and_then(|t| t.to_dtype(DType::F32))
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|e| format!("tensor {full}: {e}"))?;
-        if tensor.len() != len {
-            return Err(format!(
-                "tensor {full} has {} values, expected {len}",
-                tensor.len()
-            ));
-        }
-        Ok(tensor)
-    }
-
-    fn norm(&self, name: &str, hidden: usize) -> Result<Norm, String> {
-        Ok(Norm {
-            gamma: self.get(&format!("{name}.weight"), hidden)?,
-            beta: self.get(&format!("{name}.bias"), hidden)?,
-        })
-    }
-
-    fn linear(&self, names: &[&str], n_each: usize, k: usize) -> Result<Linear, String> {
-        let mut weight = Vec::with_capacity(names.len() * n_each * k);
-        let mut bias = Vec::with_capacity(names.len() * n_each);
-        for name in names {
-            weight.extend(self.get(&format!("{name}.weight"), n_each * k)?);
-            bias.extend(self.get(&format!("{name}.bias"), n_each)?);
-        }
-        let n = names.len() * n_each;
-        let layer = match self.precision {
-            Precision::F32 => Linear::new(&weight, &bias, n, k),
-            Precision::Bf16 => Linear::new_bf16(&weight, &bias, n, k),
-        };
-        layer.ok_or_else(|| format!("layer {} has the wrong shape", names.join("+")))
-    }
-}
-
 impl NativeBert {
-    /// Loads a BERT checkpoint for inference with the best kernel this CPU has.
-    /// bf16 falls back to f32 (with a warning) on CPUs without AVX512_BF16.
+    /// Loads a BERT checkpoint with the best kernels this CPU has and one thread per core.
     pub fn load(
         weights: &Path,
         config: &BertConfig,
         precision: Precision,
     ) -> Result<NativeBert, String> {
-        NativeBert::load_with(weights, config, Isa::detect(), precision)
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let options = Options {
+            isa: Isa::detect(),
+            precision,
+            threads,
+            quantized_cache: None,
+        };
+        NativeBert::load_with(weights, config, &options)
     }
 
-    /// Loads with a given f32 kernel (tests force each one the CPU supports).
+    /// Loads with given options (tests force each kernel the CPU supports, and thread
+    /// counts). bf16 and int8 fall back to f32 (with a warning) on CPUs without the
+    /// instructions they need.
     pub fn load_with(
         path: &Path,
         config: &BertConfig,
-        isa: Isa,
-        precision: Precision,
+        options: &Options,
     ) -> Result<NativeBert, String> {
-        let precision = if precision == Precision::Bf16 && !bf16_supported() {
-            tracing::warn!("encoder.precision is bf16 but this CPU lacks AVX512_BF16; using f32");
-            Precision::F32
-        } else {
-            precision
+        let int8 = Int8Isa::detect();
+        let precision = match options.precision {
+            Precision::Bf16 if !bf16_supported() => {
+                tracing::warn!(
+                    "encoder.precision is bf16 but this CPU lacks AVX512_BF16; using f32"
+                );
+                Precision::F32
+            }
+            Precision::Int8 if int8.is_none() => {
+                tracing::warn!(
+                    "encoder.precision is int8 but this CPU has neither AVX2 nor VNNI; using f32"
+                );
+                Precision::F32
+            }
+            other => other,
         };
         if !matches!(config.hidden_act, HiddenAct::Gelu) {
             return Err("the native encoder supports BERT models with exact GELU only".into());
@@ -197,11 +133,22 @@ impl NativeBert {
                 "hidden size {hidden} does not split into {heads} heads"
             ));
         }
-        let w = Weights::open(path, precision)?;
+        let cache = options
+            .quantized_cache
+            .as_ref()
+            .filter(|_| precision == Precision::Int8)
+            .map(|(dir, sha)| QuantizedCache::new(dir, sha));
+        let w = Weights::open(path, precision, int8, cache.as_ref())?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             layers.push(Layer::load(&w, i, hidden, config.intermediate_size)?);
         }
+        if let Some(cache) = cache.filter(|_| !w.all_cached.get())
+            && let Err(err) = cache.store(&layers)
+        {
+            tracing::warn!(file = %cache.path().display(), error = %err, "could not cache the int8 weights");
+        }
+        let threads = options.threads.max(1);
         Ok(NativeBert {
             word: w.get(
                 "embeddings.word_embeddings.weight",
@@ -222,10 +169,10 @@ impl NativeBert {
             vocab: config.vocab_size,
             max_positions: config.max_position_embeddings,
             eps: config.layer_norm_eps as f32,
-            isa,
+            isa: options.isa,
             precision,
-            scratch: Default::default(),
-            team: Team::new(),
+            scratch: (0..threads).map(|_| Mutex::default()).collect(),
+            team: Team::new(threads),
         })
     }
 
@@ -237,34 +184,54 @@ impl NativeBert {
         self.precision
     }
 
-    /// Mean-pooled, L2-normalised embeddings of token sequences. A batch is cut in two
-    /// halves of about equal tokens that run as whole forward passes on the two cores (no
+    /// The int8 kernel, when the layers are int8.
+    pub fn int8_isa(&self) -> Option<Int8Isa> {
+        self.layers.first().and_then(|l| l.qkv.int8_isa())
+    }
+
+    /// Threads the forward pass runs on (the caller's included).
+    pub fn threads(&self) -> usize {
+        self.team.as_ref().map_or(1, Team::threads)
+    }
+
+    /// Bytes the encoder layers' packed weights take.
+    pub fn layer_weight_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(Layer::linears)
+            .map(Linear::weight_bytes)
+            .sum()
+    }
+
+    /// Mean-pooled, L2-normalised embeddings of token sequences. A batch is cut into up to
+    /// one part per thread, of about equal tokens, that run as whole forward passes (no
     /// synchronisation per layer); a single sequence shares each large layer instead.
     pub fn embed(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
         let total: usize = sequences.iter().map(|s| s.len()).sum();
-        if sequences.len() < 2 || total < SPLIT_MIN_TOKENS {
+        let parts = self
+            .threads()
+            .min(sequences.len())
+            .min(total / PART_MIN_TOKENS);
+        let Some(team) = self.team.as_ref().filter(|_| parts > 1) else {
             return self.forward(sequences, 0, self.team.as_ref());
+        };
+        let groups = split_by_tokens(sequences, total, parts);
+        let results: Vec<Mutex<Option<Embedded>>> =
+            groups.iter().map(|_| Mutex::new(None)).collect();
+        team.run(groups.len(), &|i| {
+            let result = self.forward(groups[i], i, None);
+            *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+        });
+        let mut out = Vec::with_capacity(sequences.len());
+        for slot in results {
+            let result = slot.into_inner().unwrap_or_else(|e| e.into_inner());
+            out.extend(result.ok_or("a part of the batch was not run")??);
         }
-        let mut seen = 0;
-        let cut = sequences
-            .iter()
-            .position(|s| {
-                seen += s.len();
-                2 * seen >= total
-            })
-            .map_or(1, |i| (i + 1).clamp(1, sequences.len() - 1));
-        let (first, second) = sequences.split_at(cut);
-        let (a, b) = rayon::join(
-            || self.forward(first, 0, None),
-            || self.forward(second, 1, None),
-        );
-        let mut out = a?;
-        out.extend(b?);
         Ok(out)
     }
 
-    /// One packed forward pass using scratch buffers `slot` (0 or 1): the embeddings, then
-    /// each layer's attention and feed-forward blocks, then pooling.
+    /// One packed forward pass using scratch buffers `slot`: the embeddings, then each
+    /// layer's attention and feed-forward blocks, then pooling.
     fn forward(
         &self,
         sequences: &[&[u32]],
@@ -275,10 +242,10 @@ impl NativeBert {
         // Reuse the previous call's buffers (no page faults on the hot path); a concurrent
         // caller, which the inference thread never is, gets fresh ones.
         let mut fresh = Scratch::default();
-        let mut guard = self.scratch[slot.min(1)].try_lock();
-        let scratch: &mut Scratch = match guard.as_deref_mut() {
-            Ok(reused) => reused,
-            Err(_) => &mut fresh,
+        let mut guard = self.scratch.get(slot).map(Mutex::try_lock);
+        let scratch: &mut Scratch = match guard.as_mut() {
+            Some(Ok(reused)) => reused,
+            _ => &mut fresh,
         };
         scratch.size_for(total, self.hidden, self.intermediate());
         let pass = Pass {
@@ -299,6 +266,33 @@ impl NativeBert {
     fn intermediate(&self) -> usize {
         self.layers.first().map_or(0, |l| l.up.out_features())
     }
+}
+
+/// Cuts `sequences` (holding `total` tokens) into `parts` runs of consecutive sequences
+/// with about equal tokens each, none empty.
+fn split_by_tokens<'a>(
+    sequences: &'a [&'a [u32]],
+    total: usize,
+    parts: usize,
+) -> Vec<&'a [&'a [u32]]> {
+    let mut groups = Vec::with_capacity(parts);
+    let mut rest = sequences;
+    let mut seen = 0;
+    for part in 1..parts {
+        let target = total * part / parts;
+        // Leave at least one sequence for each part still to come.
+        let most = rest.len() - (parts - part);
+        let mut take = 0;
+        while take < most && (take == 0 || seen + rest[take].len() <= target) {
+            seen += rest[take].len();
+            take += 1;
+        }
+        let (group, tail) = rest.split_at(take);
+        groups.push(group);
+        rest = tail;
+    }
+    groups.push(rest);
+    groups
 }
 
 /// One forward pass over a packed batch: its steps, in the order `NativeBert::forward` runs
@@ -378,8 +372,7 @@ impl Pass<'_> {
 
     /// The feed-forward block, added back: `x = norm(x + down(gelu(up(x))))`.
     fn feed_forward(&self, layer: &Layer, s: &mut Scratch) -> Result<(), String> {
-        self.linear(&layer.up, &s.x, &mut s.up)?;
-        ops::gelu(&mut s.up);
+        self.linear_then(&layer.up, &s.x, &mut s.up, Some(ops::gelu))?;
         self.linear(&layer.down, &s.up, &mut s.tmp)?;
         ops::add_assign(&mut s.x, &s.tmp);
         let norm = &layer.out_norm;
@@ -390,8 +383,19 @@ impl Pass<'_> {
 
     /// `y = layer(x)` for every token, with the model's kernel.
     fn linear(&self, layer: &Linear, x: &[f32], y: &mut [f32]) -> Result<(), String> {
+        self.linear_then(layer, x, y, None)
+    }
+
+    /// `y = epilogue(layer(x))` for every token.
+    fn linear_then(
+        &self,
+        layer: &Linear,
+        x: &[f32],
+        y: &mut [f32],
+        epilogue: Option<fn(&mut [f32])>,
+    ) -> Result<(), String> {
         layer
-            .forward(self.model.isa, x, self.total, y, self.team)
+            .forward(self.model.isa, x, self.total, y, self.team, epilogue)
             .then_some(())
             .ok_or_else(|| "internal shape mismatch in the encoder".to_string())
     }

@@ -205,7 +205,7 @@ mod tests {
             let layer = Linear::new_bf16(&w, &b, n, k).unwrap();
             assert!(layer.is_bf16());
             let mut y = vec![f32::NAN; m * n];
-            assert!(layer.forward(Isa::detect(), &x, m, &mut y, Team::new().as_ref()));
+            assert!(layer.forward(Isa::detect(), &x, m, &mut y, Team::new(2).as_ref(), None));
             for (i, (a, e)) in y.iter().zip(&expected).enumerate() {
                 assert!(
                     (a - e).abs() <= 1e-3 * (1.0 + e.abs()),
