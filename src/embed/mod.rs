@@ -195,7 +195,7 @@ impl Encoder {
         if let Some(sha) = weights_sha {
             let _ = encoder.cache_key.set(encoder.key_for(&sha));
         }
-        // One throwaway pass allocates the buffers and wakes the helper thread, so the
+        // One throwaway pass allocates the buffers and wakes the helper threads, so the
         // first real prompt does not pay for it (~10 ms).
         if let Err(err) = encoder.embed_one("warm up the encoder") {
             tracing::warn!(error = %err, "the warm-up embedding failed");

@@ -20,6 +20,9 @@ use int8::{Int8Weights, quantize_rows};
 
 /// Output columns per packed panel.
 pub const PANEL: usize = 48;
+/// Values of k per block of a panel in the f32 kernels: 128 × 48 floats is 24 KB, which
+/// stays in a 32 KB L1 cache while every row tile passes over it.
+const K_BLOCK: usize = 128;
 /// Multiply-accumulates a thread must have for a layer to be split further (a part handed
 /// to a helper through `Team` costs about a microsecond; a part this size takes ~15).
 const PART_MIN_MACS: usize = 1 << 18;
@@ -168,49 +171,106 @@ impl Linear {
             self.panels_int8(w, rows, panels, out, epilogue);
             return;
         }
-        let rows_per_tile = match (isa.kind(), x) {
-            (_, Input::Bf16(_)) | (IsaKind::Avx512 | IsaKind::Portable, _) => 8,
-            (IsaKind::Avx2, _) => 4,
+        match (&self.packed, x) {
+            (Packed::F32(packed), Input::F32(x)) => {
+                self.panels_f32(isa, packed, x, m, panels, out, epilogue)
+            }
+            (Packed::Bf16(packed), Input::Bf16(x)) => {
+                self.panels_bf16(packed, x, m, panels, out, epilogue)
+            }
+            // `forward` pairs the input with the packing; nothing else is reachable.
+            _ => {}
+        }
+    }
+
+    /// The f32 columns of `panels`, blocked along k: each block of `K_BLOCK` weights of a
+    /// panel (24 KB) stays in L1 while every row tile passes over it, the partial sums
+    /// kept in `partial`. The sums are added in the same order as without blocks (stored
+    /// and reloaded exactly), so the result does not depend on the blocking.
+    #[allow(clippy::too_many_arguments)]
+    fn panels_f32(
+        &self,
+        isa: Isa,
+        packed: &[f32],
+        x: &[f32],
+        m: usize,
+        panels: std::ops::Range<usize>,
+        out: &SharedOut,
+        epilogue: Option<fn(&mut [f32])>,
+    ) {
+        let rows_per_tile = match isa.kind() {
+            IsaKind::Avx512 | IsaKind::Portable => 8,
+            IsaKind::Avx2 => 4,
         };
+        let k = self.k;
+        let mut partial = vec![0.0f32; m * PANEL];
+        for p in panels {
+            let bias = &self.bias[p * PANEL..(p + 1) * PANEL];
+            partial
+                .chunks_exact_mut(PANEL)
+                .for_each(|row| row.copy_from_slice(bias));
+            let panel = &packed[p * k * PANEL..(p + 1) * k * PANEL];
+            for k0 in (0..k).step_by(K_BLOCK) {
+                let kc = K_BLOCK.min(k - k0);
+                let block = &panel[k0 * PANEL..(k0 + kc) * PANEL];
+                let mut r0 = 0;
+                while r0 < m {
+                    let mr = rows_per_tile.min(m - r0);
+                    let rows = &x[r0 * k + k0..(r0 + mr - 1) * k + k0 + kc];
+                    let tile = &mut partial[r0 * PANEL..(r0 + mr) * PANEL];
+                    tile_dispatch(isa, rows, k, mr, kc, block, tile);
+                    r0 += mr;
+                }
+            }
+            if let Some(f) = epilogue {
+                f(&mut partial);
+            }
+            self.copy_out(&partial, m, p, out);
+        }
+    }
+
+    /// Copies the `m` rows of panel `p`'s columns from `tile` (rows of `PANEL`) into `out`.
+    fn copy_out(&self, tile: &[f32], m: usize, p: usize, out: &SharedOut) {
+        let col0 = p * PANEL;
+        let width = PANEL.min(self.n - col0);
+        for (r, src) in tile.chunks_exact(PANEL).take(m).enumerate() {
+            // SAFETY: each call owns a disjoint set of panels, hence of columns
+            // [col0, col0 + width) of every row; `forward` checked y's length.
+            unsafe {
+                let dst = out.0.add(r * self.n + col0);
+                std::ptr::copy_nonoverlapping(src.as_ptr(), dst, width);
+            }
+        }
+    }
+
+    /// The bf16 columns of `panels` (AVX512_BF16 CPUs only).
+    fn panels_bf16(
+        &self,
+        packed: &[u16],
+        x: &[u32],
+        m: usize,
+        panels: std::ops::Range<usize>,
+        out: &SharedOut,
+        epilogue: Option<fn(&mut [f32])>,
+    ) {
         let pairs = self.k.div_ceil(2);
+        let mut partial = vec![0.0f32; m * PANEL];
         let mut tile = [0.0f32; 8 * PANEL];
         for p in panels {
             let bias = &self.bias[p * PANEL..(p + 1) * PANEL];
-            let col0 = p * PANEL;
-            let width = PANEL.min(self.n - col0);
+            let panel = &packed[p * pairs * PANEL * 2..(p + 1) * pairs * PANEL * 2];
             let mut r0 = 0;
             while r0 < m {
-                let mr = rows_per_tile.min(m - r0);
-                match (&self.packed, x) {
-                    (Packed::F32(packed), Input::F32(x)) => {
-                        let panel = &packed[p * self.k * PANEL..(p + 1) * self.k * PANEL];
-                        let rows = &x[r0 * self.k..(r0 + mr) * self.k];
-                        tile_dispatch(isa, rows, mr, self.k, panel, bias, &mut tile);
-                    }
-                    (Packed::Bf16(packed), Input::Bf16(x)) => {
-                        let panel = &packed[p * pairs * PANEL * 2..(p + 1) * pairs * PANEL * 2];
-                        let rows = &x[r0 * pairs..(r0 + mr) * pairs];
-                        tile_bf16(rows, mr, pairs, panel, bias, &mut tile);
-                    }
-                    // `forward` pairs the input with the packing; nothing else is reachable.
-                    _ => return,
-                }
-                // One call for the whole tile, so the epilogue vectorises over it (columns
-                // past `n` hold zeros, which it maps to finite values that are never copied).
-                if let Some(f) = epilogue {
-                    f(&mut tile[..mr * PANEL]);
-                }
-                for r in 0..mr {
-                    let src = &tile[r * PANEL..r * PANEL + width];
-                    // SAFETY: each call owns a disjoint set of panels, hence of columns
-                    // [col0, col0 + width) of every row; `forward` checked y's length.
-                    unsafe {
-                        let dst = out.0.add((r0 + r) * self.n + col0);
-                        std::ptr::copy_nonoverlapping(src.as_ptr(), dst, width);
-                    }
-                }
+                let mr = 8.min(m - r0);
+                let rows = &x[r0 * pairs..(r0 + mr) * pairs];
+                tile_bf16(rows, mr, pairs, panel, bias, &mut tile);
+                partial[r0 * PANEL..(r0 + mr) * PANEL].copy_from_slice(&tile[..mr * PANEL]);
                 r0 += mr;
             }
+            if let Some(f) = epilogue {
+                f(&mut partial);
+            }
+            self.copy_out(&partial, m, p, out);
         }
     }
 }
@@ -230,40 +290,42 @@ struct SharedOut(*mut f32);
 // SAFETY: see `Linear::panels`: concurrent writers never touch the same element.
 unsafe impl Sync for SharedOut {}
 
-/// Computes `tile[r][0..48] = bias + Σ_k rows[r][k] · panel[k][0..48]` for `mr` rows.
+/// Adds `Σ_k rows[r][k] · panel[k][0..48]` over `kc` values of k to `tile[r][0..48]` for `mr`
+/// rows; row r starts at `rows[r * stride]`.
 fn tile_dispatch(
     isa: Isa,
     rows: &[f32],
+    stride: usize,
     mr: usize,
-    k: usize,
+    kc: usize,
     panel: &[f32],
-    bias: &[f32],
-    tile: &mut [f32; 8 * PANEL],
+    tile: &mut [f32],
 ) {
+    debug_assert!(rows.len() > (mr - 1) * stride + kc - 1 && panel.len() >= kc * PANEL);
+    debug_assert!(tile.len() >= mr * PANEL);
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an `Isa` of kind AVX-512 is only minted by detection, after checking
         // avx512f, the one extension `tile_avx512` enables.
-        IsaKind::Avx512 => unsafe { x86::tile_avx512(rows, mr, k, panel, bias, tile) },
+        IsaKind::Avx512 => unsafe { x86::tile_avx512(rows, stride, mr, kc, panel, tile) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2 and FMA.
-        IsaKind::Avx2 => unsafe { x86::tile_avx2(rows, mr, k, panel, bias, tile) },
-        _ => tile_portable(rows, mr, k, panel, bias, tile),
+        IsaKind::Avx2 => unsafe { x86::tile_avx2(rows, stride, mr, kc, panel, tile) },
+        _ => tile_portable(rows, stride, mr, kc, panel, tile),
     }
 }
 
 fn tile_portable(
     rows: &[f32],
+    stride: usize,
     mr: usize,
-    k: usize,
+    kc: usize,
     panel: &[f32],
-    bias: &[f32],
-    tile: &mut [f32; 8 * PANEL],
+    tile: &mut [f32],
 ) {
     for r in 0..mr {
         let acc = &mut tile[r * PANEL..(r + 1) * PANEL];
-        acc.copy_from_slice(bias);
-        let row = &rows[r * k..(r + 1) * k];
+        let row = &rows[r * stride..r * stride + kc];
         for (kk, &a) in row.iter().enumerate() {
             let w = &panel[kk * PANEL..(kk + 1) * PANEL];
             for (o, &wv) in acc.iter_mut().zip(w) {
@@ -319,6 +381,7 @@ mod tests {
             (9, 384, 64),
             (14, 1152, 384),
             (33, 100, 7),
+            (5, 60, 300),
             (70, 1536, 384),
         ] {
             let w = data(n * k, 1);
