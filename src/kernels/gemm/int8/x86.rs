@@ -18,59 +18,38 @@ unsafe fn group(rows: *const i16, kp: usize, r: usize, g: usize) -> i64 {
     unsafe { std::ptr::read_unaligned(rows.add(r * kp + 4 * g).cast::<i64>()) }
 }
 
-/// AVX2: rows two at a time × 16 columns (8 accumulators, 4 widened weight registers).
-#[target_feature(enable = "avx2")]
-pub unsafe fn tile_avx2(
-    rows: &[i16],
-    mr: usize,
-    kp: usize,
-    panel: &[i8],
-    sums: &mut [i32; ROWS * TILE_ROW],
-) {
-    let mut r0 = 0;
-    while r0 < mr {
-        let (rows_here, out) = (&rows[r0 * kp..], &mut sums[r0 * TILE_ROW..]);
-        // SAFETY: the caller guarantees AVX2; `rows_here` holds `mr - r0` rows of kp values.
-        unsafe {
-            if mr - r0 == 1 {
-                avx2_rows::<1>(rows_here, kp, panel, out);
-            } else {
-                avx2_rows::<2>(rows_here, kp, panel, out);
-            }
-        }
-        r0 += 2;
-    }
-}
-
-/// AVX-VNNI: as `tile_avx2`, with the multiply and the add fused.
-#[target_feature(enable = "avx2,avxvnni")]
-pub unsafe fn tile_avx_vnni(
-    rows: &[i16],
-    mr: usize,
-    kp: usize,
-    panel: &[i8],
-    sums: &mut [i32; ROWS * TILE_ROW],
-) {
-    let mut r0 = 0;
-    while r0 < mr {
-        let (rows_here, out) = (&rows[r0 * kp..], &mut sums[r0 * TILE_ROW..]);
-        // SAFETY: the caller guarantees AVX-VNNI; sizes as in `tile_avx2`.
-        unsafe {
-            if mr - r0 == 1 {
-                avx_vnni_rows::<1>(rows_here, kp, panel, out);
-            } else {
-                avx_vnni_rows::<2>(rows_here, kp, panel, out);
-            }
-        }
-        r0 += 2;
-    }
-}
-
-/// Defines `$name::<MR>`: `MR` rows × 16 columns with 256-bit registers, `$madd(acc, x, w)`
-/// adding the pair products of `x` and `w` to `acc`. Two functions, not one with a flag: a
-/// function that enables AVX-VNNI may have its `vpmaddwd` + add fused into `vpdpwssd`.
+/// Defines the kernel `$tile` (rows two at a time × 16 columns: 8 accumulators and 4
+/// widened weight registers) on `$name::<MR>`, `MR` rows with 256-bit registers, where
+/// `$madd(acc, x, w)` adds the pair products of `x` and `w` to `acc`. One kernel per
+/// instruction set, not one with a flag: a function that enables AVX-VNNI may have its
+/// `vpmaddwd` + add fused into `vpdpwssd`.
 macro_rules! rows_256 {
-    ($name:ident, $features:literal, $madd:expr) => {
+    ($(#[$doc:meta])* $tile:ident, $name:ident, $features:literal, $madd:expr) => {
+        $(#[$doc])*
+        #[target_feature(enable = $features)]
+        pub unsafe fn $tile(
+            rows: &[i16],
+            mr: usize,
+            kp: usize,
+            panel: &[i8],
+            sums: &mut [i32; ROWS * TILE_ROW],
+        ) {
+            let mut r0 = 0;
+            while r0 < mr {
+                let (rows_here, out) = (&rows[r0 * kp..], &mut sums[r0 * TILE_ROW..]);
+                // SAFETY: the caller guarantees the features; `rows_here` holds `mr - r0`
+                // rows of kp values.
+                unsafe {
+                    if mr - r0 == 1 {
+                        $name::<1>(rows_here, kp, panel, out);
+                    } else {
+                        $name::<2>(rows_here, kp, panel, out);
+                    }
+                }
+                r0 += 2;
+            }
+        }
+
         #[target_feature(enable = $features)]
         #[inline]
         unsafe fn $name<const MR: usize>(rows: &[i16], kp: usize, panel: &[i8], out: &mut [i32]) {
@@ -112,13 +91,20 @@ macro_rules! rows_256 {
     };
 }
 
-rows_256!(avx2_rows, "avx2", |acc, x, w| _mm256_add_epi32(
-    acc,
-    _mm256_madd_epi16(x, w)
-));
-rows_256!(avx_vnni_rows, "avx2,avxvnni", |acc, x, w| {
-    _mm256_dpwssd_avx_epi32(acc, x, w)
-});
+rows_256!(
+    /// AVX2: `vpmaddwd`, then an add.
+    tile_avx2,
+    avx2_rows,
+    "avx2",
+    |acc, x, w| _mm256_add_epi32(acc, _mm256_madd_epi16(x, w))
+);
+rows_256!(
+    /// AVX-VNNI: `vpdpwssd`, the multiply and the add in one instruction.
+    tile_avx_vnni,
+    avx_vnni_rows,
+    "avx2,avxvnni",
+    |acc, x, w| _mm256_dpwssd_avx_epi32(acc, x, w)
+);
 
 /// Runs `$kernel::<MR>` for the row count `mr` (1 to 8).
 macro_rules! by_rows {
