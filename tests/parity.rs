@@ -247,11 +247,27 @@ fn int8_weights_are_a_quarter_of_f32_and_cached_for_the_next_start() {
     );
     let batch: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
     assert_eq!(first.embed(&batch).unwrap(), second.embed(&batch).unwrap());
-    // A damaged file is ignored and replaced.
-    std::fs::write(&cached, b"SRINT801 not really").unwrap();
-    let third = NativeBert::load_with(&weights, &config, &options(Precision::Int8)).unwrap();
-    assert_eq!(first.embed(&batch).unwrap(), third.embed(&batch).unwrap());
-    assert!(std::fs::metadata(&cached).unwrap().len() > 1_000_000);
+    // A damaged file is ignored and replaced by the same bytes: one that is too short, one of
+    // the right size and shape whose weights were changed (the checksum catches it), and a
+    // huge sparse one (refused by its size before it is read).
+    let good = std::fs::read(&cached).unwrap();
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x40;
+    let huge = std::fs::File::create(dir.path().join("huge")).unwrap();
+    huge.set_len(1 << 32).unwrap();
+    for damaged in [b"SRINT802 not really".to_vec(), flipped] {
+        std::fs::write(&cached, &damaged).unwrap();
+        let again = NativeBert::load_with(&weights, &config, &options(Precision::Int8)).unwrap();
+        assert_eq!(first.embed(&batch).unwrap(), again.embed(&batch).unwrap());
+        assert!(
+            std::fs::read(&cached).unwrap() == good,
+            "the cache was rewritten"
+        );
+    }
+    std::fs::rename(dir.path().join("huge"), &cached).unwrap();
+    let again = NativeBert::load_with(&weights, &config, &options(Precision::Int8)).unwrap();
+    assert_eq!(first.embed(&batch).unwrap(), again.embed(&batch).unwrap());
+    assert!(std::fs::read(&cached).unwrap() == good);
 }
 
 #[test]

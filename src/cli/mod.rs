@@ -451,14 +451,17 @@ fn bench(
 ) -> Result<ExitCode> {
     let mut config = Config::load(config_path)?;
     if let Some(threads) = threads {
-        anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+        anyhow::ensure!(
+            (1..=1024).contains(&threads),
+            "--threads must be from 1 to 1024"
+        );
         config.encoder.threads = Some(threads);
     }
     if let Some(precision) = precision {
-        config.encoder.precision = match precision {
-            "f32" => semroute::config::Precision::F32,
-            "bf16" => semroute::config::Precision::Bf16,
-            "int8" => semroute::config::Precision::Int8,
+        config.encoder.precision = match precision.trim().to_ascii_lowercase().as_str() {
+            "f32" | "float32" => semroute::config::Precision::F32,
+            "bf16" | "bfloat16" => semroute::config::Precision::Bf16,
+            "int8" | "i8" => semroute::config::Precision::Int8,
             other => anyhow::bail!("unknown --precision `{other}`: write f32, bf16 or int8"),
         };
     }

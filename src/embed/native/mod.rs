@@ -138,7 +138,23 @@ impl NativeBert {
             .as_ref()
             .filter(|_| precision == Precision::Int8)
             .map(|(dir, sha)| QuantizedCache::new(dir, sha));
-        let w = Weights::open(path, precision, int8, cache.as_ref())?;
+        let (inter, layer_count) = (config.intermediate_size, config.num_hidden_layers);
+        let shapes: Vec<(usize, usize)> = (0..layer_count)
+            .flat_map(|_| {
+                [
+                    (3 * hidden, hidden),
+                    (hidden, hidden),
+                    (inter, hidden),
+                    (hidden, inter),
+                ]
+            })
+            .collect();
+        let w = Weights::open(
+            path,
+            precision,
+            int8,
+            cache.as_ref().map(|c| (c, &shapes[..])),
+        )?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             layers.push(Layer::load(&w, i, hidden, config.intermediate_size)?);

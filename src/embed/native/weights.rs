@@ -7,10 +7,12 @@ use crate::config::Precision;
 use crate::kernels::gemm::{Int8Isa, Linear};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
+use sha2::{Digest, Sha256};
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"SRINT801";
+/// The file's format (and the int8 packing's): a file of another version is not read.
+const MAGIC: &[u8; 8] = b"SRINT802";
 
 pub(super) struct Norm {
     pub gamma: Vec<f32>,
@@ -68,34 +70,59 @@ impl QuantizedCache {
         &self.path
     }
 
-    /// The layers' bytes in load order, or `None` (no file, or a damaged one).
-    fn load(&self) -> Option<Vec<Vec<u8>>> {
-        let bytes = std::fs::read(&self.path).ok()?;
-        let mut rest = bytes.strip_prefix(MAGIC)?;
-        let mut blobs = Vec::new();
-        while !rest.is_empty() {
-            let (len, tail) = rest.split_first_chunk::<8>()?;
-            let len = usize::try_from(u64::from_le_bytes(*len)).ok()?;
-            if len > tail.len() {
-                return None;
-            }
-            let (blob, tail) = tail.split_at(len);
-            blobs.push(blob.to_vec());
-            rest = tail;
+    /// The layers' bytes in load order, if the file holds exactly layers of the `expected`
+    /// byte lengths and its checksum matches; `None` otherwise (a damaged or foreign file is
+    /// logged, then replaced by the caller). The size is checked before anything is read.
+    fn load(&self, expected: &[usize]) -> Option<Vec<Vec<u8>>> {
+        let total = MAGIC.len() + 32 + expected.iter().map(|len| 8 + len).sum::<usize>();
+        let found = std::fs::metadata(&self.path).ok()?.len();
+        let blobs = (found == total as u64)
+            .then(|| std::fs::read(&self.path).ok())
+            .flatten()
+            .and_then(|bytes| parse(&bytes, expected));
+        if blobs.is_none() {
+            tracing::warn!(
+                file = %self.path.display(),
+                "the int8 weights cache is damaged or from another version; quantizing again"
+            );
         }
-        Some(blobs)
+        blobs
     }
 
     /// Writes the int8 layers of `layers`, replacing the file atomically.
     pub fn store(&self, layers: &[Layer]) -> std::io::Result<()> {
-        let mut bytes = MAGIC.to_vec();
+        let mut payload = Vec::new();
         for linear in layers.iter().flat_map(Layer::linears) {
             let blob = linear.int8_bytes().unwrap_or_default();
-            bytes.extend((blob.len() as u64).to_le_bytes());
-            bytes.extend(blob);
+            payload.extend((blob.len() as u64).to_le_bytes());
+            payload.extend(blob);
         }
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(Sha256::digest(&payload));
+        bytes.extend(payload);
         super::super::cache::write_atomically(&self.path, &bytes)
     }
+}
+
+/// Splits a cache file into its layers: the magic, the SHA-256 of the rest, then each
+/// layer's length (which must be the expected one) and bytes.
+fn parse(bytes: &[u8], expected: &[usize]) -> Option<Vec<Vec<u8>>> {
+    let rest = bytes.strip_prefix(MAGIC)?;
+    let (sum, mut rest) = rest.split_first_chunk::<32>()?;
+    if Sha256::digest(rest).as_slice() != sum {
+        return None;
+    }
+    let mut blobs = Vec::with_capacity(expected.len());
+    for &len in expected {
+        let (found, tail) = rest.split_first_chunk::<8>()?;
+        if u64::from_le_bytes(*found) != len as u64 || tail.len() < len {
+            return None;
+        }
+        let (blob, tail) = tail.split_at(len);
+        blobs.push(blob.to_vec());
+        rest = tail;
+    }
+    rest.is_empty().then_some(blobs)
 }
 
 /// The checkpoint, and how its linear layers are to be packed.
@@ -112,12 +139,13 @@ pub(super) struct Weights {
 
 impl Weights {
     /// Maps the checkpoint; its tensors may or may not be under `bert.`. With int8, layers
-    /// are taken from `cache` where it has them.
+    /// are taken from `cache` if it holds all of them (`shapes`: each linear layer's outputs
+    /// and inputs, in load order).
     pub fn open(
         path: &Path,
         precision: Precision,
         int8: Option<Int8Isa>,
-        cache: Option<&QuantizedCache>,
+        cache: Option<(&QuantizedCache, &[(usize, usize)])>,
     ) -> Result<Weights, String> {
         // SAFETY: the file is memory-mapped read-only while loading; see `Encoder::load_files`.
         let file = unsafe { MmapedSafetensors::new(path) }.map_err(|e| e.to_string())?;
@@ -127,7 +155,13 @@ impl Weights {
             ""
         };
         let cached = match (precision, cache) {
-            (Precision::Int8, Some(cache)) => cache.load().unwrap_or_default(),
+            (Precision::Int8, Some((cache, shapes))) => {
+                let expected: Vec<usize> = shapes
+                    .iter()
+                    .map(|&(n, k)| Linear::int8_bytes_len(n, k))
+                    .collect();
+                cache.load(&expected).unwrap_or_default()
+            }
             _ => Vec::new(),
         };
         Ok(Weights {
@@ -169,9 +203,14 @@ impl Weights {
     pub fn linear(&self, names: &[&str], n_each: usize, k: usize) -> Result<Linear, String> {
         let n = names.len() * n_each;
         if let (Precision::Int8, Some(isa)) = (self.precision, self.int8) {
-            let blob = self.cached.borrow_mut().next();
-            if let Some(layer) = blob.and_then(|b| Linear::from_int8_bytes(&b, n, k, isa)) {
-                return Ok(layer);
+            if let Some(blob) = self.cached.borrow_mut().next() {
+                if let Some(layer) = Linear::from_int8_bytes(&blob, n, k, isa) {
+                    return Ok(layer);
+                }
+                tracing::warn!(
+                    layer = names[0],
+                    "a cached int8 layer is unusable; quantizing again"
+                );
             }
             self.all_cached.set(false);
         }

@@ -116,7 +116,14 @@ impl Linear {
         Some(out)
     }
 
-    /// Reads back what `int8_bytes` wrote for a layer of `n × k`; `None` if it does not fit.
+    /// The length of `int8_bytes` for a layer of `n` outputs and `k` inputs.
+    pub fn int8_bytes_len(n: usize, k: usize) -> usize {
+        let cols = n.div_ceil(PANEL_I8) * PANEL_I8;
+        16 + cols * k4(k) + 8 * cols
+    }
+
+    /// Reads back what `int8_bytes` wrote for a layer of `n × k`; `None` if it does not fit
+    /// or holds a scale or bias that is not finite.
     pub fn from_int8_bytes(bytes: &[u8], n: usize, k: usize, isa: Int8Isa) -> Option<Linear> {
         let panels = n.div_ceil(PANEL_I8);
         let (cols, packed_len) = (panels * PANEL_I8, panels * k4(k) * PANEL_I8);
@@ -132,6 +139,9 @@ impl Linear {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
+        if !floats.iter().all(|v| v.is_finite()) {
+            return None;
+        }
         let (scales, bias) = floats.split_at(cols);
         Some(Linear {
             k,
@@ -373,7 +383,11 @@ mod tests {
         assert!(layer.forward(Isa::portable(), &x, 3, &mut y1, None, None));
         assert!(again.forward(Isa::portable(), &x, 3, &mut y2, None, None));
         assert_eq!(y1, y2);
-        assert_eq!(bytes.len(), layer.int8_bytes().unwrap().len());
+        assert_eq!(bytes.len(), Linear::int8_bytes_len(n, k));
+        let mut poisoned = bytes.clone();
+        let at = bytes.len() - 4;
+        poisoned[at..].copy_from_slice(&f32::NAN.to_le_bytes());
+        assert!(Linear::from_int8_bytes(&poisoned, n, k, isa).is_none());
     }
 
     #[test]
