@@ -12,15 +12,11 @@ use serde_json::{Value, json};
 const VALID: &str = r#"{"city": "Paris"}"#;
 const BROKEN: &str = r#"{"town": "Paris"}"#;
 
-async fn three(
-    a: &'static str,
-    b: &'static str,
-    c: &'static str,
-    extra: &str,
-) -> (Vec<Upstream>, AppState) {
+/// One mock provider per `(name, text)`, each answering `text`, and their `backends:` YAML.
+async fn text_backends(answers: &[(&str, &'static str)]) -> (Vec<Upstream>, String) {
     let mut ups = Vec::new();
     let mut backends = String::new();
-    for (name, text) in [("a", a), ("b", b), ("c", c)] {
+    for &(name, text) in answers {
         let up = Upstream::start(
             name,
             Behaviour::Text {
@@ -32,6 +28,16 @@ async fn three(
         backends.push_str(&backend(name, &up.url, ""));
         ups.push(up);
     }
+    (ups, backends)
+}
+
+async fn three(
+    a: &'static str,
+    b: &'static str,
+    c: &'static str,
+    extra: &str,
+) -> (Vec<Upstream>, AppState) {
+    let (ups, backends) = text_backends(&[("a", a), ("b", b), ("c", c)]).await;
     let s = state(
         &backends,
         "a, b, c",
@@ -111,20 +117,7 @@ async fn escalations_stop_at_the_maximum_and_the_last_answer_is_relayed() {
 
 #[tokio::test]
 async fn an_answer_that_still_breaks_the_contract_is_never_cached() {
-    let mut backends = String::new();
-    let mut ups = Vec::new();
-    for (name, text) in [("a", BROKEN), ("b", BROKEN)] {
-        let up = Upstream::start(
-            name,
-            Behaviour::Text {
-                text,
-                prefill: false,
-            },
-        )
-        .await;
-        backends.push_str(&backend(name, &up.url, ""));
-        ups.push(up);
-    }
+    let (ups, backends) = text_backends(&[("a", BROKEN), ("b", BROKEN)]).await;
     let s = state_from(&format!(
         "cache:\n  exact: {{ttl_s: 60}}\nbackends:\n{backends}routes:\n  - name: chat\n    utterances: [hello]\n    targets: [a, b]\n    escalate_on: [invalid_json_schema]\n"
     ));
